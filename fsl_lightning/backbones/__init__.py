@@ -1,0 +1,22 @@
+"""Embedding backbones, chosen in config by class path (``fsl_lightning.backbones.Conv4``) or by name."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fsl_lightning.backbones.conv4 import Conv4
+from fsl_lightning.backbones.resnet12 import ResNet12
+
+BACKBONES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """A backbone by its registry name, for example ``build_backbone("conv4", in_channels=1)``."""
+    try:
+        backbone_class = BACKBONES[name.lower()]
+    except KeyError:
+        raise ValueError(f"Unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}.") from None
+    return backbone_class(**kwargs)
+
+
+__all__ = ["BACKBONES", "Conv4", "ResNet12", "build_backbone"]

@@ -1,0 +1,43 @@
+"""Conv4: the four-block convolutional embedding of Matching Networks, Prototypical Networks and MAML."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution, batch norm, ReLU, 2x2 max pooling."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Four conv blocks of ``hidden_channels`` filters, flattened (Vinyals et al. 2016; Snell et al. 2017).
+
+    Input [B, in_channels, H, W]; output [B, out_features] where ``out_features`` is
+    ``hidden_channels * (H // 16) * (W // 16)``: 64 for 28x28 Omniglot, 1600 for 84x84 images.
+
+    Args:
+        in_channels: 1 for Omniglot, 3 for RGB datasets.
+        hidden_channels: filters per block (64 in the papers).
+        flatten: return [B, C * h * w] embeddings; ``False`` keeps the feature maps [B, C, h, w]
+            (Relation Networks score feature maps).
+    """
+
+    def __init__(self, in_channels: int = 1, hidden_channels: int = 64, flatten: bool = True) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = hidden_channels
+        self.encoder = nn.Sequential(
+            conv_block(in_channels, hidden_channels),
+            *(conv_block(hidden_channels, hidden_channels) for _ in range(3)),
+        )
+        self.flatten = flatten
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.encoder(images)
+        return features.flatten(1) if self.flatten else features

@@ -1,0 +1,30 @@
+"""Writes ``predict`` results as a CSV: query file, predicted class, score."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class PredictionCSVWriter(BasePredictionWriter):
+    """Collects the rows that ``predict_step`` returns and writes them to ``output_path`` at the end."""
+
+    def __init__(self, output_path: str = "predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.output_path = Path(output_path)
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
+    ) -> None:
+        rows = [row for batch in predictions for row in batch]
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.output_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", "score"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "score": f"{row['score']:.6f}"})
+        pl_module.print(f"Wrote {len(rows)} predictions to {self.output_path}")

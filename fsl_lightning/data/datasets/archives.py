@@ -1,0 +1,111 @@
+"""Reading a dataset from its official archive or from the archive's extracted folder, and downloading it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections import defaultdict
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+
+from fsl_lightning.data.images import IMAGE_SUFFIXES
+from fsl_lightning.data.roots import DatasetNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+class ImageArchive:
+    """The images under one top folder (``top``), in a zip file or an extracted folder.
+
+    Members are named by their path below ``top``, with forward slashes: ``Greek/character01/0394_01.png``.
+    """
+
+    def __init__(self, path: Path, top: str) -> None:
+        self.path = path
+        self.top = top
+
+    @cached_property
+    def _zip(self) -> zipfile.ZipFile | None:
+        if self.path.is_dir():
+            return None
+        try:
+            return zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise DatasetNotFoundError(
+                f"{self.path} is not a readable zip archive ({error}). Delete it and download it again."
+            ) from error
+
+    def members(self) -> list[str]:
+        if self._zip is None:
+            return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if _is_image(p.name)]
+        prefix = self.top + "/"
+        return [n[len(prefix):] for n in self._zip.namelist() if n.startswith(prefix) and _is_image(n)]
+
+    def files_by_folder(self, depth: int) -> dict[str, list[str]]:
+        """Image members grouped by their first ``depth`` folders (``Alphabet/characterNN`` for depth 2)."""
+        groups: dict[str, list[str]] = defaultdict(list)
+        for member in self.members():
+            parts = PurePosixPath(member).parts
+            if len(parts) == depth + 1:
+                groups["/".join(parts[:depth])].append(member)
+        return dict(groups)
+
+    def read(self, member: str) -> bytes | Path:
+        if self._zip is None:
+            return self.path / member
+        return self._zip.read(f"{self.top}/{member}")
+
+    def describe(self, member: str) -> str:
+        """Where a member lives, for error messages."""
+        if self._zip is None:
+            return str(self.path / member)
+        return f"{self.path}:{self.top}/{member}"
+
+    def stamp(self) -> tuple[str, int, int]:
+        """Identifies this copy (path, size, modification time), so that caches notice a replaced file."""
+        stat = self.path.stat()
+        return str(self.path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def locate_archive(folder: Path, top: str, url: str | None) -> ImageArchive:
+    """Finds ``<folder>/<top>/`` or ``<folder>/<top>.zip``; downloads the zip from ``url`` when given."""
+    for candidate in (folder / top, folder / f"{top}.zip"):
+        if candidate.exists():
+            return ImageArchive(candidate, top)
+    target = folder / f"{top}.zip"
+    hint = (
+        f"Dataset files not found: expected {target} (the official {top}.zip"
+        + (f", from {url}" if url else "")
+        + f") or its extracted folder {folder / top}/. Put them there, or point the data root at the folder "
+        "that holds them (config key `root` of the dataset, or the FSL_DATA_ROOT environment variable)."
+    )
+    if url is None:
+        raise DatasetNotFoundError(hint + " Downloading is off (download: false).")
+    try:
+        download_file(url, target)
+    except OSError as error:
+        raise DatasetNotFoundError(f"{hint} Downloading it failed: {error}") from error
+    return ImageArchive(target, top)
+
+
+def download_file(url: str, target: Path, timeout_s: float = 60.0) -> None:
+    """Downloads ``url`` to ``target`` through a temporary file, so that a broken download leaves nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Downloading %s to %s", url, target)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as part:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                shutil.copyfileobj(response, part)
+        except BaseException:
+            part.close()
+            os.unlink(part.name)
+            raise
+    os.replace(part.name, target)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)

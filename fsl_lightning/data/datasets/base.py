@@ -1,0 +1,77 @@
+"""What every few-shot dataset provides: decoded images grouped by class, per split."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ClassImages:
+    """All images of one split, decoded once, grouped by class.
+
+    images:        uint8 [M, C, H, W]; the images of class ``c`` are
+                   ``images[class_offsets[c] : class_offsets[c + 1]]``.
+    class_offsets: long [num_classes + 1], starting at 0 and ending at M.
+    class_names:   one readable name per class (for example ``Greek/character03/rot090``).
+    """
+
+    images: Tensor
+    class_offsets: Tensor
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [M, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.class_names) + 1 != len(self.class_offsets):
+            raise ValueError("class_offsets must have one more entry than class_names")
+        if int(self.class_offsets[-1]) != len(self.images):
+            raise ValueError("class_offsets must end at the number of images")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def images_per_class(self) -> Tensor:
+        return self.class_offsets[1:] - self.class_offsets[:-1]
+
+    @staticmethod
+    def from_groups(groups: list[Tensor], class_names: list[str]) -> ClassImages:
+        """Builds the split from one uint8 tensor [n_c, C, H, W] per class."""
+        counts = torch.tensor([len(group) for group in groups], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        return ClassImages(torch.cat(groups), offsets, list(class_names))
+
+
+class FewShotDataset(ABC):
+    """A dataset with disjoint train / val / test classes.
+
+    Subclasses find (or download) and validate the files, then decode each split once.
+    """
+
+    #: image channels (1 for grayscale, 3 for RGB)
+    channels: int = 1
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Downloads and decodes what is missing; run once per machine before :meth:`load_split`."""
+
+    @abstractmethod
+    def load_split(self, split: str) -> ClassImages:
+        """The decoded classes of ``split`` (one of :data:`SPLITS`)."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> Tensor:
+        """A user's image, as uint8 [C, H, W] in the same format as :meth:`load_split` (for ``predict``)."""
+
+
+def check_split_name(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")

@@ -1,0 +1,159 @@
+"""Omniglot (Lake et al. 2015): 1623 handwritten characters from 50 alphabets, 20 drawers each.
+
+Two standard protocols:
+
+* ``vinyals``: the class split of Vinyals et al. (2016) used by Prototypical Networks, MAML and Relation
+  Networks: 1028 / 172 / 423 characters for train / val / test, each character in 4 rotations
+  (0, 90, 180, 270 degrees) as separate classes, images 28x28.
+* ``lake``: train on the 30 background alphabets (964 characters), test on the 20 evaluation alphabets
+  (659 characters), as Lake et al. and the Siamese networks of Koch et al.; images up to 105x105.
+  The protocol has no validation classes: ``val`` episodes are drawn from the evaluation alphabets
+  with a seed of their own, so ``val/acc`` there is a monitor, not an unbiased selection signal.
+
+Images are stored with ink = 255 on a background of 0 (the PNGs are inverted), as in the ProtoNet code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from fsl_lightning.data.datasets.archives import ImageArchive, download_file, locate_archive
+from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset, check_split_name
+from fsl_lightning.data.decoded_cache import cached
+from fsl_lightning.data.images import open_image, pil_to_uint8, resize_uint8
+from fsl_lightning.data.roots import DatasetNotFoundError, data_root
+
+log = logging.getLogger(__name__)
+
+DRAWERS = 20
+NATIVE_SIZE = 105
+#: official archive name -> number of characters it must hold
+PARTS = {"images_background": 964, "images_evaluation": 659}
+ARCHIVE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{part}.zip"
+VINYALS_SPLIT_URL = (
+    "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals/{split}.txt"
+)
+ROTATIONS = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}
+
+
+class Omniglot(FewShotDataset):
+    """Omniglot from ``<root>/omniglot/`` (official zips or their extracted folders).
+
+    Args:
+        protocol: ``vinyals`` or ``lake`` (see the module docstring).
+        image_size: side of the square images; default 28 for ``vinyals`` and 105 for ``lake``.
+        root: data root; default ``$FSL_DATA_ROOT``, else the user cache directory.
+        download: fetch the official archives when they are missing.
+    """
+
+    channels = 1
+
+    def __init__(
+        self,
+        protocol: Literal["vinyals", "lake"] = "vinyals",
+        image_size: int | None = None,
+        root: str | None = None,
+        download: bool = True,
+    ) -> None:
+        if protocol not in ("vinyals", "lake"):
+            raise ValueError(f"Unknown Omniglot protocol {protocol!r}: use 'vinyals' or 'lake'.")
+        self.protocol = protocol
+        self.image_size = image_size or (28 if protocol == "vinyals" else NATIVE_SIZE)
+        if not 1 <= self.image_size <= NATIVE_SIZE:
+            raise ValueError(f"Omniglot image_size must be between 1 and {NATIVE_SIZE}, got {self.image_size}.")
+        self.root = data_root(root) / "omniglot"
+        self.download = download
+
+    def prepare(self) -> None:
+        for part in PARTS:
+            self._characters(part)
+        if self.protocol == "vinyals":
+            for split in ("train", "val", "test"):
+                self._vinyals_split_file(split)
+
+    def load_split(self, split: str) -> ClassImages:
+        check_split_name(split)
+        if self.protocol == "vinyals":
+            return self._vinyals_split(split)
+        part = "images_background" if split == "train" else "images_evaluation"
+        names, images = self._characters(part)
+        return ClassImages.from_groups(list(images), names)
+
+    def preprocess(self, image: Image.Image) -> Tensor:
+        return resize_uint8(_invert(pil_to_uint8(image.convert("L")))[None], self.image_size)[0]
+
+    def _vinyals_split(self, split: str) -> ClassImages:
+        by_name: dict[str, Tensor] = {}
+        for part in PARTS:
+            names, images = self._characters(part)
+            by_name.update(zip(names, images))
+        class_names = self._vinyals_split_file(split).read_text().split()
+        groups = []
+        for class_name in class_names:
+            character, _, rotation = class_name.rpartition("/")
+            if character not in by_name or rotation not in ROTATIONS:
+                raise ValueError(f"Vinyals split entry {class_name!r} names no Omniglot character and rotation.")
+            groups.append(torch.rot90(by_name[character], ROTATIONS[rotation], dims=(-2, -1)))
+        return ClassImages.from_groups(groups, class_names)
+
+    def _characters(self, part: str) -> tuple[list[str], Tensor]:
+        """Names ``Alphabet/characterNN`` and images uint8 [characters, 20, 1, S, S] of one archive."""
+        archive = locate_archive(self.root, part, ARCHIVE_URL.format(part=part) if self.download else None)
+        key = f"omniglot-{part}-{self.image_size}"
+        payload = cached(key, archive.stamp(), lambda: _decode_characters(archive, part, self.image_size))
+        return payload["names"], payload["images"]
+
+    def _vinyals_split_file(self, split: str) -> Path:
+        path = self.root / "vinyals_splits" / f"{split}.txt"
+        if not path.exists():
+            if not self.download:
+                raise DatasetNotFoundError(_missing_split_message(path))
+            try:
+                download_file(VINYALS_SPLIT_URL.format(split=split), path)
+            except OSError as error:
+                raise DatasetNotFoundError(f"{_missing_split_message(path)} (download failed: {error})") from error
+        return path
+
+
+def _decode_characters(archive: ImageArchive, part: str, image_size: int) -> dict:
+    files_by_character = archive.files_by_folder(depth=2)
+    _validate(archive, part, files_by_character)
+    names, groups = [], []
+    for character, files in sorted(files_by_character.items()):
+        images = [pil_to_uint8(open_image(archive.read(f), archive.describe(f), "L")) for f in sorted(files)]
+        groups.append(resize_uint8(_invert(torch.stack(images)), image_size))
+        names.append(character)
+    log.info("Decoded %d Omniglot characters from %s", len(names), archive.path)
+    return {"names": names, "images": torch.stack(groups)}
+
+
+def _validate(archive: ImageArchive, part: str, files_by_character: dict[str, list[str]]) -> None:
+    expected = PARTS[part]
+    if len(files_by_character) != expected:
+        raise DatasetNotFoundError(
+            f"{archive.path} holds {len(files_by_character)} character folders, but Omniglot's {part} has {expected} "
+            f"(layout {part}/<Alphabet>/characterNN/*.png). Replace it with the official {part}.zip."
+        )
+    for character, files in files_by_character.items():
+        if len(files) != DRAWERS:
+            raise DatasetNotFoundError(
+                f"{archive.describe(character)} holds {len(files)} images, Omniglot has {DRAWERS} per character: "
+                f"the copy is incomplete. Replace it with the official {part}.zip."
+            )
+
+
+def _invert(images: Tensor) -> Tensor:
+    return 255 - images
+
+
+def _missing_split_message(path: Path) -> str:
+    return (
+        f"The Vinyals et al. Omniglot split file {path} is missing. Download train.txt, val.txt, test.txt from "
+        f"{VINYALS_SPLIT_URL.format(split='<split>')} into {path.parent}/, or set download: true."
+    )

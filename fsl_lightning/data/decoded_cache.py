@@ -1,0 +1,35 @@
+"""Decode once, reuse: decoded datasets are cached as tensors on disk, keyed by their source file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Callable
+
+import torch
+
+from fsl_lightning.data.roots import decoded_cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def cached(key: str, stamp: Any, build: Callable[[], Any]) -> Any:
+    """Returns ``build()``, from ``<cache dir>/<key>.pt`` when that was built from the same source ``stamp``.
+
+    The file is written atomically, so that concurrent processes (DDP ranks) never read half a file.
+    """
+    path = decoded_cache_dir() / f"{key}.pt"
+    if path.exists():
+        try:
+            entry = torch.load(path, weights_only=True)
+            if entry.get("stamp") == list(stamp):
+                return entry["payload"]
+        except Exception as error:  # a damaged cache is rebuilt, never trusted
+            log.warning("Ignoring unreadable cache %s (%s)", path, error)
+    payload = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        torch.save({"stamp": list(stamp), "payload": payload}, tmp)
+    os.replace(tmp.name, path)
+    return payload

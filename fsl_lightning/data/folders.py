@@ -1,0 +1,57 @@
+"""A user's own images for ``predict``: a support folder (one sub-folder per class) and a query folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from fsl_lightning.data.images import IMAGE_SUFFIXES, open_image
+
+Preprocess = Callable[[Image.Image], Tensor]
+
+
+def read_support_folder(root: str | Path, preprocess: Preprocess) -> tuple[Tensor, Tensor, list[str]]:
+    """Images uint8 [M, C, H, W], labels [M] and class names (sorted sub-folder names) of ``root``."""
+    root = _existing_folder(root, "support")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if len(class_dirs) < 2:
+        raise ValueError(
+            f"The support folder {root} needs one sub-folder of images per class, at least 2 classes; "
+            f"found {len(class_dirs)}."
+        )
+    images, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = _image_files(class_dir)
+        if not files:
+            raise ValueError(f"The support class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        images += [_load(path, preprocess) for path in files]
+        labels += [label] * len(files)
+    return torch.stack(images), torch.tensor(labels), [d.name for d in class_dirs]
+
+
+def read_query_folder(root: str | Path, preprocess: Preprocess) -> tuple[Tensor, list[str]]:
+    """Images uint8 [M, C, H, W] of every image file under ``root`` (recursively), and their paths."""
+    root = _existing_folder(root, "query")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"The query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return torch.stack([_load(path, preprocess) for path in files]), [str(p) for p in files]
+
+
+def _existing_folder(root: str | Path, role: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"The {role} folder {root} does not exist or is not a folder.")
+    return root
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _load(path: Path, preprocess: Preprocess) -> Tensor:
+    return preprocess(open_image(path, path, "RGB"))

@@ -1,0 +1,51 @@
+"""Decoding image files into uint8 tensors, with errors that name the file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class CorruptImageError(ValueError):
+    """An image file cannot be decoded."""
+
+
+def open_image(data: bytes | Path, name: str | Path, mode: str) -> Image.Image:
+    """Decodes ``data`` (bytes or a path) into a PIL image of ``mode`` ("L" or "RGB").
+
+    ``name`` is what the error message shows: the file path, or ``archive.zip:member``.
+    """
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(source) as image:
+            return image.convert(mode)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise CorruptImageError(
+            f"Cannot decode image {name}: {error}. The file is missing, truncated or not an image: "
+            "restore it from the original dataset archive (or delete the extracted folder so that the "
+            "archive is read again)."
+        ) from error
+
+
+def pil_to_uint8(image: Image.Image) -> Tensor:
+    """PIL image ("L" or "RGB") to a uint8 tensor [C, H, W]."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def resize_uint8(images: Tensor, size: int) -> Tensor:
+    """Resizes a uint8 batch [B, C, H, W] to [B, C, size, size] by area averaging (no aliasing)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="area")
+    return resized.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,110 @@
+"""FewShotMethod: what every few-shot method shares (loss, metrics, logging, optimisers, prediction)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from fsl_lightning.episode import Episode
+from fsl_lightning.methods.metrics import EpisodeAccuracy
+
+
+class FewShotMethod(L.LightningModule):
+    """Base class of every method: subclasses implement :meth:`episode_logits` (or override the loss).
+
+    Args:
+        backbone: the embedding network (any ``nn.Module``, e.g. ``fsl_lightning.backbones.Conv4``).
+        optimizer: builds the optimiser from the parameters (LightningCLI: ``class_path`` + ``init_args``).
+        lr_scheduler: optional; builds a scheduler from the optimiser.
+        scheduler_interval: ``step`` (per training episode) or ``epoch``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "step",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.train_accuracy = MeanMetric()
+        self.val_accuracy = EpisodeAccuracy()
+        self.test_accuracy = EpisodeAccuracy()
+
+    @abstractmethod
+    def episode_logits(self, episode: Episode) -> Tensor:
+        """Class scores of the queries, [num_queries, way], from the support set of the same episode."""
+
+    def episode_loss(self, episode: Episode, logits: Tensor) -> Tensor:
+        """Cross-entropy over the queries; methods with another objective override this."""
+        return F.cross_entropy(logits, episode.query_labels)
+
+    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        logits = self.episode_logits(episode)
+        loss = self.episode_loss(episode, logits)
+        self.train_accuracy(self._accuracy(logits, episode))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_accuracy, prog_bar=True)
+        return loss
+
+    def validation_step(self, episode: Episode, batch_idx: int) -> None:
+        self._evaluate(episode, self.val_accuracy, "val")
+
+    def test_step(self, episode: Episode, batch_idx: int) -> None:
+        self._evaluate(episode, self.test_accuracy, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy(self.val_accuracy, "val")
+
+    def on_test_epoch_end(self) -> None:
+        mean, ci95, episodes = self._log_accuracy(self.test_accuracy, "test")
+        self.print(f"Test accuracy: {100 * mean:.2f}% ± {100 * ci95:.2f}% (95% CI over {episodes} episodes)")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
+        """Classifies the user's query images against their support folder: file, class and probability."""
+        probabilities = self.episode_logits(batch["episode"]).float().softmax(dim=-1)
+        scores, predicted = probabilities.max(dim=-1)
+        names = batch["class_names"]
+        return [
+            {"query_file": file, "predicted_class": names[label], "score": score}
+            for file, label, score in zip(batch["query_files"], predicted.tolist(), scores.tolist())
+        ]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def _evaluate(self, episode: Episode, metric: EpisodeAccuracy, stage: str) -> None:
+        logits = self.episode_logits(episode)
+        self.log(f"{stage}/loss", self.episode_loss(episode, logits))
+        metric.update(self._accuracy(logits, episode))
+
+    def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> tuple[float, float, int]:
+        mean, ci95, episodes = metric.compute()
+        metric.reset()
+        self.log(f"{stage}/acc", mean.float(), sync_dist=False)
+        self.log(f"{stage}/acc_ci95", ci95.float(), sync_dist=False)
+        return float(mean), float(ci95), episodes
+
+    @staticmethod
+    def _accuracy(logits: Tensor, episode: Episode) -> Tensor:
+        """Fraction of the episode's queries classified right (micro-averaged)."""
+        return multiclass_accuracy(
+            logits.argmax(dim=-1), episode.query_labels, num_classes=episode.way, average="micro"
+        )

@@ -1,0 +1,25 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fsl_lightning.episode import Episode
+from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
+
+
+class ProtoNet(FewShotMethod):
+    """Each class is the mean of its support embeddings; a query scores ``-||f(q) - prototype||^2``.
+
+    Support and query images go through the backbone in one batch (batch norm sees the whole episode,
+    as in the paper's code). Training and test way/shot are independent (set in the data module).
+    """
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        num_support = len(episode.support_images)
+        embeddings = self.backbone(torch.cat([episode.support_images, episode.query_images]))
+        support, queries = embeddings[:num_support], embeddings[num_support:]
+        prototypes = class_prototypes(support, episode.support_labels, episode.way)
+        return -squared_euclidean_distance(queries, prototypes)
