@@ -56,8 +56,9 @@ class FewShotMethod(L.LightningModule):
         logits = self.episode_logits(episode)
         loss = self.episode_loss(episode, logits)
         self.train_accuracy(self._accuracy(logits, episode))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_accuracy, prog_bar=True)
+        queries = len(episode.query_labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=queries)
+        self.log("train/acc", self.train_accuracy, prog_bar=True, batch_size=queries)
         return loss
 
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
@@ -92,7 +93,7 @@ class FewShotMethod(L.LightningModule):
 
     def _evaluate(self, episode: Episode, metric: EpisodeAccuracy, stage: str) -> None:
         logits = self.episode_logits(episode)
-        self.log(f"{stage}/loss", self.episode_loss(episode, logits))
+        self.log(f"{stage}/loss", self.episode_loss(episode, logits), batch_size=len(episode.query_labels), sync_dist=True)
         metric.update(self._accuracy(logits, episode))
 
     def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> tuple[float, float, int]:

@@ -1,0 +1,125 @@
+"""Episode sampling and the data module: contents, label mapping, determinism, rank sharding, errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.trainer.states import RunningStage
+
+from fsl_lightning.data import EpisodicDataModule
+from fsl_lightning.data.sampler import episode_generator, sample_episode
+from fsl_lightning.episode import EpisodeSpec
+
+SPEC = EpisodeSpec(way=5, shot=2, query=3)
+
+
+def make_datamodule(omniglot, **kwargs):
+    arguments = dict(train=SPEC, evaluation=SPEC, val_episodes=10, test_episodes=10)
+    arguments.update(kwargs)
+    datamodule = EpisodicDataModule(omniglot, **arguments)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    return datamodule
+
+
+def attach_trainer(datamodule, stage, rank=0, world=1, step=0):
+    datamodule.trainer = SimpleNamespace(
+        state=SimpleNamespace(stage=stage), global_rank=rank, world_size=world, global_step=step
+    )
+
+
+def episodes_of(loader, datamodule):
+    return [datamodule.on_after_batch_transfer(batch, 0) for batch in loader]
+
+
+def test_episode_has_the_right_classes_counts_and_labels(omniglot, vinyals_test_split):
+    datamodule = make_datamodule(omniglot)
+    attach_trainer(datamodule, RunningStage.TESTING)
+    classes = vinyals_test_split
+    for episode in episodes_of(datamodule.test_dataloader(), datamodule):
+        assert episode.support_images.shape == (5 * 2, 1, 28, 28)
+        assert episode.query_images.shape == (5 * 3, 1, 28, 28)
+        assert torch.equal(episode.support_labels, torch.arange(5).repeat_interleave(2))
+        assert torch.equal(episode.query_labels, torch.arange(5).repeat_interleave(3))
+        assert len(set(episode.class_ids.tolist())) == 5
+        assert episode.support_images.dtype == torch.float32 and 0 <= episode.support_images.min()
+        assert episode.support_images.max() <= 1
+        for label, class_id in enumerate(episode.class_ids.tolist()):
+            # every image with label i is one of class_ids[i]'s 20 images
+            pool = classes.images[classes.class_offsets[class_id] : classes.class_offsets[class_id + 1]]
+            pool = pool.float() / 255
+            for image in torch.cat([episode.support_images[episode.support_labels == label],
+                                    episode.query_images[episode.query_labels == label]]):
+                assert (pool == image).flatten(1).all(1).any()
+
+
+def test_support_and_query_never_share_an_image():
+    offsets = torch.arange(0, 21 * 50, 21)  # 49 classes of 21 images
+    for key in range(50):
+        indices, _ = sample_episode(offsets, EpisodeSpec(5, 5, 16), episode_generator(0, 0, key))
+        assert indices.unique().numel() == indices.numel() == 5 * 21
+
+
+def test_classes_with_fewer_images_are_sampled_within_their_range():
+    counts = torch.tensor([3, 10, 4, 7])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    for key in range(100):
+        indices, class_ids = sample_episode(offsets, EpisodeSpec(4, 1, 2), episode_generator(0, 0, key))
+        for row, class_id in zip(indices, class_ids):
+            assert (row >= offsets[class_id]).all() and (row < offsets[class_id + 1]).all()
+
+
+def test_evaluation_episodes_are_fixed_across_runs_and_training_seeds(omniglot):
+    first, second = make_datamodule(omniglot, seed=1), make_datamodule(omniglot, seed=2)
+    for datamodule in (first, second):
+        attach_trainer(datamodule, RunningStage.TESTING)
+    a = [idx for idx, _ in first.test_dataloader()]
+    b = [idx for idx, _ in second.test_dataloader()]
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 10
+    assert not torch.equal(a[0], a[1])
+    val = [idx for idx, _ in first.val_dataloader()]
+    assert not torch.equal(val[0], a[0]), "validation and test episodes must differ"
+
+
+def test_ranks_split_the_evaluation_episodes_exactly(omniglot):
+    datamodule = make_datamodule(omniglot, test_episodes=11)
+    attach_trainer(datamodule, RunningStage.TESTING)
+    single = [idx for idx, _ in datamodule.test_dataloader()]
+    shards = []
+    for rank in range(2):
+        attach_trainer(datamodule, RunningStage.TESTING, rank=rank, world=2)
+        shards.append([idx for idx, _ in datamodule.test_dataloader()])
+    assert len(shards[0]) == 6 and len(shards[1]) == 5
+    merged = [shards[k % 2][k // 2] for k in range(11)]
+    assert all(torch.equal(x, y) for x, y in zip(single, merged))
+
+
+def test_training_stream_is_distinct_per_rank_and_resumes_at_the_step(omniglot):
+    datamodule = make_datamodule(omniglot, train_episodes_per_epoch=4)
+    attach_trainer(datamodule, RunningStage.TRAINING, rank=0, world=2)
+    rank0 = [idx for idx, _ in datamodule.train_dataloader()]
+    attach_trainer(datamodule, RunningStage.TRAINING, rank=1, world=2)
+    rank1 = [idx for idx, _ in datamodule.train_dataloader()]
+    assert not any(torch.equal(x, y) for x, y in zip(rank0, rank1))
+    attach_trainer(datamodule, RunningStage.TRAINING, rank=0, world=2, step=2)
+    resumed = [idx for idx, _ in datamodule.train_dataloader()]
+    assert torch.equal(resumed[0], rank0[2]) and torch.equal(resumed[1], rank0[3])
+
+
+def test_way_larger_than_the_classes_is_refused(omniglot):
+    with pytest.raises(ValueError, match=r"5000-way episodes need 5000 classes, but the train split has only 4112"):
+        make_datamodule(omniglot, train=EpisodeSpec(way=5000, shot=1, query=1))
+
+
+def test_shot_plus_query_larger_than_the_images_per_class_is_refused(omniglot):
+    with pytest.raises(ValueError, match=r"shot=5 \+ query=16 need 21 images per class.*only 20"):
+        make_datamodule(omniglot, evaluation=EpisodeSpec(way=5, shot=5, query=16))
+
+
+def test_degenerate_episode_spec_is_refused():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        EpisodeSpec(way=1, shot=1, query=1)
+    with pytest.raises(ValueError, match="shot must be at least 1"):
+        EpisodeSpec(way=5, shot=0, query=1)
