@@ -1,5 +1,6 @@
-"""Callbacks used by the CLI."""
+"""Callbacks used by the CLI and the benchmarks."""
 
 from fsl_lightning.callbacks.prediction_writer import PredictionCSVWriter
+from fsl_lightning.callbacks.throughput import EpisodeThroughput
 
-__all__ = ["PredictionCSVWriter"]
+__all__ = ["EpisodeThroughput", "PredictionCSVWriter"]
