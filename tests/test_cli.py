@@ -139,3 +139,16 @@ def _accuracy_line(stdout: str) -> str:
     lines = [line for line in stdout.splitlines() if line.startswith("Test accuracy:")]
     assert len(lines) == 1, stdout[-3000:]
     return lines[0]
+
+
+def test_checkpoint_loads_without_the_cli(fitted):
+    import torch
+
+    from fsl_lightning.backbones import Conv4
+    from fsl_lightning.methods import ProtoNet
+
+    _, _, best = fitted
+    model = ProtoNet.load_from_checkpoint(best, map_location="cpu")
+    assert isinstance(model.backbone, Conv4)
+    weights = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    assert torch.equal(model.backbone.encoder[0][0].weight, weights["backbone.encoder.0.0.weight"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,10 @@ from fsl_lightning.data.sampler import EpisodeStream, check_episode_fits
 from fsl_lightning.episode import Episode, EpisodeSpec, split_support_query
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
+
+# Episode streams know their length and are read in the main process (sampling is cheap), so Lightning's
+# warning about `__len__` with several loader workers does not apply.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class EpisodicDataModule(L.LightningDataModule):

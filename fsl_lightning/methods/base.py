@@ -16,6 +16,17 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.metrics import EpisodeAccuracy
 
+try:  # set while LightningCLI instantiates a module from its config (Lightning >= 2.3)
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover - older or newer Lightning without it
+    _given_hyperparameters = None
+
+
+def _built_by_cli() -> bool:
+    """Whether the init arguments are config values (then the checkpoint keeps them, backbone included, so that
+    ``Method.load_from_checkpoint(path)`` rebuilds the model) rather than live objects, which must not be pickled."""
+    return _given_hyperparameters is not None and _given_hyperparameters.get() is not None
+
 
 class FewShotMethod(L.LightningModule):
     """Base class of every method: subclasses implement :meth:`episode_logits` (or override the loss).
@@ -35,14 +46,15 @@ class FewShotMethod(L.LightningModule):
         scheduler_interval: str = "step",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=[] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
-        self.train_accuracy = MeanMetric()
-        self.val_accuracy = EpisodeAccuracy()
-        self.test_accuracy = EpisodeAccuracy()
+        # No NaN checks and no input validation in the step: each would synchronise the host with the GPU.
+        self.train_accuracy = MeanMetric(nan_strategy="disable")
+        self.val_accuracy = EpisodeAccuracy(nan_strategy="disable")
+        self.test_accuracy = EpisodeAccuracy(nan_strategy="disable")
 
     @abstractmethod
     def episode_logits(self, episode: Episode) -> Tensor:
@@ -57,8 +69,9 @@ class FewShotMethod(L.LightningModule):
         loss = self.episode_loss(episode, logits)
         self.train_accuracy(self._accuracy(logits, episode))
         queries = len(episode.query_labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=queries)
-        self.log("train/acc", self.train_accuracy, prog_bar=True, batch_size=queries)
+        # Not on the progress bar: that would read the values back from the GPU every step.
+        self.log("train/loss", loss, batch_size=queries)
+        self.log("train/acc", self.train_accuracy, batch_size=queries)
         return loss
 
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
@@ -107,5 +120,5 @@ class FewShotMethod(L.LightningModule):
     def _accuracy(logits: Tensor, episode: Episode) -> Tensor:
         """Fraction of the episode's queries classified right (micro-averaged)."""
         return multiclass_accuracy(
-            logits.argmax(dim=-1), episode.query_labels, num_classes=episode.way, average="micro"
+            logits.argmax(dim=-1), episode.query_labels, num_classes=episode.way, average="micro", validate_args=False
         )
