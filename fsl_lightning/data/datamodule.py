@@ -128,7 +128,8 @@ class EpisodicDataModule(L.LightningDataModule):
         stream = EpisodeStream(
             classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys
         )
-        return DataLoader(stream, batch_size=None)
+        # Pinned index tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
+        return DataLoader(stream, batch_size=None, pin_memory=torch.cuda.is_available())
 
     def _train_keys(self) -> range:
         # Called when an epoch starts: the stream goes on from the current step, one key per (step, rank).

@@ -20,6 +20,8 @@ class ProtoNet(FewShotMethod):
     def episode_logits(self, episode: Episode) -> Tensor:
         num_support = len(episode.support_images)
         embeddings = self.backbone(torch.cat([episode.support_images, episode.query_images]))
+        # Distances in fp32 even under mixed precision: bf16 differences of near-equal embeddings lose the ranking.
+        embeddings = embeddings.float()
         support, queries = embeddings[:num_support], embeddings[num_support:]
         prototypes = class_prototypes(support, episode.support_labels, episode.way)
         return -squared_euclidean_distance(queries, prototypes)
