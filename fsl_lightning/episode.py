@@ -33,8 +33,10 @@ class Episode:
     """A few-shot task, already on the compute device.
 
     Labels are episode-local, ``0..way-1``; ``class_ids`` maps them back to the dataset's classes.
+    A meta-batch of T tasks (for MAML-like methods, ``train_tasks_per_batch > 1``) adds a leading
+    task dimension to every field.
 
-    Shapes:
+    Shapes (without the task dimension):
         support_images: [way * shot, C, H, W] (float)
         support_labels: [way * shot] (long)
         query_images:   [num_queries, C, H, W] (float)
@@ -50,27 +52,35 @@ class Episode:
 
     @property
     def way(self) -> int:
-        return self.class_ids.shape[0]
+        return self.class_ids.shape[-1]
+
+    @property
+    def num_tasks(self) -> int | None:
+        """T for a meta-batch of tasks, ``None`` for a single episode."""
+        return self.class_ids.shape[0] if self.class_ids.dim() == 2 else None
+
+    def task(self, index: int) -> Episode:
+        """One task of a meta-batch."""
+        return Episode(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def to(self, device: torch.device | str) -> Episode:
         return Episode(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
-def split_support_query(
-    images: Tensor, class_ids: Tensor, spec: EpisodeSpec
-) -> Episode:
-    """Turns images grouped by class, [way, shot + query, C, H, W], into an :class:`Episode`.
+def split_support_query(images: Tensor, class_ids: Tensor, spec: EpisodeSpec) -> Episode:
+    """Turns images grouped by class, [..., way, shot + query, C, H, W], into an :class:`Episode`.
 
-    The first ``shot`` images of each class form the support set, the rest the queries.
+    The first ``shot`` images of each class form the support set, the rest the queries; leading
+    dimensions (tasks of a meta-batch) are kept.
     """
-    way = spec.way
-    support = images[:, : spec.shot].flatten(0, 1)
-    query = images[:, spec.shot :].flatten(0, 1)
-    labels = torch.arange(way, device=images.device)
+    leading = images.shape[:-5]
+    support = images[..., : spec.shot, :, :, :].flatten(-5, -4)
+    query = images[..., spec.shot :, :, :, :].flatten(-5, -4)
+    labels = torch.arange(spec.way, device=images.device)
     return Episode(
         support_images=support,
-        support_labels=labels.repeat_interleave(spec.shot),
+        support_labels=labels.repeat_interleave(spec.shot).expand(*leading, -1),
         query_images=query,
-        query_labels=labels.repeat_interleave(spec.query),
+        query_labels=labels.repeat_interleave(spec.query).expand(*leading, -1),
         class_ids=class_ids,
     )

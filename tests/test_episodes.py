@@ -123,3 +123,17 @@ def test_degenerate_episode_spec_is_refused():
         EpisodeSpec(way=1, shot=1, query=1)
     with pytest.raises(ValueError, match="shot must be at least 1"):
         EpisodeSpec(way=5, shot=0, query=1)
+
+
+def test_meta_batches_stack_distinct_tasks_with_a_leading_dimension(omniglot):
+    datamodule = make_datamodule(omniglot, train_tasks_per_batch=4, train_episodes_per_epoch=3)
+    attach_trainer(datamodule, RunningStage.TRAINING)
+    episodes = episodes_of(datamodule.train_dataloader(), datamodule)
+    assert len(episodes) == 3
+    episode = episodes[0]
+    assert episode.num_tasks == 4 and episode.way == 5
+    assert episode.support_images.shape == (4, 10, 1, 28, 28) and episode.query_images.shape == (4, 15, 1, 28, 28)
+    assert torch.equal(episode.support_labels[2], torch.arange(5).repeat_interleave(2))
+    assert not torch.equal(episode.class_ids[0], episode.class_ids[1])
+    single = episode.task(1)
+    assert single.num_tasks is None and single.support_images.shape == (10, 1, 28, 28)

@@ -35,7 +35,9 @@ class EpisodicDataModule(L.LightningDataModule):
         dataset: the dataset, for example ``fsl_lightning.data.Omniglot``.
         train: way / shot / query of training episodes.
         evaluation: way / shot / query of validation and test episodes.
-        train_episodes_per_epoch: training episodes between two validations.
+        train_episodes_per_epoch: training batches (steps) between two validations.
+        train_tasks_per_batch: episodes per training step; above 1, each batch is a meta-batch of tasks
+            (an :class:`Episode` with a leading task dimension), for MAML-like methods.
         val_episodes: fixed validation episodes.
         test_episodes: fixed test episodes (1000 by default, for a tight confidence interval).
         seed: seed of the training episode stream.
@@ -51,6 +53,7 @@ class EpisodicDataModule(L.LightningDataModule):
         train: EpisodeSpec = EpisodeSpec(way=5, shot=1, query=15),
         evaluation: EpisodeSpec = EpisodeSpec(way=5, shot=1, query=15),
         train_episodes_per_epoch: int = 500,
+        train_tasks_per_batch: int = 1,
         val_episodes: int = 200,
         test_episodes: int = 1000,
         seed: int = 0,
@@ -63,6 +66,9 @@ class EpisodicDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.specs = {"train": train, "val": evaluation, "test": evaluation}
         self.episode_counts = {"train": train_episodes_per_epoch, "val": val_episodes, "test": test_episodes}
+        if train_tasks_per_batch < 1:
+            raise ValueError(f"train_tasks_per_batch must be at least 1, got {train_tasks_per_batch}.")
+        self.train_tasks_per_batch = train_tasks_per_batch
         self.seed = seed
         self.eval_seed = eval_seed
         self.predict_support_dir = predict_support_dir
@@ -125,8 +131,9 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, keys) -> DataLoader:
         classes = self.splits[split]
+        tasks = self.train_tasks_per_batch if split == "train" else 1
         stream = EpisodeStream(
-            classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys
+            classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys, tasks
         )
         # Pinned index tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
         return DataLoader(stream, batch_size=None, pin_memory=torch.cuda.is_available())

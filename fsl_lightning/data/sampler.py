@@ -56,24 +56,40 @@ def sample_episode(class_offsets: Tensor, spec: EpisodeSpec, generator: torch.Ge
 
 
 class EpisodeStream(IterableDataset):
-    """Yields ``(image_indices, class_ids)`` for the episode keys given by ``keys()``.
+    """Yields ``(image_indices, class_ids)`` for each batch key given by ``keys()``.
 
+    A batch is one episode ([way, shot + query] indices, [way] class ids) or, with ``tasks_per_batch`` T > 1,
+    T episodes stacked ([T, way, shot + query], [T, way]) keyed ``batch_key * T + t``.
     ``keys`` is called at the start of each pass, so that a training stream can start at the current step.
     An iterable dataset keeps Lightning from wrapping it in a ``DistributedSampler``: ranks are sharded here.
     """
 
     def __init__(
-        self, class_offsets: Tensor, spec: EpisodeSpec, seed: int, stream: int, keys: Callable[[], range]
+        self,
+        class_offsets: Tensor,
+        spec: EpisodeSpec,
+        seed: int,
+        stream: int,
+        keys: Callable[[], range],
+        tasks_per_batch: int = 1,
     ) -> None:
         self.class_offsets = class_offsets
         self.spec = spec
         self.seed = seed
         self.stream = stream
         self.keys = keys
+        self.tasks_per_batch = tasks_per_batch
 
     def __len__(self) -> int:
         return len(self.keys())
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for key in self.keys():
-            yield sample_episode(self.class_offsets, self.spec, episode_generator(self.seed, self.stream, key))
+            if self.tasks_per_batch == 1:
+                yield self._episode(key)
+            else:
+                tasks = [self._episode(key * self.tasks_per_batch + t) for t in range(self.tasks_per_batch)]
+                yield torch.stack([t[0] for t in tasks]), torch.stack([t[1] for t in tasks])
+
+    def _episode(self, key: int) -> tuple[Tensor, Tensor]:
+        return sample_episode(self.class_offsets, self.spec, episode_generator(self.seed, self.stream, key))
