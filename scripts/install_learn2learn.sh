@@ -20,7 +20,8 @@ if [ -z "$wheel" ]; then
     trap 'rm -rf "$work"' EXIT
     echo "Building learn2learn $VERSION from its sdist with Cython 3 (about a minute)..."
     "$PYTHON" -m pip install -q "cython>=3" setuptools wheel
-    "$PYTHON" -m pip download -q --no-deps --no-binary :all: "learn2learn==$VERSION" -d "$work"
+    # --no-binary for learn2learn alone: for all, pip would also build its build tools (Cython) from source
+    "$PYTHON" -m pip download -q --no-deps --no-binary learn2learn "learn2learn==$VERSION" -d "$work"
     tar -xzf "$work/learn2learn-$VERSION.tar.gz" -C "$work"
     src="$work/learn2learn-$VERSION"
     rm -f "$src"/learn2learn/data/*.c
