@@ -2,20 +2,24 @@
 
 A LightningCLI: every argument of the data module, the method and the Trainer is settable from YAML or
 the command line (``--data.evaluation.shot=5``). ``fit`` tests the best checkpoint when training ends,
-unless ``--test_after_fit=false``.
+unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest run of the same experiment.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
-from fsl_lightning.callbacks import PredictionCSVWriter
+from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, WandbTestMedia
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.methods import METHODS, FewShotMethod
+from fsl_lightning.wandb_setup import choose_wandb_mode
 
 
 class FewShotCLI(LightningCLI):
@@ -24,6 +28,7 @@ class FewShotCLI(LightningCLI):
             model_class=FewShotMethod,
             datamodule_class=EpisodicDataModule,
             subclass_mode_model=True,
+            save_config_callback=SaveAndLogConfig,
             **kwargs,
         )
 
@@ -31,7 +36,22 @@ class FewShotCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint (or the last)."
         )
+        # Always present, so that one config serves every subcommand; each is inert where it does not apply.
         parser.add_lightning_class_args(PredictionCSVWriter, "prediction_writer")
+        parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_guard")
+        parser.add_lightning_class_args(WandbTestMedia, "wandb_media")
+
+    def before_instantiate_classes(self) -> None:
+        if "WandbLogger" in str(self.config[self.subcommand].trainer.logger):
+            reason = choose_wandb_mode()
+            if reason:
+                print(f"W&B runs offline: {reason}. Upload the run later with `wandb sync <run folder>`.")
+
+    def before_fit(self) -> None:
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("ckpt_path") == "last":
+            arguments["ckpt_path"] = str(latest_checkpoint(self.trainer))
+            print(f"Resuming from {arguments['ckpt_path']}")
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].test_after_fit or self.trainer.interrupted:
@@ -39,6 +59,38 @@ class FewShotCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Saves the resolved config beside the run (never overwriting one) and sends it to the loggers (W&B run config)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger):  # its log_dir is shared by all runs: use the run's own folder
+            run_dir = Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.config_filename = str(run_dir.relative_to(trainer.log_dir) / "config.yaml")
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.config.as_dict())
+
+
+def latest_checkpoint(trainer: Trainer) -> Path:
+    """The newest ``last.ckpt`` of earlier runs of this experiment (``--ckpt_path last``).
+
+    Lightning would look only in the new run's own, still empty, checkpoint folder: a resumed run writes
+    into a new version folder, so that nothing of the interrupted run is overwritten.
+    """
+    logger = trainer.logger
+    root = Path(getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
+    candidates = sorted(root.rglob("last*.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {root}. Pass the checkpoint file itself: --ckpt_path <file.ckpt>."
+        )
+    return candidates[-1]
 
 
 def check_method_names(args: list[str]) -> None:

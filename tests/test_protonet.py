@@ -54,5 +54,6 @@ def test_episode_accuracy_metric_accumulates_episodes():
     metric = EpisodeAccuracy()
     for value in (0.5, 1.0, 0.75):
         metric.update(torch.tensor(value))
-    mean, ci95, episodes = metric.compute()
-    assert episodes == 3 and math.isclose(float(mean), 0.75) and float(ci95) > 0
+    summary = metric.compute()
+    assert summary.episodes == 3 and math.isclose(float(summary.mean), 0.75) and float(summary.ci95) > 0
+    assert torch.equal(summary.per_episode, torch.tensor([0.5, 1.0, 0.75]))

@@ -1,6 +1,8 @@
 """Callbacks used by the CLI and the benchmarks."""
 
+from fsl_lightning.callbacks.non_finite_guard import NonFiniteLossError, NonFiniteLossGuard
 from fsl_lightning.callbacks.prediction_writer import PredictionCSVWriter
 from fsl_lightning.callbacks.throughput import EpisodeThroughput
+from fsl_lightning.callbacks.wandb_media import WandbTestMedia
 
-__all__ = ["EpisodeThroughput", "PredictionCSVWriter"]
+__all__ = ["EpisodeThroughput", "NonFiniteLossError", "NonFiniteLossGuard", "PredictionCSVWriter", "WandbTestMedia"]

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from fsl_lightning.episode import Episode
-from fsl_lightning.methods.metrics import EpisodeAccuracy
+from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
 
 try:  # set while LightningCLI instantiates a module from its config (Lightning >= 2.3)
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -55,6 +55,7 @@ class FewShotMethod(L.LightningModule):
         self.train_accuracy = MeanMetric(nan_strategy="disable")
         self.val_accuracy = EpisodeAccuracy(nan_strategy="disable")
         self.test_accuracy = EpisodeAccuracy(nan_strategy="disable")
+        self.last_accuracy: dict[str, AccuracySummary] = {}
 
     @abstractmethod
     def episode_logits(self, episode: Episode) -> Tensor:
@@ -84,8 +85,11 @@ class FewShotMethod(L.LightningModule):
         self._log_accuracy(self.val_accuracy, "val")
 
     def on_test_epoch_end(self) -> None:
-        mean, ci95, episodes = self._log_accuracy(self.test_accuracy, "test")
-        self.print(f"Test accuracy: {100 * mean:.2f}% ± {100 * ci95:.2f}% (95% CI over {episodes} episodes)")
+        summary = self._log_accuracy(self.test_accuracy, "test")
+        self.print(
+            f"Test accuracy: {100 * float(summary.mean):.2f}% ± {100 * float(summary.ci95):.2f}% "
+            f"(95% CI over {summary.episodes} episodes)"
+        )
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
         """Classifies the user's query images against their support folder: file, class and probability."""
@@ -109,12 +113,13 @@ class FewShotMethod(L.LightningModule):
         self.log(f"{stage}/loss", self.episode_loss(episode, logits), batch_size=len(episode.query_labels), sync_dist=True)
         metric.update(self._accuracy(logits, episode))
 
-    def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> tuple[float, float, int]:
-        mean, ci95, episodes = metric.compute()
+    def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> AccuracySummary:
+        summary = metric.compute()
         metric.reset()
-        self.log(f"{stage}/acc", mean.float(), sync_dist=False)
-        self.log(f"{stage}/acc_ci95", ci95.float(), sync_dist=False)
-        return float(mean), float(ci95), episodes
+        self.log(f"{stage}/acc", summary.mean.float())
+        self.log(f"{stage}/acc_ci95", summary.ci95.float())
+        self.last_accuracy[stage] = summary  # for callbacks (histograms of per-episode accuracy)
+        return summary
 
     @staticmethod
     def _accuracy(logits: Tensor, episode: Episode) -> Tensor:

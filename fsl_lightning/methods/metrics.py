@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,14 +18,25 @@ def mean_and_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
     return values.mean(), 1.96 * values.std(unbiased=True) / math.sqrt(values.numel())
 
 
+class AccuracySummary(NamedTuple):
+    """Mean accuracy, half-width of its 95% confidence interval, and the per-episode accuracies behind them."""
+
+    mean: Tensor
+    ci95: Tensor
+    per_episode: Tensor
+
+    @property
+    def episodes(self) -> int:
+        return self.per_episode.numel()
+
+
 class EpisodeAccuracy(CatMetric):
-    """Collects one accuracy per episode; ``compute()`` gives ``(mean, ci95, episodes)``.
+    """Collects one accuracy per episode; ``compute()`` gives an :class:`AccuracySummary`.
 
     Under DDP the per-episode values of all ranks are gathered before the mean, so the result equals
     the single-device one for the same episodes.
     """
 
-    def compute(self) -> tuple[Tensor, Tensor, int]:
-        values = super().compute()
-        mean, ci95 = mean_and_ci95(values)
-        return mean, ci95, values.numel()
+    def compute(self) -> AccuracySummary:
+        values = super().compute().flatten()
+        return AccuracySummary(*mean_and_ci95(values), values)

@@ -1,0 +1,105 @@
+"""Runs that teams rely on: W&B offline logging, resuming after a kill, stopping at a NaN loss."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import wandb
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from fsl_lightning.backbones import Conv4
+from fsl_lightning.callbacks import NonFiniteLossError, NonFiniteLossGuard
+from fsl_lightning.cli import main
+from fsl_lightning.data import EpisodicDataModule
+from fsl_lightning.episode import EpisodeSpec
+from fsl_lightning.methods import ProtoNet
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
+WANDB = str(REPO / "experiments" / "loggers" / "wandb.yaml")
+TINY = [
+    "--data.train.way=5", "--data.train_episodes_per_epoch=10", "--data.val_episodes=5", "--data.test_episodes=20",
+    "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=5",
+]
+
+
+def test_wandb_run_is_written_offline_with_config_metrics_media_and_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", CONFIG, "--config", WANDB, *TINY, "--trainer.max_steps=10",
+          f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"])
+    wandb.finish()  # as at the exit of `python -m fsl_lightning`: flushes the run to disk
+    (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    record = next(run.glob("run-*.wandb")).read_bytes()
+    for key in (b"test/acc", b"test/acc_ci95", b"test/per_episode_acc", b"train/loss", b"val/acc",
+                b"fsl_lightning.methods.ProtoNet", b'"max_steps":10', b"model-"):
+        assert key in record, key
+    assert list(run.glob("files/media/images/test/episode_*.png")), "no image grid of a test episode"
+    assert list(run.glob("files/media/table/test/embeddings_table_*.table.json")), "no embedding projection"
+    assert list((tmp_path / "out").glob("*/*/config.yaml")), "resolved config not saved beside the checkpoints"
+
+
+def test_fit_resumes_from_last_checkpoint_with_the_same_episode_stream(tmp_path):
+    straight = tmp_path / "straight"
+    main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=20", "--test_after_fit=false",
+          f"--trainer.logger.init_args.save_dir={straight}"])
+    killed = tmp_path / "killed"
+    main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=10", "--test_after_fit=false",
+          f"--trainer.logger.init_args.save_dir={killed}"])
+    first_run = killed / "omniglot_protonet_5w1s" / "version_0"
+    before = {path: _digest(path) for path in first_run.rglob("*") if path.is_file()}
+    main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=20", "--test_after_fit=false",
+          f"--trainer.logger.init_args.save_dir={killed}", "--ckpt_path", "last"])
+    assert {path: _digest(path) for path in first_run.rglob("*") if path.is_file()} == before
+    resumed = _last_checkpoint(killed / "omniglot_protonet_5w1s" / "version_1")
+    reference = _last_checkpoint(straight / "omniglot_protonet_5w1s" / "version_0")
+    assert resumed["global_step"] == reference["global_step"] == 20
+    for name, weight in reference["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][name].float(), weight.float(), atol=1e-5), name
+
+
+def test_resume_without_any_checkpoint_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
+        main(["fit", "--config", CONFIG, *TINY, f"--trainer.logger.init_args.save_dir={tmp_path}",
+              "--ckpt_path", "last"])
+
+
+class LossTurnsNaN(ProtoNet):
+    """ProtoNet whose loss becomes NaN from a given step on, as after a numerical blow-up."""
+
+    def __init__(self, nan_from_step: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nan_from_step = nan_from_step
+
+    def episode_loss(self, episode, logits):
+        loss = super().episode_loss(episode, logits)
+        return loss * float("nan") if self.training and self.global_step >= self.nan_from_step else loss
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(omniglot, tmp_path):
+    spec = EpisodeSpec(way=5, shot=1, query=5)
+    datamodule = EpisodicDataModule(omniglot, train=spec, evaluation=spec, train_episodes_per_epoch=100,
+                                    val_episodes=5)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_last=True)
+    trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        callbacks=[NonFiniteLossGuard(check_every_n_steps=50), checkpoints],
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError, match=r"at step 7\b.*Last good checkpoint: .*last\.ckpt"):
+        trainer.fit(LossTurnsNaN(7, backbone=Conv4(in_channels=1)), datamodule=datamodule)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 5
+    assert all(torch.isfinite(weight).all() for weight in saved["state_dict"].values())
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _last_checkpoint(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
