@@ -43,6 +43,13 @@ def test_test_subcommand_from_the_checkpoint_gives_the_same_accuracy(fitted, tmp
     assert cli.trainer.callback_metrics["test/acc"].item() == pytest.approx(accuracy_after_fit, abs=1e-6)
 
 
+def test_validate_subcommand_reports_validation_accuracy(fitted, tmp_path):
+    _, _, best = fitted
+    cli = main(["validate", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
+                "--ckpt_path", best])
+    assert cli.trainer.callback_metrics["val/acc"].item() > 0.8
+
+
 def test_a_second_run_never_overwrites_the_first(fitted):
     out, _, _ = fitted
     assert not (out / "omniglot_protonet_5w1s" / "version_1").exists()

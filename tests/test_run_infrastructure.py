@@ -64,6 +64,13 @@ def test_fit_resumes_from_last_checkpoint_with_the_same_episode_stream(tmp_path)
         assert torch.allclose(resumed["state_dict"][name].float(), weight.float(), atol=1e-5), name
 
 
+def test_bf16_mixed_precision_trains_and_tests(tmp_path):
+    cli = main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=30", "--trainer.precision=bf16-mixed",
+                f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert cli.trainer.precision == "bf16-mixed"
+    assert cli.trainer.callback_metrics["test/acc"].item() > 0.5  # chance is 0.2
+
+
 def test_resume_without_any_checkpoint_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
         main(["fit", "--config", CONFIG, *TINY, f"--trainer.logger.init_args.save_dir={tmp_path}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -43,7 +43,7 @@ class FewShotMethod(L.LightningModule):
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "step",
+        scheduler_interval: Literal["step", "epoch"] = "step",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"])
