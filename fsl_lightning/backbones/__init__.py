@@ -5,9 +5,16 @@ from __future__ import annotations
 from torch import nn
 
 from fsl_lightning.backbones.conv4 import Conv4
+from fsl_lightning.backbones.koch import KochNet
+from fsl_lightning.backbones.relation_conv4 import RelationConv4
 from fsl_lightning.backbones.resnet12 import ResNet12
 
-BACKBONES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
+BACKBONES: dict[str, type[nn.Module]] = {
+    "conv4": Conv4,
+    "resnet12": ResNet12,
+    "koch": KochNet,
+    "relation_conv4": RelationConv4,
+}
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -19,4 +26,4 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return backbone_class(**kwargs)
 
 
-__all__ = ["BACKBONES", "Conv4", "ResNet12", "build_backbone"]
+__all__ = ["BACKBONES", "Conv4", "KochNet", "RelationConv4", "ResNet12", "build_backbone"]

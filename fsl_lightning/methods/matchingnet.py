@@ -1,0 +1,120 @@
+"""Matching Networks (Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra, NeurIPS 2016)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from fsl_lightning.episode import Episode
+from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.functional import attention_class_log_probabilities, cosine_similarity_matrix
+
+
+class SupportContextEmbedding(nn.Module):
+    """Full-context embedding g of the support set (Vinyals et al. 2016, appendix A.2).
+
+    A bidirectional LSTM reads the support embeddings as one sequence; each item becomes
+    ``g(x_i, S) = g'(x_i) + h_fwd_i + h_bwd_i``. support [S, D] -> [S, D].
+    """
+
+    def __init__(self, embedding_dim: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(embedding_dim, embedding_dim, bidirectional=True, batch_first=True)
+
+    def forward(self, support: Tensor) -> Tensor:
+        outputs, _ = self.lstm(support.unsqueeze(0))  # [1, S, 2D]: forward and backward states side by side
+        forward_states, backward_states = outputs[0].chunk(2, dim=-1)
+        return support + forward_states + backward_states
+
+
+class QueryAttentionEmbedding(nn.Module):
+    """Full-context embedding f of the queries: an attention LSTM with K read steps (appendix A.1).
+
+    Each step k:  ĥ_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1});  h_k = ĥ_k + f'(x);
+    r_k = sum_i softmax_i(h_k · g(x_i)) g(x_i).  The output is h_K.
+
+    The paper concatenates the read-out r to the LSTM's hidden state; here r is concatenated to the
+    LSTM's input instead, which gives the same gate pre-activations (both are one linear map of
+    [f'(x), h, r]) while the hidden state keeps the embedding size D needed by ``h_k = ĥ_k + f'(x)``.
+    queries [Q, D], support [S, D] (already context-embedded) -> [Q, D].
+    """
+
+    def __init__(self, embedding_dim: int, read_steps: int) -> None:
+        super().__init__()
+        if read_steps < 1:
+            raise ValueError(f"The attention LSTM needs at least one read step, got fce_read_steps={read_steps}.")
+        self.cell = nn.LSTMCell(2 * embedding_dim, embedding_dim)
+        self.read_steps = read_steps
+
+    def forward(self, queries: Tensor, support: Tensor) -> Tensor:
+        hidden = queries
+        cell = torch.zeros_like(queries)
+        readout = torch.zeros_like(queries)
+        for _ in range(self.read_steps):
+            lstm_hidden, cell = self.cell(torch.cat([queries, readout], dim=-1), (hidden, cell))
+            hidden = lstm_hidden + queries  # skip connection to f'(x)
+            attention = (hidden @ support.T).softmax(dim=-1)  # [Q, S], dot-product attention as in the paper
+            readout = attention @ support
+        return hidden
+
+
+class MatchingNet(FewShotMethod):
+    """Softmax attention over cosine similarities to the support set, summed per class (eq. 1-2).
+
+    ``P(y = k | x) = sum_{i: y_i = k} softmax_i(cos(f(x), g(x_i)))``; the logits are ``log P``, so the
+    base class's cross-entropy is exactly the paper's negative log-likelihood. Support and queries go
+    through the backbone in one batch.
+
+    Args:
+        backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
+        fce: full-context embeddings (bidirectional LSTM g over the support set, attention LSTM f over
+            the queries). The paper reports no gain from them on Omniglot, so the Omniglot configs leave them off.
+        embedding_dim: size D of the backbone's flat embeddings, needed to build the LSTMs
+            (64 for Conv4 on 28x28 images, 1600 on 84x84).
+        fce_read_steps: K, the attention LSTM's read steps over the support set.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        fce: bool = False,
+        embedding_dim: int = 64,
+        fce_read_steps: int = 5,
+    ) -> None:
+        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        self.embedding_dim = embedding_dim
+        self.support_context = SupportContextEmbedding(embedding_dim) if fce else None
+        self.query_attention = QueryAttentionEmbedding(embedding_dim, fce_read_steps) if fce else None
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        num_support = len(episode.support_images)
+        embeddings = self.backbone(torch.cat([episode.support_images, episode.query_images]))
+        support, queries = self.contextual_embeddings(embeddings[:num_support], embeddings[num_support:])
+        # Similarities and log-sum-exp in fp32: under bf16 the attention weights of near-equal cosines tie.
+        similarities = cosine_similarity_matrix(queries.float(), support.float())
+        return attention_class_log_probabilities(similarities, episode.support_labels, episode.way)
+
+    def contextual_embeddings(self, support: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """(g(S), f(Q)): the backbone embeddings themselves, or their full-context versions with ``fce``.
+
+        support [S, D], queries [Q, D] -> the same shapes.
+        """
+        if self.support_context is None:
+            return support, queries
+        if support.dim() != 2 or support.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"Full-context embeddings were built for embeddings of size embedding_dim={self.embedding_dim}, "
+                f"but the backbone gives {tuple(support.shape[1:])}: set embedding_dim to the backbone's flat "
+                "output size (64 for Conv4 on 28x28 images, 1600 on 84x84)."
+            )
+        support = self.support_context(support)
+        return support, self.query_attention(queries, support)
+
+
+__all__ = ["MatchingNet", "QueryAttentionEmbedding", "SupportContextEmbedding"]

@@ -1,0 +1,124 @@
+"""Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from fsl_lightning.episode import Episode
+from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.functional import class_sums
+
+
+def relation_conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Padded 3x3 convolution, batch norm, ReLU, 2x2 max pooling (the relation module's blocks)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class RelationModule(nn.Module):
+    """g_phi: two conv blocks and two fully connected layers, ending in a sigmoid relation score (fig. 2).
+
+    pairs [P, 2 * feature_channels, s, s] (class map and query map concatenated on channels) -> scores [P]
+    in (0, 1).
+
+    Args:
+        feature_channels: channels C of the embedding's feature maps (64).
+        feature_size: side s of the embedding's feature maps (5 for RelationConv4 on 28x28 images).
+        hidden_channels: filters of the two conv blocks (64).
+        hidden_units: width of the first fully connected layer (8 in the paper).
+    """
+
+    def __init__(
+        self, feature_channels: int = 64, feature_size: int = 5, hidden_channels: int = 64, hidden_units: int = 8
+    ) -> None:
+        super().__init__()
+        pooled = feature_size // 2 // 2
+        if pooled < 1:
+            raise ValueError(f"feature_size={feature_size} is too small for two 2x2 poolings (needs at least 4).")
+        self.feature_channels = feature_channels
+        self.feature_size = feature_size
+        self.convolutions = nn.Sequential(
+            relation_conv_block(2 * feature_channels, hidden_channels),
+            relation_conv_block(hidden_channels, hidden_channels),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(hidden_channels * pooled * pooled, hidden_units),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_units, 1),
+        )
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.classifier(self.convolutions(pairs)).squeeze(-1).sigmoid()
+
+
+class RelationNet(FewShotMethod):
+    """Learned comparison: a relation module scores each (class, query) pair of feature maps (eq. 1-3).
+
+    The class map is the sum of its support feature maps (eq. 2, K > 1), concatenated on channels with
+    each query's map; scores are regressed to one-hot targets with a mean squared error (eq. 3), and the
+    scores themselves are the logits for accuracy. The backbone must return feature maps
+    [B, C, s, s] with s >= 4 (``fsl_lightning.backbones.relation_conv4.RelationConv4``: 5x5 on 28x28 images; ``Conv4``
+    with ``flatten: false`` keeps only 1x1 maps there, 5x5 on 84x84 images).
+
+    Args:
+        backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
+        feature_channels, feature_size, hidden_channels, hidden_units: see :class:`RelationModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        feature_channels: int = 64,
+        feature_size: int = 5,
+        hidden_channels: int = 64,
+        hidden_units: int = 8,
+    ) -> None:
+        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        self.relation = RelationModule(feature_channels, feature_size, hidden_channels, hidden_units)
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        num_support = len(episode.support_images)
+        features = self.backbone(torch.cat([episode.support_images, episode.query_images]))
+        self._check_feature_maps(features)
+        classes = class_sums(features[:num_support], episode.support_labels, episode.way)  # [way, C, s, s]
+        queries = features[num_support:]
+        return self.relation(concatenate_pairs(classes, queries)).view(len(queries), episode.way)
+
+    def episode_loss(self, episode: Episode, logits: Tensor) -> Tensor:
+        """Mean squared error of the relation scores to the one-hot query labels (eq. 3)."""
+        targets = F.one_hot(episode.query_labels, episode.way).to(logits.dtype)
+        return F.mse_loss(logits, targets)
+
+    def _check_feature_maps(self, features: Tensor) -> None:
+        expected = (self.relation.feature_channels, self.relation.feature_size, self.relation.feature_size)
+        if features.dim() != 4 or tuple(features.shape[1:]) != expected:
+            raise ValueError(
+                f"RelationNet expects backbone feature maps [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(feature_channels, feature_size), got {tuple(features.shape)}: use a backbone that keeps spatial "
+                "maps of side 4 or more (RelationConv4; Conv4 with flatten: false on 84x84 images) and set "
+                "feature_size to its output side."
+            )
+
+
+def concatenate_pairs(classes: Tensor, queries: Tensor) -> Tensor:
+    """Every (query, class) pair of maps, concatenated on channels as [class, query] (eq. 1).
+
+    classes [N, C, s, s], queries [Q, C, s, s] -> [Q * N, 2C, s, s], query-major (row q * N + n).
+    """
+    num_queries, num_classes = len(queries), len(classes)
+    classes = classes.unsqueeze(0).expand(num_queries, -1, -1, -1, -1)
+    queries = queries.unsqueeze(1).expand(-1, num_classes, -1, -1, -1)
+    return torch.cat([classes, queries], dim=2).flatten(0, 1)

@@ -1,0 +1,98 @@
+"""Siamese Neural Networks for one-shot image recognition (Koch, Zemel & Salakhutdinov, ICML DL Workshop 2015)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from fsl_lightning.data.pairs import balanced_pairs, random_affine
+from fsl_lightning.episode import Episode
+from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.functional import class_log_mean_exp
+
+
+class Siamese(FewShotMethod):
+    """Twin embeddings with shared weights; ``p(same) = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)`` (eq. 1).
+
+    Training is verification, not episode classification: the images of each training episode (support
+    and queries) form balanced same/different pairs (:func:`fsl_lightning.data.pairs.balanced_pairs`),
+    optionally distorted (:func:`fsl_lightning.data.pairs.random_affine`), scored with binary cross-entropy
+    (``train/loss``); ``train/acc`` is the pair verification accuracy at ``p = 0.5``.
+
+    N-way K-shot classification (section 4.2): each query is scored against every support image; a class
+    gets the mean ``p(same)`` of its support images (K = 1: its one image, the paper's rule). The logits are
+    the log of that mean, so the argmax is the paper's highest score and ``val/loss``/``test/loss`` are the
+    cross-entropy of the normalised scores.
+
+    Args:
+        backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`. The paper's twin is
+            ``fsl_lightning.backbones.KochNet`` (105x105 images); ``Conv4`` is the 28x28 variant.
+        embedding_dim: size of the backbone's flat embeddings (4096 for KochNet, 64 for Conv4 on 28x28).
+        distort: draw Koch et al.'s random affine distortion for each image of each training pair.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        embedding_dim: int = 4096,
+        distort: bool = False,
+    ) -> None:
+        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        self.embedding_dim = embedding_dim
+        self.distort = distort
+        # the learned weights alpha_j of the component-wise L1 distance, and the bias, before the sigmoid
+        self.head = nn.Linear(embedding_dim, 1)
+
+    def pair_logits(self, first: Tensor, second: Tensor) -> Tensor:
+        """Logit of p(same) for pairs of embeddings: first and second [..., D] -> [...]."""
+        return self.head((first - second).abs()).squeeze(-1)
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        num_support = len(episode.support_images)
+        embeddings = self._embed(torch.cat([episode.support_images, episode.query_images]))
+        support, queries = embeddings[:num_support], embeddings[num_support:]
+        logits = self.pair_logits(queries.unsqueeze(1), support.unsqueeze(0))  # [Q, S]
+        # log p(same) in log space (logsigmoid), so that very unlikely matches still rank
+        return class_log_mean_exp(F.logsigmoid(logits.float()), episode.support_labels, episode.way)
+
+    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        images = torch.cat([episode.support_images, episode.query_images])
+        labels = torch.cat([episode.support_labels, episode.query_labels])
+        logits, same = self.training_pairs(images, labels)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), same)
+        self.train_accuracy(((logits > 0).float() == same).float().mean())
+        self.log("train/loss", loss, batch_size=len(same))
+        self.log("train/acc", self.train_accuracy, batch_size=len(same))
+        return loss
+
+    def training_pairs(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Balanced pairs of the given images and their same-class targets.
+
+        images [N, C, H, W], labels [N] -> (logits [2N], same [2N] in {0., 1.}). With ``distort``, the first
+        and the second image of a pair get independent distortions.
+        """
+        first, second, same = balanced_pairs(labels)
+        if self.distort:
+            views = self._embed(torch.cat([random_affine(images), random_affine(images)]))
+            first_embeddings, second_embeddings = views[: len(images)][first], views[len(images) :][second]
+        else:  # one forward pass per image: an undistorted image has the same embedding in every pair
+            embeddings = self._embed(images)
+            first_embeddings, second_embeddings = embeddings[first], embeddings[second]
+        return self.pair_logits(first_embeddings, second_embeddings), same
+
+    def _embed(self, images: Tensor) -> Tensor:
+        embeddings = self.backbone(images)
+        if embeddings.dim() != 2 or embeddings.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"Siamese was built for flat embeddings of size embedding_dim={self.embedding_dim}, but the backbone "
+                f"gives {tuple(embeddings.shape[1:])}: set embedding_dim to the backbone's output size "
+                "(4096 for KochNet, 64 for Conv4 on 28x28 images)."
+            )
+        return embeddings
