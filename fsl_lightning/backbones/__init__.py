@@ -6,6 +6,8 @@ from torch import nn
 
 from fsl_lightning.backbones.conv4 import Conv4
 from fsl_lightning.backbones.koch import KochNet
+from fsl_lightning.backbones.maml_conv4 import MAMLConv4
+from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
 from fsl_lightning.backbones.relation_conv4 import RelationConv4
 from fsl_lightning.backbones.resnet12 import ResNet12
 
@@ -14,6 +16,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "resnet12": ResNet12,
     "koch": KochNet,
     "relation_conv4": RelationConv4,
+    "maml_conv4": MAMLConv4,
 }
 
 
@@ -26,4 +29,4 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return backbone_class(**kwargs)
 
 
-__all__ = ["BACKBONES", "Conv4", "KochNet", "RelationConv4", "ResNet12", "build_backbone"]
+__all__ = ["BACKBONES", "Conv4", "KochNet", "MAMLConv4", "PlainBatchNorm2d", "RelationConv4", "ResNet12", "build_backbone"]

@@ -1,0 +1,67 @@
+"""The four-block convolutional classifier of MAML (Finn, Abbeel & Levine, ICML 2017, section 5.2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
+
+DOWNSAMPLING = ("max_pool", "stride")
+
+
+def maml_block(in_channels: int, out_channels: int, downsampling: str) -> nn.Sequential:
+    """3x3 convolution, batch norm (batch statistics), ReLU, then 2x2 max pooling or a stride-2 convolution."""
+    stride = 2 if downsampling == "stride" else 1
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
+        PlainBatchNorm2d(out_channels),
+        nn.ReLU(),  # not in place: the functional engines must not mutate saved activations
+    ]
+    if downsampling == "max_pool":
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class MAMLConv4(nn.Module):
+    """Conv4 body and a linear head to ``way`` logits: the network that MAML-like methods adapt.
+
+    Input [B, in_channels, H, W]; output [B, way]. ``features`` (the body, [B, D]) and ``head`` (a
+    ``nn.Linear(D, way)``) are separate attributes so that ANIL can adapt the head alone.
+
+    The paper's Omniglot model uses strided convolutions instead of max pooling; its reference code then
+    averages the last feature map over space (``downsampling="stride"``, D = hidden_channels). With
+    ``"max_pool"`` (the paper's MiniImagenet model) the maps are flattened: D = hidden * (H // 16) * (W // 16).
+
+    Args:
+        in_channels: 1 for Omniglot, 3 for RGB.
+        way: classes per task; training and test episodes must both have this many.
+        hidden_channels: filters per block (64 in the paper; 32 for MiniImagenet).
+        image_size: side of the square input, needed to size the head with max pooling.
+        downsampling: ``"max_pool"`` or ``"stride"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        way: int = 5,
+        hidden_channels: int = 64,
+        image_size: int = 28,
+        downsampling: str = "max_pool",
+    ) -> None:
+        super().__init__()
+        if downsampling not in DOWNSAMPLING:
+            raise ValueError(f"downsampling must be one of {DOWNSAMPLING}, got {downsampling!r}.")
+        side = image_size // 16
+        if downsampling == "max_pool" and side < 1:
+            raise ValueError(f"image_size {image_size} is too small for four 2x2 max poolings (need >= 16).")
+        widths = [in_channels] + [hidden_channels] * 4
+        blocks = [maml_block(widths[i], widths[i + 1], downsampling) for i in range(4)]
+        tail: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if downsampling == "stride" else []
+        self.features = nn.Sequential(*blocks, *tail, nn.Flatten())
+        feature_dim = hidden_channels if downsampling == "stride" else hidden_channels * side * side
+        self.head = nn.Linear(feature_dim, way)
+        self.way = way
+
+    def forward(self, images: Tensor) -> Tensor:
+        """[B, C, H, W] -> logits [B, way]."""
+        return self.head(self.features(images))

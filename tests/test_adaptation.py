@@ -1,0 +1,273 @@
+"""The two adaptation engines give the same, exact meta-gradients (float64, against finite differences).
+
+The model is a tiny MAMLConv4 (2 filters, 16x16 inputs, 3-way) so that central finite differences over every
+parameter are cheap; it keeps the parts that matter: convolutions, plain batch norm with batch statistics,
+ReLU, max pooling and a linear head, several tasks per meta-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fsl_lightning.adaptation import build_engine
+from fsl_lightning.backbones.maml_conv4 import MAMLConv4
+from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
+from fsl_lightning.episode import Episode
+from fsl_lightning.methods.anil import ANIL
+from fsl_lightning.methods.maml import MAML
+from fsl_lightning.methods.metasgd import MetaSGD
+
+ENGINES = ("learn2learn", "vmap")
+WAY, SHOT, QUERY, TASKS, SIDE = 3, 2, 2, 3, 16
+INNER_LR = 0.3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny float64 tensors: threads only add overhead (and the machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(seed: int = 0) -> MAMLConv4:
+    torch.manual_seed(seed)
+    model = MAMLConv4(in_channels=1, way=WAY, hidden_channels=2, image_size=SIDE).double()
+    with torch.no_grad():  # batch norm affine away from (1, 0), so that its gradients are exercised in general
+        for module in model.modules():
+            if isinstance(module, PlainBatchNorm2d):
+                module.weight.uniform_(0.8, 1.2)
+                module.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def meta_batch(seed: int = 1) -> Episode:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(WAY)
+    return Episode(
+        support_images=torch.randn(TASKS, WAY * SHOT, 1, SIDE, SIDE, generator=generator, dtype=torch.float64),
+        support_labels=labels.repeat_interleave(SHOT).expand(TASKS, -1),
+        query_images=torch.randn(TASKS, WAY * QUERY, 1, SIDE, SIDE, generator=generator, dtype=torch.float64),
+        query_labels=labels.repeat_interleave(QUERY).expand(TASKS, -1),
+        class_ids=torch.arange(TASKS * WAY).view(TASKS, WAY),
+    )
+
+
+def tiny_method(method_class: type[MAML], engine: str, steps: int, first_order: bool) -> MAML:
+    method = method_class(
+        backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=steps, first_order=first_order, engine=engine
+    )
+    method.double()
+    if isinstance(method, MetaSGD):  # distinct per-entry rates, so that a mix-up of rates would show
+        with torch.no_grad():
+            for rate in method.inner_lrs.values():
+                rate.uniform_(0.1, 0.5)
+    return method
+
+
+def analytic_gradient(loss_fn: Callable[[], Tensor], tensors: list[Tensor]) -> list[Tensor]:
+    return list(torch.autograd.grad(loss_fn(), tensors))
+
+
+@torch.no_grad()
+def finite_difference_gradient(loss_fn: Callable[[], Tensor], tensors: list[Tensor], eps: float = 1e-6) -> list[Tensor]:
+    """Central differences, one coordinate at a time (tensors are perturbed in place and restored)."""
+    gradients = []
+    for tensor in tensors:
+        gradient = torch.empty_like(tensor)
+        flat, flat_gradient = tensor.view(-1), gradient.view(-1)
+        for index in range(flat.numel()):
+            original = flat[index].item()
+            flat[index] = original + eps
+            plus = _value(loss_fn)
+            flat[index] = original - eps
+            minus = _value(loss_fn)
+            flat[index] = original
+            flat_gradient[index] = (plus - minus) / (2 * eps)
+        gradients.append(gradient)
+    return gradients
+
+
+def _value(loss_fn: Callable[[], Tensor]) -> float:
+    with torch.enable_grad():  # the inner loop differentiates even when only the value is wanted
+        return loss_fn().item()
+
+
+def assert_gradients_close(actual: list[Tensor], expected: list[Tensor], rtol: float, atol: float) -> None:
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+
+
+# --- batch norm -------------------------------------------------------------------------------------------------
+
+
+def test_plain_batch_norm_matches_torch_batch_norm_with_batch_statistics():
+    torch.manual_seed(0)
+    inputs = torch.randn(6, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    plain, reference = PlainBatchNorm2d(4).double(), nn.BatchNorm2d(4, track_running_stats=False).double()
+    with torch.no_grad():
+        for module in (plain, reference):
+            module.weight.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
+            module.bias.copy_(torch.tensor([-1.0, 0.0, 0.5, 1.0]))
+    upstream = torch.randn(6, 4, 5, 5, dtype=torch.float64)
+    outputs, expected = plain(inputs), reference(inputs)
+    torch.testing.assert_close(outputs, expected)
+    grads = torch.autograd.grad((outputs * upstream).sum(), [inputs, plain.weight, plain.bias])
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), [inputs, reference.weight, reference.bias])
+    assert_gradients_close(grads, expected_grads, rtol=1e-10, atol=1e-10)
+
+
+def test_plain_batch_norm_uses_batch_statistics_in_eval_mode_too():
+    norm = PlainBatchNorm2d(3).eval()
+    inputs = 5 + 3 * torch.randn(8, 3, 4, 4)
+    outputs = norm(inputs)
+    torch.testing.assert_close(outputs.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    assert not list(norm.buffers())
+
+
+# --- engine level: MAML on the whole network ------------------------------------------------------------------------
+
+
+def engine_meta_loss(engine: str, model: nn.Module, batch: Episode, steps: int, first_order: bool) -> Tensor:
+    inner = build_engine(engine)
+    params = inner.adapt(model, batch.support_images, batch.support_labels, steps, INNER_LR, first_order)
+    logits = inner.logits(model, params, batch.query_images)
+    return F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
+@pytest.mark.parametrize("steps", [0, 1, 4])
+def test_engines_agree_on_adapted_weights_logits_and_meta_gradient(steps, first_order):
+    model, batch = tiny_model(), meta_batch()
+    inner = {name: build_engine(name) for name in ENGINES}
+    adapted = {
+        name: engine.adapt(model, batch.support_images, batch.support_labels, steps, INNER_LR, first_order)
+        for name, engine in inner.items()
+    }
+    for name in dict(model.named_parameters()):
+        torch.testing.assert_close(adapted["vmap"][name], adapted["learn2learn"][name], rtol=1e-12, atol=1e-12)
+    logits = {name: inner[name].logits(model, adapted[name], batch.query_images) for name in ENGINES}
+    torch.testing.assert_close(logits["vmap"], logits["learn2learn"], rtol=1e-12, atol=1e-12)
+    params = list(model.parameters())
+    grads = {
+        name: analytic_gradient(lambda name=name: engine_meta_loss(name, model, batch, steps, first_order), params)
+        for name in ENGINES
+    }
+    assert_gradients_close(grads["vmap"], grads["learn2learn"], rtol=1e-10, atol=1e-12)
+
+
+def test_adaptation_actually_changes_the_weights_and_lowers_the_support_loss():
+    """Guards the tests above against a vacuous pass (e.g. both engines returning the initial weights)."""
+    model, batch = tiny_model(), meta_batch()
+    for name in ENGINES:
+        engine = build_engine(name)
+        loss = []
+        for steps in (0, 4):
+            params = engine.adapt(model, batch.support_images, batch.support_labels, steps, INNER_LR, True)
+            logits = engine.logits(model, params, batch.support_images)
+            loss.append(F.cross_entropy(logits.flatten(0, 1), batch.support_labels.flatten()))
+        assert loss[1] < loss[0] - 0.05, (name, loss)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_second_order_meta_gradient_matches_finite_differences(engine, steps):
+    model, batch = tiny_model(), meta_batch()
+    params = list(model.parameters())
+    exact = analytic_gradient(lambda: engine_meta_loss(engine, model, batch, steps, False), params)
+    # The value of the meta-loss does not depend on first_order (only its gradient does): evaluate it cheaply.
+    numeric = finite_difference_gradient(lambda: engine_meta_loss(engine, model, batch, steps, True), params)
+    assert_gradients_close(exact, numeric, rtol=1e-5, atol=1e-7)
+    first_order = analytic_gradient(lambda: engine_meta_loss(engine, model, batch, steps, True), params)
+    difference = max((a - b).abs().max().item() for a, b in zip(first_order, numeric))
+    assert difference > 1e-4, "first and second order agree: the finite-difference check would not tell them apart"
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights(engine, steps):
+    """FOMAML's meta-gradient is sum_t dL_query/dphi_t (Finn et al. 2017, sec. 5.2), by finite differences in phi."""
+    model, batch = tiny_model(), meta_batch()
+    params = list(model.parameters())
+    exact = analytic_gradient(lambda: engine_meta_loss(engine, model, batch, steps, True), params)
+    inner = build_engine(engine)
+    adapted = inner.adapt(model, batch.support_images, batch.support_labels, steps, INNER_LR, True)
+    adapted = {name: p.detach().clone() for name, p in adapted.items()}
+
+    def query_loss() -> Tensor:
+        logits = inner.logits(model, adapted, batch.query_images)
+        return F.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
+
+    per_task = finite_difference_gradient(query_loss, list(adapted.values()))
+    assert_gradients_close(exact, [g.sum(dim=0) for g in per_task], rtol=1e-5, atol=1e-7)
+
+
+# --- method level: every parameter the meta-optimiser updates ---------------------------------------------------
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("method_class", [MAML, ANIL, MetaSGD])
+def test_methods_have_the_same_meta_gradient_in_both_engines(method_class, steps, first_order):
+    batch = meta_batch()
+    grads = {}
+    for engine in ENGINES:
+        method = tiny_method(method_class, engine, steps, first_order)
+        grads[engine] = analytic_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
+    assert_gradients_close(grads["vmap"], grads["learn2learn"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("method_class", [ANIL, MetaSGD])
+def test_second_order_method_meta_gradient_matches_finite_differences(method_class, steps):
+    """ANIL: the body's gradient through the features; Meta-SGD: the gradient of the learned rates too.
+
+    On the vmap engine; the learn2learn engine equals it to 1e-10 (test above), hence matches too.
+    """
+    batch = meta_batch()
+    method = tiny_method(method_class, "vmap", steps, first_order=False)
+    params = list(method.parameters())
+    exact = analytic_gradient(lambda: method.meta_loss(batch)[0], params)
+    numeric = finite_difference_gradient(lambda: method.meta_loss(batch)[0], params)
+    assert_gradients_close(exact, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_metasgd_with_equal_rates_is_maml():
+    batch = meta_batch()
+    maml = tiny_method(MAML, "vmap", 2, False)
+    metasgd = MetaSGD(backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap").double()
+    torch.testing.assert_close(metasgd.meta_loss(batch)[0], maml.meta_loss(batch)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_anil_adapts_only_the_head():
+    batch = meta_batch()
+    anil = tiny_method(ANIL, "vmap", 2, False)
+    params = anil.engine.adapt(
+        anil.inner_learner(), anil.inner_inputs(batch.support_images), batch.support_labels, 2, INNER_LR, False
+    )
+    assert set(params) == {"weight", "bias"} and params["weight"].shape == (TASKS, WAY, 2)
+
+
+# --- mixed precision ---------------------------------------------------------------------------------------------
+
+
+def test_inner_loop_stays_fp32_under_bf16_autocast_unless_the_user_opts_out():
+    batch = meta_batch()
+    batch = Episode(batch.support_images.float(), batch.support_labels, batch.query_images.float(),
+                    batch.query_labels, batch.class_ids)
+    fp32 = MAML(backbone=tiny_model().float(), inner_lr=INNER_LR, inner_steps=2)
+    reference = fp32.meta_loss(batch)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        protected = fp32.meta_loss(batch)[0]
+    with pytest.warns(UserWarning, match="inner_loop_fp32"):
+        opted_out = MAML(backbone=tiny_model().float(), inner_lr=INNER_LR, inner_steps=2, inner_loop_fp32=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = opted_out.meta_loss(batch)[0]
+    torch.testing.assert_close(protected, reference, rtol=1e-6, atol=1e-6)
+    assert (low.float() - reference).abs() > 1e-4  # autocast really was active: the protection is not vacuous
