@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +64,12 @@ class MAML(FewShotMethod):
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "step",
+        scheduler_interval: Literal["step", "epoch"] = "step",
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         test_inner_steps: int = 3,
         first_order: bool = False,
-        engine: str = "vmap",
+        engine: Literal["vmap", "learn2learn"] = "vmap",
         inner_loop_fp32: bool = True,
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
@@ -157,12 +158,12 @@ class FOMAML(MAML):
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "step",
+        scheduler_interval: Literal["step", "epoch"] = "step",
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         test_inner_steps: int = 3,
         first_order: bool = True,
-        engine: str = "vmap",
+        engine: Literal["vmap", "learn2learn"] = "vmap",
         inner_loop_fp32: bool = True,
     ) -> None:
         super().__init__(

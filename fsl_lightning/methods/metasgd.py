@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -30,12 +32,12 @@ class MetaSGD(MAML):
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "step",
+        scheduler_interval: Literal["step", "epoch"] = "step",
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         test_inner_steps: int = 3,
         first_order: bool = False,
-        engine: str = "vmap",
+        engine: Literal["vmap", "learn2learn"] = "vmap",
         inner_loop_fp32: bool = True,
     ) -> None:
         super().__init__(

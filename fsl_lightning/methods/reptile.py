@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -37,12 +39,12 @@ class Reptile(MAML):
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "step",
+        scheduler_interval: Literal["step", "epoch"] = "step",
         inner_lr: float = 0.1,
         inner_steps: int = 5,
         test_inner_steps: int = 10,
         first_order: bool = True,
-        engine: str = "vmap",
+        engine: Literal["vmap", "learn2learn"] = "vmap",
         inner_loop_fp32: bool = True,
     ) -> None:
         super().__init__(
