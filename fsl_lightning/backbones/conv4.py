@@ -5,14 +5,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 convolution, batch norm, ReLU, 2x2 max pooling."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+def conv_block(in_channels: int, out_channels: int, padding: int = 1, pool: bool = True) -> nn.Sequential:
+    """3x3 convolution, batch norm, ReLU, then 2x2 max pooling when ``pool``."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=padding),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-
-def relation_block(in_channels: int, out_channels: int, padding: int, pool: bool) -> nn.Sequential:
-    """3x3 convolution, batch norm, ReLU, then 2x2 max pooling when ``pool``."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=padding),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
+from fsl_lightning.backbones.conv4 import conv_block
 
 
 class RelationConv4(nn.Module):
@@ -35,10 +25,10 @@ class RelationConv4(nn.Module):
         self.in_channels = in_channels
         self.out_channels = hidden_channels
         self.encoder = nn.Sequential(
-            relation_block(in_channels, hidden_channels, padding=0, pool=True),
-            relation_block(hidden_channels, hidden_channels, padding=0, pool=True),
-            relation_block(hidden_channels, hidden_channels, padding=1, pool=False),
-            relation_block(hidden_channels, hidden_channels, padding=1, pool=False),
+            conv_block(in_channels, hidden_channels, padding=0, pool=True),
+            conv_block(hidden_channels, hidden_channels, padding=0, pool=True),
+            conv_block(hidden_channels, hidden_channels, padding=1, pool=False),
+            conv_block(hidden_channels, hidden_channels, padding=1, pool=False),
         )
 
     @staticmethod

@@ -9,19 +9,10 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from fsl_lightning.backbones.conv4 import conv_block
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.functional import class_sums
-
-
-def relation_conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Padded 3x3 convolution, batch norm, ReLU, 2x2 max pooling (the relation module's blocks)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
 
 
 class RelationModule(nn.Module):
@@ -47,8 +38,8 @@ class RelationModule(nn.Module):
         self.feature_channels = feature_channels
         self.feature_size = feature_size
         self.convolutions = nn.Sequential(
-            relation_conv_block(2 * feature_channels, hidden_channels),
-            relation_conv_block(hidden_channels, hidden_channels),
+            conv_block(2 * feature_channels, hidden_channels),
+            conv_block(hidden_channels, hidden_channels),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
