@@ -137,3 +137,21 @@ def test_meta_batches_stack_distinct_tasks_with_a_leading_dimension(omniglot):
     assert not torch.equal(episode.class_ids[0], episode.class_ids[1])
     single = episode.task(1)
     assert single.num_tasks is None and single.support_images.shape == (10, 1, 28, 28)
+
+
+def test_evaluation_within_group_draws_all_classes_from_one_alphabet(omniglot, vinyals_test_split):
+    spec = EpisodeSpec(way=20, shot=1, query=1)
+    datamodule = make_datamodule(omniglot, evaluation=spec, evaluation_within_group=True, test_episodes=30)
+    attach_trainer(datamodule, RunningStage.TESTING)
+    names = vinyals_test_split.class_names
+    alphabets_seen = set()
+    for _, class_ids in datamodule.test_dataloader():
+        alphabets = {names[c].split("/")[0] for c in class_ids.tolist()}
+        assert len(alphabets) == 1 and len(set(class_ids.tolist())) == 20
+        alphabets_seen |= alphabets
+    assert len(alphabets_seen) > 3  # the alphabet itself is drawn per episode
+
+
+def test_evaluation_within_group_refuses_a_way_larger_than_every_alphabet(omniglot):
+    with pytest.raises(ValueError, match=r"within one group.*largest group of the val split has \d+"):
+        make_datamodule(omniglot, evaluation=EpisodeSpec(way=1000, shot=1, query=1), evaluation_within_group=True)

@@ -40,6 +40,8 @@ class EpisodicDataModule(L.LightningDataModule):
             (an :class:`Episode` with a leading task dimension), for MAML-like methods.
         val_episodes: fixed validation episodes.
         test_episodes: fixed test episodes (1000 by default, for a tight confidence interval).
+        evaluation_within_group: draw the classes of each validation and test episode from one group of the
+            dataset (Omniglot: one alphabet, as in the one-shot trials of Lake et al. and Koch et al.).
         seed: seed of the training episode stream.
         eval_seed: seed of the validation and test episodes.
         predict_support_dir: for ``predict``: one sub-folder of images per class.
@@ -56,6 +58,7 @@ class EpisodicDataModule(L.LightningDataModule):
         train_tasks_per_batch: int = 1,
         val_episodes: int = 200,
         test_episodes: int = 1000,
+        evaluation_within_group: bool = False,
         seed: int = 0,
         eval_seed: int = 0,
         predict_support_dir: str | None = None,
@@ -69,6 +72,7 @@ class EpisodicDataModule(L.LightningDataModule):
         if train_tasks_per_batch < 1:
             raise ValueError(f"train_tasks_per_batch must be at least 1, got {train_tasks_per_batch}.")
         self.train_tasks_per_batch = train_tasks_per_batch
+        self.evaluation_within_group = evaluation_within_group
         self.seed = seed
         self.eval_seed = eval_seed
         self.predict_support_dir = predict_support_dir
@@ -89,7 +93,7 @@ class EpisodicDataModule(L.LightningDataModule):
         for split in needed:
             if split not in self.splits:
                 classes = self.dataset.load_split(split)
-                check_episode_fits(classes.images_per_class, self.specs[split], split)
+                check_episode_fits(classes.images_per_class, self.specs[split], split, self._groups(split, classes))
                 self.splits[split] = classes
 
     def train_dataloader(self) -> DataLoader:
@@ -133,10 +137,21 @@ class EpisodicDataModule(L.LightningDataModule):
         classes = self.splits[split]
         tasks = self.train_tasks_per_batch if split == "train" else 1
         stream = EpisodeStream(
-            classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys, tasks
+            classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys, tasks,
+            self._groups(split, classes),
         )
         # Pinned index tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
         return DataLoader(stream, batch_size=None, pin_memory=torch.cuda.is_available())
+
+    def _groups(self, split: str, classes: ClassImages) -> Tensor | None:
+        if split == "train" or not self.evaluation_within_group:
+            return None
+        if classes.class_groups is None:
+            raise ValueError(
+                f"evaluation_within_group needs class groups, but {type(self.dataset).__name__} defines none: "
+                "set evaluation_within_group: false."
+            )
+        return classes.class_groups
 
     def _train_keys(self) -> range:
         # Called when an epoch starts: the stream goes on from the current step, one key per (step, rank).

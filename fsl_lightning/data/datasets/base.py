@@ -20,11 +20,14 @@ class ClassImages:
                    ``images[class_offsets[c] : class_offsets[c + 1]]``.
     class_offsets: long [num_classes + 1], starting at 0 and ending at M.
     class_names:   one readable name per class (for example ``Greek/character03/rot090``).
+    class_groups:  optional long [num_classes]: a group id per class (Omniglot: its alphabet), for episodes
+                   whose classes all come from one group.
     """
 
     images: Tensor
     class_offsets: Tensor
     class_names: list[str]
+    class_groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -43,11 +46,13 @@ class ClassImages:
         return self.class_offsets[1:] - self.class_offsets[:-1]
 
     @staticmethod
-    def from_groups(groups: list[Tensor], class_names: list[str]) -> ClassImages:
+    def from_groups(
+        groups: list[Tensor], class_names: list[str], class_groups: Tensor | None = None
+    ) -> ClassImages:
         """Builds the split from one uint8 tensor [n_c, C, H, W] per class."""
         counts = torch.tensor([len(group) for group in groups], dtype=torch.long)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        return ClassImages(torch.cat(groups), offsets, list(class_names))
+        return ClassImages(torch.cat(groups), offsets, list(class_names), class_groups)
 
 
 class FewShotDataset(ABC):

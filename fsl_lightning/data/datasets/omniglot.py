@@ -83,7 +83,7 @@ class Omniglot(FewShotDataset):
             return self._vinyals_split(split)
         part = "images_background" if split == "train" else "images_evaluation"
         names, images = self._characters(part)
-        return ClassImages.from_groups(list(images), names)
+        return ClassImages.from_groups(list(images), names, alphabet_ids(names))
 
     def preprocess(self, image: Image.Image) -> Tensor:
         return resize_uint8(_invert(pil_to_uint8(image.convert("L")))[None], self.image_size)[0]
@@ -100,7 +100,7 @@ class Omniglot(FewShotDataset):
             if character not in by_name or rotation not in ROTATIONS:
                 raise ValueError(f"Vinyals split entry {class_name!r} names no Omniglot character and rotation.")
             groups.append(torch.rot90(by_name[character], ROTATIONS[rotation], dims=(-2, -1)))
-        return ClassImages.from_groups(groups, class_names)
+        return ClassImages.from_groups(groups, class_names, alphabet_ids(class_names))
 
     def _characters(self, part: str) -> tuple[list[str], Tensor]:
         """Names ``Alphabet/characterNN`` and images uint8 [characters, 20, 1, S, S] of one archive."""
@@ -146,6 +146,13 @@ def _validate(archive: ImageArchive, part: str, files_by_character: dict[str, li
                 f"{archive.describe(character)} holds {len(files)} images, Omniglot has {DRAWERS} per character: "
                 f"the copy is incomplete. Replace it with the official {part}.zip."
             )
+
+
+def alphabet_ids(class_names: list[str]) -> Tensor:
+    """The alphabet of each class (``Alphabet/characterNN[/rotDDD]``) as an integer id: [num_classes]."""
+    alphabets = [name.split("/")[0] for name in class_names]
+    index = {alphabet: i for i, alphabet in enumerate(sorted(set(alphabets)))}
+    return torch.tensor([index[alphabet] for alphabet in alphabets], dtype=torch.long)
 
 
 def _invert(images: Tensor) -> Tensor:
