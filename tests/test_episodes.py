@@ -155,3 +155,20 @@ def test_evaluation_within_group_draws_all_classes_from_one_alphabet(omniglot, v
 def test_evaluation_within_group_refuses_a_way_larger_than_every_alphabet(omniglot):
     with pytest.raises(ValueError, match=r"within one group.*largest group of the val split has \d+"):
         make_datamodule(omniglot, evaluation=EpisodeSpec(way=1000, shot=1, query=1), evaluation_within_group=True)
+
+
+def test_meta_batch_size_below_one_is_refused(omniglot):
+    with pytest.raises(ValueError, match="train_tasks_per_batch must be at least 1, got 0"):
+        EpisodicDataModule(omniglot, train_tasks_per_batch=0)
+
+
+def test_evaluation_within_group_needs_a_dataset_with_groups(omniglot):
+    from dataclasses import replace
+
+    class Ungrouped(type(omniglot)):
+        def load_split(self, split):
+            return replace(super().load_split(split), class_groups=None)
+
+    dataset = Ungrouped(download=False)
+    with pytest.raises(ValueError, match="evaluation_within_group needs class groups.*set evaluation_within_group: false"):
+        make_datamodule(dataset, evaluation_within_group=True)

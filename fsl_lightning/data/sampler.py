@@ -23,8 +23,8 @@ def check_episode_fits(
 ) -> None:
     """Raises a ``ValueError`` saying how to fix ``spec`` when ``split`` cannot provide such episodes."""
     num_classes = len(images_per_class)
-    if class_groups is not None and spec.way > int(torch.bincount(class_groups).max()):
-        largest = int(torch.bincount(class_groups).max())
+    largest = int(torch.bincount(class_groups).max()) if class_groups is not None else None
+    if largest is not None and spec.way > largest:
         raise ValueError(
             f"{spec.way}-way episodes within one group (alphabet) need a group of {spec.way} classes, but the "
             f"largest group of the {split} split has {largest}. Lower `way` to at most {largest}, or set "

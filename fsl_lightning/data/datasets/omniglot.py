@@ -69,6 +69,7 @@ class Omniglot(FewShotDataset):
             raise ValueError(f"Omniglot image_size must be between 1 and {NATIVE_SIZE}, got {self.image_size}.")
         self.root = data_root(root) / "omniglot"
         self.download = download
+        self._loaded: dict[str, tuple[list[str], Tensor]] = {}  # archive -> decoded characters, read once
 
     def prepare(self) -> None:
         for part in PARTS:
@@ -104,10 +105,12 @@ class Omniglot(FewShotDataset):
 
     def _characters(self, part: str) -> tuple[list[str], Tensor]:
         """Names ``Alphabet/characterNN`` and images uint8 [characters, 20, 1, S, S] of one archive."""
-        archive = locate_archive(self.root, part, ARCHIVE_URL.format(part=part) if self.download else None)
-        key = f"omniglot-{part}-{self.image_size}"
-        payload = cached(key, archive.stamp(), lambda: _decode_characters(archive, part, self.image_size))
-        return payload["names"], payload["images"]
+        if part not in self._loaded:
+            archive = locate_archive(self.root, part, ARCHIVE_URL.format(part=part) if self.download else None)
+            key = f"omniglot-{part}-{self.image_size}"
+            payload = cached(key, archive.stamp(), lambda: _decode_characters(archive, part, self.image_size))
+            self._loaded[part] = payload["names"], payload["images"]
+        return self._loaded[part]
 
     def _vinyals_split_file(self, split: str) -> Path:
         path = self.root / "vinyals_splits" / f"{split}.txt"
