@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -28,8 +29,14 @@ def cached(key: str, stamp: Any, build: Callable[[], Any]) -> Any:
         except Exception as error:  # a damaged cache is rebuilt, never trusted
             log.warning("Ignoring unreadable cache %s (%s)", path, error)
     payload = build()
+    save_atomically({"stamp": list(stamp), "payload": payload}, path)
+    return payload
+
+
+def save_atomically(value: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename, so that concurrent readers (DDP ranks, other runs)
+    never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        torch.save({"stamp": list(stamp), "payload": payload}, tmp)
+        torch.save(value, tmp)
     os.replace(tmp.name, path)
-    return payload

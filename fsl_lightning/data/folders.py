@@ -42,6 +42,22 @@ def read_query_folder(root: str | Path, preprocess: Preprocess) -> tuple[Tensor,
     return torch.stack([_load(path, preprocess) for path in files]), [str(p) for p in files]
 
 
+def check_class_names(names: list[str]) -> list[str]:
+    """Class names given instead of a support folder (zero-shot ``predict``): at least 2, none empty, no repeats."""
+    names = [str(name).strip() for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if len(names) < 2 or "" in names or repeated:
+        if repeated:
+            problem = f"repeated: {', '.join(repeated)}"
+        else:
+            problem = "an empty name" if "" in names else f"{len(names)} given"
+        raise ValueError(
+            f"predict_class_names needs at least 2 distinct, non-empty class names ({problem}), e.g. "
+            "--data.predict_class_names='[cat, dog, sea_turtle]'."
+        )
+    return names
+
+
 def _existing_folder(root: str | Path, role: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():

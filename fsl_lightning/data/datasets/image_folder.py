@@ -1,0 +1,109 @@
+"""A user's own images: one sub-folder per class, split into train / val / test classes by a seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fsl_lightning.data.datasets.base import ClassImages
+from fsl_lightning.data.datasets.natural import (
+    DEFAULT_FRACTIONS,
+    NaturalImageDataset,
+    decode_classes,
+    files_by_class,
+    path_stamp,
+    read_split_file,
+    seeded_class_split,
+)
+from fsl_lightning.data.images import IMAGE_SUFFIXES
+from fsl_lightning.data.roots import DatasetNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+class ImageFolderDataset(NaturalImageDataset):
+    """Classes from ``folder/<class>/<image files>``, any size, colour or grayscale (converted to RGB).
+
+    The classes are split into train / val / test by ``split_seed`` and ``split_fractions``
+    (:func:`~fsl_lightning.data.datasets.natural.seeded_class_split`), or read from ``split_file`` (JSON
+    ``{"train": [...], "val": [...], "test": [...]}``). The seeded split is written to
+    ``folder/fsl_split_seed<seed>.json`` when the folder is writable, so that it can be kept with the results.
+
+    Args:
+        folder: the folder with one sub-folder per class.
+        image_size: side of the square RGB images.
+        split_seed: seed of the class split.
+        split_fractions: relative sizes of train, val and test.
+        split_file: a class split to use instead of the seeded one.
+    """
+
+    cache_name = "imagefolder"
+
+    def __init__(
+        self,
+        folder: str,
+        image_size: int = 84,
+        split_seed: int = 0,
+        split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__(image_size)
+        self.folder = Path(folder).expanduser()
+        self.split_seed = split_seed
+        self.split_fractions = tuple(split_fractions)
+        self.split_file = Path(split_file).expanduser() if split_file else None
+
+    def split_key(self) -> str:
+        # The folder and the split identify the cache; the files' times are in the stamp.
+        identity = json.dumps([str(self.folder.resolve()), self.class_split()])
+        return hashlib.sha1(identity.encode()).hexdigest()[:12]
+
+    def source_stamp(self) -> Any:
+        return path_stamp(self._checked_folder()), self._newest_class_folder_time()
+
+    def decode_split(self, split: str) -> ClassImages:
+        files = files_by_class(self._checked_folder(), IMAGE_SUFFIXES)
+        names = self.class_split()[split]
+        unknown = [name for name in names if name not in files]
+        if unknown:
+            raise ValueError(
+                f"The class split names classes that {self.folder} does not have: {', '.join(unknown[:5])}. "
+                "Fix the names in the split file, or add those class folders."
+            )
+        empty = [name for name in names if not files[name]]
+        if empty:
+            raise ValueError(
+                f"Class folders without images ({', '.join(IMAGE_SUFFIXES)}): {', '.join(empty[:5])}. "
+                "Add images to them or delete the folders."
+            )
+        return decode_classes(names, [[(path, str(path)) for path in files[name]] for name in names], self.image_size)
+
+    def class_split(self) -> dict[str, list[str]]:
+        if self.split_file is not None:
+            return read_split_file(self.split_file)
+        classes = sorted(files_by_class(self._checked_folder(), IMAGE_SUFFIXES))
+        split = seeded_class_split(classes, self.split_seed, self.split_fractions)
+        self._write_split(split)
+        return split
+
+    def _write_split(self, split: dict[str, list[str]]) -> None:
+        target = self.folder / f"fsl_split_seed{self.split_seed}.json"
+        try:
+            if not target.exists():
+                target.write_text(json.dumps(split, indent=1) + "\n")
+                log.info("Wrote the class split to %s", target)
+        except OSError:  # a read-only folder: the split is still reproducible from the seed
+            pass
+
+    def _checked_folder(self) -> Path:
+        if not self.folder.is_dir():
+            raise DatasetNotFoundError(
+                f"Image folder {self.folder} not found: point `folder` at a folder with one sub-folder of images per class."
+            )
+        return self.folder
+
+    def _newest_class_folder_time(self) -> int:
+        return max((p.stat().st_mtime_ns for p in self.folder.iterdir() if p.is_dir()), default=0)
