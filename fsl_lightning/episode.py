@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -42,6 +43,9 @@ class Episode:
         query_images:   [num_queries, C, H, W] (float)
         query_labels:   [num_queries] (long; -1 where unknown, as in ``predict``)
         class_ids:      [way] (long)
+        support_indices, query_indices: where the images sit in the split's image tensor ([way * shot] and
+                        [num_queries], long), for methods that embed a whole split once and look features up
+                        (frozen pretrained backbones); ``None`` for images that are not from a split (``predict``).
     """
 
     support_images: Tensor
@@ -49,6 +53,8 @@ class Episode:
     query_images: Tensor
     query_labels: Tensor
     class_ids: Tensor
+    support_indices: Tensor | None = None
+    query_indices: Tensor | None = None
 
     @property
     def way(self) -> int:
@@ -59,28 +65,50 @@ class Episode:
         """T for a meta-batch of tasks, ``None`` for a single episode."""
         return self.class_ids.shape[0] if self.class_ids.dim() == 2 else None
 
+    def map(self, function: Callable[[Tensor], Tensor]) -> Episode:
+        """The episode with ``function`` applied to each of its tensors."""
+        return Episode(**{
+            f.name: None if getattr(self, f.name) is None else function(getattr(self, f.name)) for f in fields(self)
+        })
+
     def task(self, index: int) -> Episode:
         """One task of a meta-batch."""
-        return Episode(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return self.map(lambda tensor: tensor[index])
 
     def to(self, device: torch.device | str) -> Episode:
-        return Episode(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self.map(lambda tensor: tensor.to(device))
 
 
-def split_support_query(images: Tensor, class_ids: Tensor, spec: EpisodeSpec) -> Episode:
+def split_support_query(
+    images: Tensor, class_ids: Tensor, spec: EpisodeSpec, image_indices: Tensor | None = None
+) -> Episode:
     """Turns images grouped by class, [..., way, shot + query, C, H, W], into an :class:`Episode`.
 
     The first ``shot`` images of each class form the support set, the rest the queries; leading
-    dimensions (tasks of a meta-batch) are kept.
+    dimensions (tasks of a meta-batch) are kept. ``image_indices`` [..., way, shot + query], where the images
+    sit in their split, are split the same way (``Episode.support_indices`` / ``query_indices``).
     """
     leading = images.shape[:-5]
-    support = images[..., : spec.shot, :, :, :].flatten(-5, -4)
-    query = images[..., spec.shot :, :, :, :].flatten(-5, -4)
     labels = torch.arange(spec.way, device=images.device)
+    support_indices = query_indices = None
+    if image_indices is not None:
+        support_indices = image_indices[..., : spec.shot].flatten(-2)
+        query_indices = image_indices[..., spec.shot :].flatten(-2)
     return Episode(
-        support_images=support,
+        support_images=images[..., : spec.shot, :, :, :].flatten(-5, -4),
         support_labels=labels.repeat_interleave(spec.shot).expand(*leading, -1),
-        query_images=query,
+        query_images=images[..., spec.shot :, :, :, :].flatten(-5, -4),
         query_labels=labels.repeat_interleave(spec.query).expand(*leading, -1),
         class_ids=class_ids,
+        support_indices=support_indices,
+        query_indices=query_indices,
     )
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """A plain mini-batch for supervised pre-training over all training classes (the first stage of
+    Baseline, RFS and kin): images [B, C, H, W] (float) and their dataset class ids [B] (long)."""
+
+    images: Tensor
+    labels: Tensor

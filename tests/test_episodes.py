@@ -55,6 +55,18 @@ def test_episode_has_the_right_classes_counts_and_labels(omniglot, vinyals_test_
                 assert (pool == image).flatten(1).all(1).any()
 
 
+def test_episode_indices_point_at_its_images_in_the_split(omniglot, vinyals_test_split):
+    datamodule = make_datamodule(omniglot)
+    attach_trainer(datamodule, RunningStage.TESTING)
+    images = vinyals_test_split.images.float() / 255
+    episode = episodes_of(datamodule.test_dataloader(), datamodule)[0]
+    assert torch.equal(images[episode.support_indices], episode.support_images)
+    assert torch.equal(images[episode.query_indices], episode.query_images)
+    offsets = vinyals_test_split.class_offsets
+    classes_of_queries = torch.bucketize(episode.query_indices, offsets[1:], right=True)
+    assert torch.equal(classes_of_queries, episode.class_ids[episode.query_labels])
+
+
 def test_support_and_query_never_share_an_image():
     offsets = torch.arange(0, 21 * 50, 21)  # 49 classes of 21 images
     for key in range(50):

@@ -11,10 +11,17 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset
-from fsl_lightning.data.folders import read_query_folder, read_support_folder
-from fsl_lightning.data.sampler import EpisodeStream, check_episode_fits
-from fsl_lightning.episode import Episode, EpisodeSpec, split_support_query
+from fsl_lightning.data.folders import check_class_names, read_query_folder, read_support_folder
+from fsl_lightning.data.sampler import (
+    DeviceEpisodeSampler,
+    EpisodeStream,
+    ImageBatchStream,
+    KeyStream,
+    check_episode_fits,
+)
+from fsl_lightning.episode import Episode, EpisodeSpec, LabelledBatch, split_support_query
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
 
@@ -37,7 +44,16 @@ class EpisodicDataModule(L.LightningDataModule):
         evaluation: way / shot / query of validation and test episodes.
         train_episodes_per_epoch: training batches (steps) between two validations.
         train_tasks_per_batch: episodes per training step; above 1, each batch is a meta-batch of tasks
-            (an :class:`Episode` with a leading task dimension), for MAML-like methods.
+            (an :class:`Episode` with a leading task dimension): MAML-like methods adapt to each task; the
+            others take one optimiser step on the mean loss of the T episodes.
+        pretrain_batch_size: when set, training batches are not episodes but plain mini-batches of this many
+            images from all training classes (:class:`LabelledBatch`), for methods that pre-train a classifier
+            over the base classes (Baseline, RFS, SKD...); validation and test stay episodic.
+        sample_on_device: draw training episodes on the compute device (:class:`DeviceEpisodeSampler`: no host
+            work or copy per step; another random stream than the host sampler). ``None``: on for CUDA devices.
+            Validation and test episodes are always drawn on the host, identical on every device.
+        augmentation: applied on the device to every training batch (episodes or mini-batches), e.g.
+            :class:`~fsl_lightning.data.augment.BatchAugmentation`; never to validation or test images.
         val_episodes: fixed validation episodes.
         test_episodes: fixed test episodes (1000 by default, for a tight confidence interval).
         evaluation_within_group: draw the classes of each validation and test episode from one group of the
@@ -47,6 +63,8 @@ class EpisodicDataModule(L.LightningDataModule):
         predict_support_dir: for ``predict``: one sub-folder of images per class.
         predict_query_dir: for ``predict``: the images to classify.
         predict_batch_size: query images per ``predict`` step.
+        predict_class_names: for zero-shot ``predict`` (methods that classify from class names, such as CLIP), in
+            place of ``predict_support_dir``: the classes to choose from, e.g. ``[cat, dog]``; no support images.
     """
 
     def __init__(
@@ -56,6 +74,9 @@ class EpisodicDataModule(L.LightningDataModule):
         evaluation: EpisodeSpec = EpisodeSpec(way=5, shot=1, query=15),
         train_episodes_per_epoch: int = 500,
         train_tasks_per_batch: int = 1,
+        pretrain_batch_size: int | None = None,
+        augmentation: BatchAugmentation | None = None,
+        sample_on_device: bool | None = None,
         val_episodes: int = 200,
         test_episodes: int = 1000,
         evaluation_within_group: bool = False,
@@ -64,6 +85,7 @@ class EpisodicDataModule(L.LightningDataModule):
         predict_support_dir: str | None = None,
         predict_query_dir: str | None = None,
         predict_batch_size: int = 256,
+        predict_class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -72,12 +94,17 @@ class EpisodicDataModule(L.LightningDataModule):
         if train_tasks_per_batch < 1:
             raise ValueError(f"train_tasks_per_batch must be at least 1, got {train_tasks_per_batch}.")
         self.train_tasks_per_batch = train_tasks_per_batch
+        self.pretrain_batch_size = pretrain_batch_size
+        self.augmentation = augmentation
+        self.sample_on_device = sample_on_device
+        self._device_sampler: DeviceEpisodeSampler | None = None
         self.evaluation_within_group = evaluation_within_group
         self.seed = seed
         self.eval_seed = eval_seed
         self.predict_support_dir = predict_support_dir
         self.predict_query_dir = predict_query_dir
         self.predict_batch_size = predict_batch_size
+        self.predict_class_names = predict_class_names
         self.splits: dict[str, ClassImages] = {}
         self._resident: dict[str, Tensor] = {}
 
@@ -93,10 +120,22 @@ class EpisodicDataModule(L.LightningDataModule):
         for split in needed:
             if split not in self.splits:
                 classes = self.dataset.load_split(split)
-                check_episode_fits(classes.images_per_class, self.specs[split], split, self._groups(split, classes))
+                if not (split == "train" and self.pretrain_batch_size):
+                    check_episode_fits(classes.images_per_class, self.specs[split], split, self._groups(split, classes))
                 self.splits[split] = classes
 
+    @property
+    def num_train_classes(self) -> int:
+        """Classes of the training split (the base classes of pre-training)."""
+        return self.splits["train"].num_classes
+
     def train_dataloader(self) -> DataLoader:
+        if self._samples_on_device() and not self.pretrain_batch_size:
+            self._device_sampler = DeviceEpisodeSampler(
+                self.splits["train"].class_offsets, self.specs["train"], self.seed, STREAMS["train"],
+                self.train_tasks_per_batch,
+            )
+            return DataLoader(KeyStream(self._train_keys), batch_size=None)
         return self._loader("train", self._train_keys)
 
     def val_dataloader(self) -> DataLoader:
@@ -106,13 +145,18 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._loader("test", lambda: self._eval_keys("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        if not (self.predict_support_dir and self.predict_query_dir):
+        if not (self.predict_support_dir or self.predict_class_names) or not self.predict_query_dir:
             raise ValueError(
                 "predict needs a support folder and a query folder: pass --data.predict_support_dir=<folder with "
-                "one sub-folder of images per class> and --data.predict_query_dir=<folder of images>."
+                "one sub-folder of images per class> and --data.predict_query_dir=<folder of images> (or, for "
+                "zero-shot methods such as CLIP, --data.predict_class_names='[cat, dog]' in place of the support "
+                "folder)."
             )
-        support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.preprocess)
         queries, files = read_query_folder(self.predict_query_dir, self.dataset.preprocess)
+        if self.predict_class_names is not None:
+            support, labels, class_names = self._zero_shot_support(queries)
+        else:
+            support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.preprocess)
         batches = [
             {
                 "support_images": support,
@@ -125,23 +169,71 @@ class EpisodicDataModule(L.LightningDataModule):
         ]
         return DataLoader(batches, batch_size=None)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Episode | dict:
+    def _zero_shot_support(self, queries: Tensor) -> tuple[Tensor, Tensor, list[str]]:
+        """No support images, the given class names: for methods that classify from names (``supports_zero_shot``)."""
+        if self.predict_support_dir:
+            raise ValueError("Give either data.predict_support_dir or data.predict_class_names for predict, not both.")
+        method = self.trainer.lightning_module if self.trainer is not None else None
+        if method is not None and not getattr(method, "supports_zero_shot", False):
+            raise ValueError(
+                f"data.predict_class_names without support images is zero-shot prediction, which "
+                f"{type(method).__name__} cannot do (CLIPZeroShot and CLIPFewShot can): give "
+                "--data.predict_support_dir=<folder with one sub-folder of images per class> instead."
+            )
+        names = check_class_names(self.predict_class_names)
+        return queries[:0], torch.zeros(0, dtype=torch.long), names
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Episode | LabelledBatch | dict:
         if isinstance(batch, dict):  # predict: the user's images, with file names for the output
             return {**batch, "episode": _predict_episode(batch)}
         split = self._current_split()
-        image_indices, class_ids = batch
-        images = self._resident_images(split, image_indices.device)[image_indices]
-        return split_support_query(_to_float(images), class_ids, self.specs[split])
+        if isinstance(batch, int):  # a key: the training episode is drawn here, on the device
+            batch = self._device_sampler(batch, self._compute_device())
+        return self._assemble(split, *batch)
+
+    def training_batch(self, key: int, device: torch.device) -> Episode | LabelledBatch:
+        """Training batch ``key`` on ``device`` as ``training_step`` receives it, outside any Trainer loop (for
+        benchmarks that time the bare model step on resident data). Call after ``setup("fit")``."""
+        indices, class_ids = next(iter(self._index_stream("train", lambda: range(key, key + 1))))
+        return self._assemble("train", indices.to(device), class_ids.to(device))
+
+    def _assemble(self, split: str, image_indices: Tensor, class_ids: Tensor) -> Episode | LabelledBatch:
+        """Gathers the images of the given indices from the resident split and builds the batch."""
+        images = _to_float(self._resident_images(split, image_indices.device)[image_indices])
+        if split == "train" and self.augmentation is not None:
+            images = self._augmented(images)
+        if split == "train" and self.pretrain_batch_size:
+            return LabelledBatch(images, class_ids)
+        return split_support_query(images, class_ids, self.specs[split], image_indices)
+
+    def _augmented(self, images: Tensor) -> Tensor:
+        # Images of an episode arrive as [..., way, shot + query, C, H, W]: augment them as one flat batch.
+        flat = images.reshape(-1, *images.shape[-3:])
+        return self.augmentation(flat).reshape(images.shape)
+
+    def _samples_on_device(self) -> bool:
+        if self.sample_on_device is not None:
+            return self.sample_on_device
+        return self._compute_device().type == "cuda"
+
+    def _compute_device(self) -> torch.device:
+        strategy = getattr(self.trainer, "strategy", None)  # no trainer (or a stand-in) before fit: the CPU
+        return strategy.root_device if strategy is not None else torch.device("cpu")
 
     def _loader(self, split: str, keys) -> DataLoader:
+        # Pinned index tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
+        return DataLoader(self._index_stream(split, keys), batch_size=None, pin_memory=torch.cuda.is_available())
+
+    def _index_stream(self, split: str, keys) -> EpisodeStream | ImageBatchStream:
+        """The image indices (and class ids) of each batch of ``split``, one batch per key of ``keys()``."""
         classes = self.splits[split]
+        if split == "train" and self.pretrain_batch_size:
+            return ImageBatchStream(classes.class_offsets, self.pretrain_batch_size, self.seed, STREAMS[split], keys)
         tasks = self.train_tasks_per_batch if split == "train" else 1
-        stream = EpisodeStream(
+        return EpisodeStream(
             classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys, tasks,
             self._groups(split, classes),
         )
-        # Pinned index tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
-        return DataLoader(stream, batch_size=None, pin_memory=torch.cuda.is_available())
 
     def _groups(self, split: str, classes: ClassImages) -> Tensor | None:
         if split == "train" or not self.evaluation_within_group:

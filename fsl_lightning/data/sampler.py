@@ -43,10 +43,16 @@ def check_episode_fits(
         )
 
 
-def episode_generator(seed: int, stream: int, key: int) -> torch.Generator:
-    """A CPU generator whose state depends only on its three arguments (well mixed, no collisions in practice)."""
+def _mixed_words(seed: int, stream: int, key: int) -> tuple[int, int]:
+    """Two 32-bit words that depend only on the three arguments (well mixed, no collisions in practice)."""
     state = np.random.SeedSequence([seed, stream, key]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return int(state[0]), int(state[1])
+
+
+def episode_generator(seed: int, stream: int, key: int) -> torch.Generator:
+    """A CPU generator whose state depends only on its three arguments."""
+    high, low = _mixed_words(seed, stream, key)
+    return torch.Generator().manual_seed(high << 32 | low)
 
 
 def sample_episode(
@@ -121,3 +127,92 @@ class EpisodeStream(IterableDataset):
     def _episode(self, key: int) -> tuple[Tensor, Tensor]:
         generator = episode_generator(self.seed, self.stream, key)
         return sample_episode(self.class_offsets, self.spec, generator, self.class_groups)
+
+
+class ImageBatchStream(IterableDataset):
+    """Yields ``(image_indices [B], class_ids [B])``: mini-batches of distinct images from all classes.
+
+    Like :class:`EpisodeStream`, each batch is a pure function of ``(seed, stream, key)`` (keys from ``keys()``),
+    so ranks draw distinct batches and a resumed run continues the same stream. Within a batch images are
+    distinct; across batches they are drawn independently (not epoch by epoch), which keeps batches stateless.
+    """
+
+    def __init__(self, class_offsets: Tensor, batch_size: int, seed: int, stream: int, keys: Callable[[], range]) -> None:
+        num_images = int(class_offsets[-1])
+        if not 1 <= batch_size <= num_images:
+            raise ValueError(
+                f"pretrain_batch_size must be between 1 and the {num_images} training images, got {batch_size}."
+            )
+        self.class_offsets = class_offsets
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = stream
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        num_images = int(self.class_offsets[-1])
+        for key in self.keys():
+            generator = episode_generator(self.seed, self.stream, key)
+            indices = torch.randperm(num_images, generator=generator)[: self.batch_size]
+            yield indices, torch.bucketize(indices, self.class_offsets[1:], right=True)
+
+
+def mixed_seed(seed: int, stream: int, key: int) -> int:
+    """A 63-bit seed that depends only on the three arguments (the mixing of :func:`episode_generator`)."""
+    high, low = _mixed_words(seed, stream, key)
+    return (high << 31 | low) & (2**63 - 1)
+
+
+class DeviceEpisodeSampler:
+    """Draws training episodes on the compute device, so that no host work or copy sits in a training step.
+
+    Same distribution as :func:`sample_episode` (``way`` distinct classes uniformly, ``shot + query`` distinct
+    images of each uniformly) but another random stream: the device generator is re-seeded from
+    ``(seed, stream, key)`` for every batch, which keeps batches stateless (resume, distinct ranks) without any
+    host synchronisation. Validation and test episodes keep the host sampler, so they stay identical on every device.
+    """
+
+    def __init__(self, class_offsets: Tensor, spec: EpisodeSpec, seed: int, stream: int, tasks_per_batch: int = 1) -> None:
+        self.spec = spec
+        self.seed = seed
+        self.stream = stream
+        self.tasks = tasks_per_batch
+        self._offsets_cpu = class_offsets
+        self._max_images = int((class_offsets[1:] - class_offsets[:-1]).max())
+        self._on: dict[torch.device, tuple[Tensor, Tensor, torch.Generator]] = {}
+
+    def __call__(self, key: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Image indices [T, way, shot + query] and class ids [T, way] (without T when ``tasks_per_batch`` is 1)."""
+        offsets, counts, generator = self._state(device)
+        generator.manual_seed(mixed_seed(self.seed, self.stream, key))
+        way, tasks = self.spec.way, self.tasks
+        # a uniformly random subset of classes: the `way` smallest of independent uniform scores
+        class_ids = torch.rand(tasks, len(counts), generator=generator, device=device).topk(way, largest=False).indices
+        scores = torch.rand(tasks, way, self._max_images, generator=generator, device=device)
+        slots = torch.arange(self._max_images, device=device)
+        scores.masked_fill_(slots >= counts[class_ids].unsqueeze(-1), 2.0)  # slots past a class's images: never drawn
+        within = scores.topk(self.spec.images_per_class, largest=False, sorted=True).indices
+        indices = offsets[class_ids].unsqueeze(-1) + within
+        return (indices[0], class_ids[0]) if tasks == 1 else (indices, class_ids)
+
+    def _state(self, device: torch.device) -> tuple[Tensor, Tensor, torch.Generator]:
+        if device not in self._on:
+            offsets = self._offsets_cpu.to(device)
+            self._on[device] = (offsets, offsets[1:] - offsets[:-1], torch.Generator(device=device))
+        return self._on[device]
+
+
+class KeyStream(IterableDataset):
+    """Yields only the batch keys (Python ints); :class:`DeviceEpisodeSampler` turns them into episodes."""
+
+    def __init__(self, keys: Callable[[], range]) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.keys())
