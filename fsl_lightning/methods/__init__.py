@@ -1,15 +1,22 @@
 """Few-shot methods, one per module, each a LightningModule over :class:`FewShotMethod`."""
 
 from fsl_lightning.methods.anil import ANIL
+from fsl_lightning.methods.baseline import Baseline
+from fsl_lightning.methods.baseline_pp import BaselinePlusPlus
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.maml import FOMAML, MAML
 from fsl_lightning.methods.matchingnet import MatchingNet
 from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
 from fsl_lightning.methods.protonet import ProtoNet
+from fsl_lightning.methods.r2d2 import R2D2
 from fsl_lightning.methods.relationnet import RelationNet
 from fsl_lightning.methods.reptile import Reptile
+from fsl_lightning.methods.rfs import RFSSimple
+from fsl_lightning.methods.rfs_distill import RFSDistill
 from fsl_lightning.methods.siamese import Siamese
+from fsl_lightning.methods.skd import SKD
+from fsl_lightning.methods.transfer import Transfer
 
 #: name -> class, for error messages and programmatic use; the CLI also takes full class paths
 METHODS: dict[str, type[FewShotMethod]] = {
@@ -23,9 +30,17 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "MetaSGD": MetaSGD,
     "ANIL": ANIL,
     "Reptile": Reptile,
+    "R2D2": R2D2,
+    "Transfer": Transfer,
+    "Baseline": Baseline,
+    "BaselinePlusPlus": BaselinePlusPlus,
+    "RFSSimple": RFSSimple,
+    "RFSDistill": RFSDistill,
+    "SKD": SKD,
 }
 
 __all__ = [
-    "ANIL", "FOMAML", "MAML", "METHODS", "FewShotMethod", "MatchingNet", "MetaSGD", "NearestNeighbour", "ProtoNet",
-    "RelationNet", "Reptile", "Siamese",
+    "ANIL", "Baseline", "BaselinePlusPlus", "FewShotMethod", "FOMAML",
+    "MAML", "MatchingNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet", "R2D2",
+    "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
 ]

@@ -38,6 +38,11 @@ class FewShotMethod(L.LightningModule):
         scheduler_interval: ``step`` (per training episode) or ``epoch``.
     """
 
+    #: whether ``speed.tf32`` is on when the config leaves it unset (see :class:`~fsl_lightning.callbacks.SpeedSettings`)
+    tf32_by_default: bool = True
+    #: why ``speed.compile`` cannot apply to this method, or ``None`` when it can
+    not_compilable_because: str | None = None
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -66,10 +71,17 @@ class FewShotMethod(L.LightningModule):
         return F.cross_entropy(logits, episode.query_labels)
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        logits = self.episode_logits(episode)
-        loss = self.episode_loss(episode, logits)
-        self.train_accuracy(self._accuracy(logits, episode))
-        queries = len(episode.query_labels)
+        """One optimiser step on one episode, or on the mean loss of a batch of T episodes
+        (``data.train_tasks_per_batch: T``, which spreads the Trainer's per-step work over T episodes)."""
+        tasks = [episode] if episode.num_tasks is None else [episode.task(t) for t in range(episode.num_tasks)]
+        losses, accuracies = [], []
+        for task in tasks:
+            logits = self.episode_logits(task)
+            losses.append(self.episode_loss(task, logits))
+            accuracies.append(self._accuracy(logits, task))
+        loss = torch.stack(losses).mean()
+        self.train_accuracy(torch.stack(accuracies).mean())
+        queries = episode.query_labels.numel()
         # Not on the progress bar: that would read the values back from the GPU every step.
         self.log("train/loss", loss, batch_size=queries)
         self.log("train/acc", self.train_accuracy, batch_size=queries)
