@@ -4,6 +4,8 @@ from fsl_lightning.methods.anil import ANIL
 from fsl_lightning.methods.baseline import Baseline
 from fsl_lightning.methods.baseline_pp import BaselinePlusPlus
 from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.clip import CLIPFewShot, CLIPZeroShot
+from fsl_lightning.methods.frozen_features import FrozenFeatures
 from fsl_lightning.methods.maml import FOMAML, MAML
 from fsl_lightning.methods.matchingnet import MatchingNet
 from fsl_lightning.methods.metasgd import MetaSGD
@@ -37,10 +39,13 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "RFSSimple": RFSSimple,
     "RFSDistill": RFSDistill,
     "SKD": SKD,
+    "FrozenFeatures": FrozenFeatures,
+    "CLIPZeroShot": CLIPZeroShot,
+    "CLIPFewShot": CLIPFewShot,
 }
 
 __all__ = [
-    "ANIL", "Baseline", "BaselinePlusPlus", "FewShotMethod", "FOMAML",
-    "MAML", "MatchingNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet", "R2D2",
+    "ANIL", "Baseline", "BaselinePlusPlus", "CLIPFewShot", "CLIPZeroShot", "FewShotMethod", "FOMAML",
+    "FrozenFeatures", "MAML", "MatchingNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet", "R2D2",
     "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
 ]
