@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
@@ -9,12 +11,14 @@ from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
 DOWNSAMPLING = ("max_pool", "stride")
 
 
-def maml_block(in_channels: int, out_channels: int, downsampling: str) -> nn.Sequential:
-    """3x3 convolution, batch norm (batch statistics), ReLU, then 2x2 max pooling or a stride-2 convolution."""
+def maml_block(
+    in_channels: int, out_channels: int, downsampling: str, running_statistics: bool = False
+) -> nn.Sequential:
+    """3x3 convolution, batch norm, ReLU, then 2x2 max pooling or a stride-2 convolution."""
     stride = 2 if downsampling == "stride" else 1
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
-        PlainBatchNorm2d(out_channels),
+        PlainBatchNorm2d(out_channels, running_statistics=running_statistics),
         nn.ReLU(),  # not in place: the functional engines must not mutate saved activations
     ]
     if downsampling == "max_pool":
@@ -38,6 +42,8 @@ class MAMLConv4(nn.Module):
         hidden_channels: filters per block (64 in the paper; 32 for MiniImagenet).
         image_size: side of the square input, needed to size the head with max pooling.
         downsampling: ``"max_pool"`` or ``"stride"``.
+        batch_norm: ``"batch"`` (the paper: batch statistics, also at test, transductive) or ``"running"``
+            (running averages recorded during meta-training, used at evaluation: each query normalised alone).
     """
 
     def __init__(
@@ -47,15 +53,18 @@ class MAMLConv4(nn.Module):
         hidden_channels: int = 64,
         image_size: int = 28,
         downsampling: str = "max_pool",
+        batch_norm: Literal["batch", "running"] = "batch",
     ) -> None:
         super().__init__()
         if downsampling not in DOWNSAMPLING:
             raise ValueError(f"downsampling must be one of {DOWNSAMPLING}, got {downsampling!r}.")
+        if batch_norm not in ("batch", "running"):
+            raise ValueError(f"batch_norm must be 'batch' or 'running', got {batch_norm!r}.")
         side = image_size // 16
         if downsampling == "max_pool" and side < 1:
             raise ValueError(f"image_size {image_size} is too small for four 2x2 max poolings (need >= 16).")
         widths = [in_channels] + [hidden_channels] * 4
-        blocks = [maml_block(widths[i], widths[i + 1], downsampling) for i in range(4)]
+        blocks = [maml_block(widths[i], widths[i + 1], downsampling, batch_norm == "running") for i in range(4)]
         tail: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if downsampling == "stride" else []
         self.features = nn.Sequential(*blocks, *tail, nn.Flatten())
         feature_dim = hidden_channels if downsampling == "stride" else hidden_channels * side * side

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Literal
 
 import torch
@@ -18,6 +17,7 @@ from fsl_lightning.adaptation import (
     inner_precision,
     usable_in_autograd,
 )
+from fsl_lightning.backbones.plain_batchnorm import recording_running_statistics, tracks_running_statistics
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.base import FewShotMethod
 
@@ -26,11 +26,11 @@ def as_meta_batch(episode: Episode) -> Episode:
     """A single episode as a meta-batch of one task (leading dimension T = 1); meta-batches unchanged."""
     if episode.num_tasks is not None:
         return episode
-    return Episode(**{f.name: getattr(episode, f.name).unsqueeze(0) for f in fields(episode)})
+    return episode.map(lambda tensor: tensor.unsqueeze(0))
 
 
 def _usable_in_autograd(episode: Episode) -> Episode:
-    return Episode(**{f.name: usable_in_autograd(getattr(episode, f.name)) for f in fields(episode)})
+    return episode.map(usable_in_autograd)
 
 
 class MAML(FewShotMethod):
@@ -58,6 +58,12 @@ class MAML(FewShotMethod):
         inner_loop_fp32: run adaptation and query scoring with autocast disabled (recommended; a warning is
             given when switched off).
     """
+
+    tf32_by_default = False  # TF32 perturbs second-order meta-gradients (issue 8: opt-in, error reported)
+    not_compilable_because = (
+        "its inner loop calls the backbone with swapped-in adapted weights (torch.func.functional_call or "
+        "learn2learn clones), on which a compiled backbone would recompile; the vmap engine is already batched over tasks"
+    )
 
     def __init__(
         self,
@@ -124,6 +130,16 @@ class MAML(FewShotMethod):
         loss, logits = self.meta_loss(batch)
         self._log_training(loss, logits, batch)
         return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch: Episode, batch_idx: int) -> None:
+        """With ``batch_norm: running`` backbones, one plain pass of the meta-batch's images through the updated
+        meta-parameters updates the running averages: outside the engines, so that both behave the same."""
+        if tracks_running_statistics(self.backbone):
+            batch = as_meta_batch(batch)
+            images = torch.cat([batch.support_images.flatten(0, 1), batch.query_images.flatten(0, 1)])
+            with recording_running_statistics(self.backbone):
+                self.backbone(images)
 
     def episode_logits(self, episode: Episode) -> Tensor:
         """One episode (validation / test / predict): adapt with ``test_inner_steps``, then [Q, way]."""
