@@ -16,7 +16,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, WandbTestMedia
+from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.wandb_setup import choose_wandb_mode
@@ -40,6 +40,7 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionCSVWriter, "prediction_writer")
         parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_guard")
         parser.add_lightning_class_args(WandbTestMedia, "wandb_media")
+        parser.add_lightning_class_args(SpeedSettings, "speed")
 
     def before_instantiate_classes(self) -> None:
         if "WandbLogger" in str(self.config[self.subcommand].trainer.logger):

@@ -57,3 +57,20 @@ def test_episode_accuracy_metric_accumulates_episodes():
     summary = metric.compute()
     assert summary.episodes == 3 and math.isclose(float(summary.mean), 0.75) and float(summary.ci95) > 0
     assert torch.equal(summary.per_episode, torch.tensor([0.5, 1.0, 0.75]))
+
+
+def test_a_batch_of_episodes_is_one_step_on_their_mean_loss():
+    """data.train_tasks_per_batch > 1 for metric methods: T episodes per optimiser step."""
+    from fsl_lightning.backbones import Conv4
+
+    torch.manual_seed(0)
+    method = ProtoNet(Conv4(in_channels=1))
+    method.log = lambda *args, **kwargs: None  # no Trainer here
+    labels = torch.arange(5)
+    batch = Episode(
+        support_images=torch.rand(3, 5, 1, 28, 28), support_labels=labels.expand(3, -1),
+        query_images=torch.rand(3, 10, 1, 28, 28), query_labels=labels.repeat_interleave(2).expand(3, -1),
+        class_ids=labels.expand(3, -1),
+    )
+    per_episode = [method.episode_loss(batch.task(t), method.episode_logits(batch.task(t))) for t in range(3)]
+    assert torch.allclose(method.training_step(batch, 0), torch.stack(per_episode).mean(), atol=1e-6)

@@ -1,0 +1,81 @@
+"""The ``speed:`` section of a config: TF32, channels-last memory layout and ``torch.compile``, per run.
+
+Settings that change numerics are off by default where exactness matters: TF32 (10-bit mantissa in matrix
+products and convolutions on Ampere and later GPUs) is on by default for methods whose results it does not
+visibly change, and off for the MAML family (``FewShotMethod.tf32_by_default = False``), whose second-order
+meta-gradients it perturbs; turning it on there warns. Global flags are restored when the run ends.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+
+class SpeedSettings(Callback):
+    """Args:
+        tf32: allow TF32 in float32 matrix products and convolutions on CUDA; ``None``: the method's default.
+        channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
+            Cores prefer; numerics unchanged.
+        compile: ``torch.compile`` the backbone in place (checkpoint keys unchanged); methods that cannot be
+            compiled (``FewShotMethod.compilable = False``) run eagerly with a warning saying why.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to debug).
+        compile_mode: the ``torch.compile`` mode, e.g. ``max-autotune`` or ``reduce-overhead`` (CUDA graphs).
+    """
+
+    def __init__(
+        self,
+        tf32: bool | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        compile_mode: str | None = None,
+    ) -> None:
+        self.tf32 = tf32
+        self.channels_last = channels_last
+        self.compile = compile
+        self.compile_backend = compile_backend
+        self.compile_mode = compile_mode
+        self._saved_flags: tuple[str, bool] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._set_tf32(self._wants_tf32(pl_module))
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile:
+            self._compile(pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._saved_flags is not None:
+            matmul_precision, cudnn_tf32 = self._saved_flags
+            torch.set_float32_matmul_precision(matmul_precision)
+            torch.backends.cudnn.allow_tf32 = cudnn_tf32
+            self._saved_flags = None
+
+    def _wants_tf32(self, pl_module: LightningModule) -> bool:
+        method_default = getattr(pl_module, "tf32_by_default", True)
+        if self.tf32 and not method_default:
+            rank_zero_warn(
+                f"speed.tf32 is on for {type(pl_module).__name__}: TF32 perturbs second-order meta-gradients "
+                "(see BENCHMARKS.md for the measured error). Leave it unset for exact fp32."
+            )
+        return method_default if self.tf32 is None else self.tf32
+
+    def _set_tf32(self, enabled: bool) -> None:
+        if self._saved_flags is None:
+            self._saved_flags = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+        torch.backends.cudnn.allow_tf32 = enabled
+
+    def _compile(self, pl_module: LightningModule) -> None:
+        reason = getattr(pl_module, "not_compilable_because", None)
+        if reason:
+            rank_zero_warn(f"speed.compile is ignored for {type(pl_module).__name__}: {reason}")
+            return
+        backbone = getattr(pl_module, "backbone", None)
+        if backbone is None or getattr(backbone, "_compiled_by_speed_settings", False):
+            return
+        backbone.compile(backend=self.compile_backend, mode=self.compile_mode)
+        backbone._compiled_by_speed_settings = True
+        rank_zero_info(f"Compiled the backbone with torch.compile (backend {self.compile_backend}).")

@@ -1,0 +1,81 @@
+"""The `speed:` config section: TF32 by method, channels-last weights, torch.compile of the backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from fsl_lightning.backbones import MAMLConv4
+from fsl_lightning.callbacks import SpeedSettings
+from fsl_lightning.cli import main
+from fsl_lightning.methods import MAML, ProtoNet
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = [
+    "--trainer.max_steps=3", "--data.train_episodes_per_epoch=3", "--data.val_episodes=2", "--data.test_episodes=4",
+    "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+]
+
+
+class RecordsMatmulPrecision(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.precision_in_training = torch.get_float32_matmul_precision()
+
+
+def _fit_with(method, speed, tmp_path, datamodule):
+    recorder = RecordsMatmulPrecision()
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[speed, recorder], default_root_dir=tmp_path)
+    trainer.fit(method, datamodule)
+    return recorder.precision_in_training
+
+
+@pytest.fixture
+def small_datamodule(omniglot):
+    from fsl_lightning.data import EpisodicDataModule
+    from fsl_lightning.episode import EpisodeSpec
+
+    return EpisodicDataModule(omniglot, train=EpisodeSpec(5, 1, 2), evaluation=EpisodeSpec(5, 1, 2),
+                              train_episodes_per_epoch=1, val_episodes=1, test_episodes=1)
+
+
+def test_tf32_is_on_for_metric_methods_off_for_maml_and_restored_after(small_datamodule, tmp_path):
+    before = torch.get_float32_matmul_precision()
+    from fsl_lightning.backbones import Conv4
+
+    assert _fit_with(ProtoNet(Conv4(1)), SpeedSettings(), tmp_path, small_datamodule) == "high"
+    assert _fit_with(MAML(MAMLConv4(way=5)), SpeedSettings(), tmp_path, small_datamodule) == "highest"
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_tf32_forced_on_maml_warns(small_datamodule, tmp_path):
+    with pytest.warns(UserWarning, match="perturbs second-order meta-gradients"):
+        assert _fit_with(MAML(MAMLConv4(way=5)), SpeedSettings(tf32=True), tmp_path, small_datamodule) == "high"
+
+
+def test_compile_is_refused_for_maml_with_the_reason(small_datamodule, tmp_path):
+    method = MAML(MAMLConv4(way=5))
+    with pytest.warns(UserWarning, match="speed.compile is ignored for MAML"):
+        _fit_with(method, SpeedSettings(compile=True, compile_backend="eager"), tmp_path, small_datamodule)
+    assert not getattr(method.backbone, "_compiled_by_speed_settings", False)
+
+
+def test_speed_section_from_the_cli_compiles_and_uses_channels_last(tmp_path):
+    cli = main([
+        "fit", "--config", str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml"), *SHORT,
+        "--speed.channels_last=true", "--speed.compile=true", "--speed.compile_backend=aot_eager",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ])
+    backbone = cli.model.backbone
+    convolution = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    assert backbone._compiled_by_speed_settings and backbone._compiled_call_impl is not None
+    # checkpoint keys are unchanged by compiling in place
+    checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert all("_orig_mod" not in key for key in checkpoint["state_dict"])
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
