@@ -27,8 +27,9 @@ from fsl_lightning.methods.functional import class_prototypes, squared_euclidean
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "omniglot"
 
 
-def run_fit(config: Path, out: Path, extra: list[str]) -> tuple[dict, dict, float]:
-    """Runs ``fit`` (which then tests the best checkpoint); returns test metrics, the timing JSON and seconds."""
+def run_fit(config: Path, out: Path, extra: list[str], return_cli: bool = False) -> tuple:
+    """Runs ``fit`` (which then tests the best checkpoint); returns test metrics, the timing JSON and seconds
+    (and the CLI object, holding the trainer, model and data module, with ``return_cli``)."""
     timing = out / "timing.json"
     args = [
         "fit", "--config", str(config), f"--trainer.logger.init_args.save_dir={out}",
@@ -39,7 +40,8 @@ def run_fit(config: Path, out: Path, extra: list[str]) -> tuple[dict, dict, floa
     cli = main(args)
     seconds = time.perf_counter() - started
     metrics = {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
-    return metrics, json.loads(timing.read_text()), seconds
+    results = metrics, json.loads(timing.read_text()), seconds
+    return (*results, cli) if return_cli else results
 
 
 def ceiling_episodes_per_s(steps: int, way: int = 60, shot: int = 5, query: int = 5) -> float:
@@ -60,7 +62,13 @@ def ceiling_episodes_per_s(steps: int, way: int = 60, shot: int = 5, query: int 
         loss.backward()
         optimizer.step()
 
-    for _ in range(50):
+    return timed_rate(step, steps, warmup=50, device=device)
+
+
+def timed_rate(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Calls per second of ``step`` over ``steps`` calls after ``warmup`` untimed ones, the device synchronised
+    only at the ends of the timed window."""
+    for _ in range(warmup):
         step()
     _synchronize(device)
     started = time.perf_counter()
