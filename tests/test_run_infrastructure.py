@@ -34,7 +34,10 @@ def test_wandb_run_is_written_offline_with_config_metrics_media_and_checkpoint(t
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", CONFIG, "--config", WANDB, *TINY, "--trainer.max_steps=10",
           f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"])
-    wandb.finish()  # as at the exit of `python -m fsl_lightning`: flushes the run to disk
+    # As at the exit of `python -m fsl_lightning`: finish the run, then stop the W&B service process, which
+    # writes the run file; finish() alone returns before that process has flushed it under load.
+    wandb.finish()
+    wandb.teardown()
     (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
     record = next(run.glob("run-*.wandb")).read_bytes()
     for key in (b"test/acc", b"test/acc_ci95", b"test/per_episode_acc", b"train/loss", b"val/acc",
