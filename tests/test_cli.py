@@ -61,7 +61,9 @@ def test_a_second_run_never_overwrites_the_first(fitted):
 
 def test_predict_writes_a_csv_of_query_file_class_and_score(fitted, tmp_path, data_root):
     _, _, best = fitted
-    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=5, queries_per_class=4)
+    # 20 unseen characters, one support image each, all 19 other drawings as queries: enough queries that the
+    # accuracy is not a coin toss over a few hard characters (this checkpoint scores about 0.78; chance is 0.05).
+    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
     csv_path = tmp_path / "predictions.csv"
     main([
         "predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -73,7 +75,7 @@ def test_predict_writes_a_csv_of_query_file_class_and_score(fitted, tmp_path, da
     assert [row["query_file"] for row in rows] == sorted(truth)
     assert all(0 < float(row["score"]) <= 1 for row in rows)
     correct = sum(row["predicted_class"] == truth[row["query_file"]] for row in rows)
-    assert correct / len(rows) >= 0.7  # 5 unseen classes, one example each: chance is 0.2
+    assert correct / len(rows) >= 0.5
 
 
 def test_predict_without_folders_says_what_to_pass(fitted, tmp_path):

@@ -7,8 +7,6 @@ Two layouts are in common circulation; both are read from ``<root>/miniimagenet/
 * ``images/<file>.jpg`` with ``train.csv``, ``val.csv`` and ``test.csv`` (columns ``filename,label``, the label
   being the WordNet id), as written by the usual scripts from Ravi & Larochelle's split files;
 * ``train/<wnid>/*.jpg``, ``val/<wnid>/*.jpg``, ``test/<wnid>/*.jpg``: one folder per split and per class.
-
-The folder helpers below serve tieredImageNet too, whose folder layout is the same.
 """
 
 from __future__ import annotations

@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages
-from fsl_lightning.data.datasets.natural import check_class_split, split_folder_classes, tree_stamp
 from fsl_lightning.data.datasets.natural import (
     ImageSource,
     NaturalImageDataset,
+    check_class_split,
     decode_classes,
     files_by_class,
     path_stamp,
+    split_folder_classes,
+    tree_stamp,
 )
 from fsl_lightning.data.images import IMAGE_SUFFIXES
 from fsl_lightning.data.roots import DatasetNotFoundError, data_root
