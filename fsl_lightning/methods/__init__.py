@@ -1,9 +1,9 @@
 """Few-shot methods, one per module, each a LightningModule over :class:`FewShotMethod`."""
 
 from fsl_lightning.methods.anil import ANIL
+from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.baseline import Baseline
 from fsl_lightning.methods.baseline_pp import BaselinePlusPlus
-from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.clip import CLIPFewShot, CLIPZeroShot
 from fsl_lightning.methods.frozen_features import FrozenFeatures
 from fsl_lightning.methods.maml import FOMAML, MAML
