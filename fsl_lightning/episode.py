@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -46,6 +46,10 @@ class Episode:
         support_indices, query_indices: where the images sit in the split's image tensor ([way * shot] and
                         [num_queries], long), for methods that embed a whole split once and look features up
                         (frozen pretrained backbones); ``None`` for images that are not from a split (``predict``).
+        seed: for validation and test episodes, a seed for any randomness a method uses to solve the episode
+              (e.g. the initialisation of a fine-tuned probe); it depends only on ``(eval_seed, split, episode
+              number)``, so the same checkpoint gives the same numbers whatever the process count or what ran
+              before. ``None`` for training batches and ``predict``.
     """
 
     support_images: Tensor
@@ -55,6 +59,7 @@ class Episode:
     class_ids: Tensor
     support_indices: Tensor | None = None
     query_indices: Tensor | None = None
+    seed: int | None = None
 
     @property
     def way(self) -> int:
@@ -66,10 +71,8 @@ class Episode:
         return self.class_ids.shape[0] if self.class_ids.dim() == 2 else None
 
     def map(self, function: Callable[[Tensor], Tensor]) -> Episode:
-        """The episode with ``function`` applied to each of its tensors."""
-        return Episode(**{
-            f.name: None if getattr(self, f.name) is None else function(getattr(self, f.name)) for f in fields(self)
-        })
+        """The episode with ``function`` applied to each of its tensors; other fields (``seed``) are kept."""
+        return Episode(**{f.name: _apply_to_tensor(function, getattr(self, f.name)) for f in fields(self)})
 
     def task(self, index: int) -> Episode:
         """One task of a meta-batch."""
@@ -79,14 +82,23 @@ class Episode:
         return self.map(lambda tensor: tensor.to(device))
 
 
+def _apply_to_tensor(function: Callable[[Tensor], Tensor], value: Any) -> Any:
+    return function(value) if isinstance(value, Tensor) else value
+
+
 def split_support_query(
-    images: Tensor, class_ids: Tensor, spec: EpisodeSpec, image_indices: Tensor | None = None
+    images: Tensor,
+    class_ids: Tensor,
+    spec: EpisodeSpec,
+    image_indices: Tensor | None = None,
+    seed: int | None = None,
 ) -> Episode:
     """Turns images grouped by class, [..., way, shot + query, C, H, W], into an :class:`Episode`.
 
     The first ``shot`` images of each class form the support set, the rest the queries; leading
     dimensions (tasks of a meta-batch) are kept. ``image_indices`` [..., way, shot + query], where the images
-    sit in their split, are split the same way (``Episode.support_indices`` / ``query_indices``).
+    sit in their split, are split the same way (``Episode.support_indices`` / ``query_indices``); ``seed`` is
+    passed on as ``Episode.seed``.
     """
     leading = images.shape[:-5]
     labels = torch.arange(spec.way, device=images.device)
@@ -102,6 +114,7 @@ def split_support_query(
         class_ids=class_ids,
         support_indices=support_indices,
         query_indices=query_indices,
+        seed=seed,
     )
 
 

@@ -10,7 +10,7 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.data.sampler import episode_generator, sample_episode
-from fsl_lightning.episode import EpisodeSpec
+from fsl_lightning.episode import Episode, EpisodeSpec
 
 SPEC = EpisodeSpec(way=5, shot=2, query=3)
 
@@ -87,22 +87,22 @@ def test_evaluation_episodes_are_fixed_across_runs_and_training_seeds(omniglot):
     first, second = make_datamodule(omniglot, seed=1), make_datamodule(omniglot, seed=2)
     for datamodule in (first, second):
         attach_trainer(datamodule, RunningStage.TESTING)
-    a = [idx for idx, _ in first.test_dataloader()]
-    b = [idx for idx, _ in second.test_dataloader()]
+    a = [idx for idx, *_ in first.test_dataloader()]
+    b = [idx for idx, *_ in second.test_dataloader()]
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 10
     assert not torch.equal(a[0], a[1])
-    val = [idx for idx, _ in first.val_dataloader()]
+    val = [idx for idx, *_ in first.val_dataloader()]
     assert not torch.equal(val[0], a[0]), "validation and test episodes must differ"
 
 
 def test_ranks_split_the_evaluation_episodes_exactly(omniglot):
     datamodule = make_datamodule(omniglot, test_episodes=11)
     attach_trainer(datamodule, RunningStage.TESTING)
-    single = [idx for idx, _ in datamodule.test_dataloader()]
+    single = [idx for idx, *_ in datamodule.test_dataloader()]
     shards = []
     for rank in range(2):
         attach_trainer(datamodule, RunningStage.TESTING, rank=rank, world=2)
-        shards.append([idx for idx, _ in datamodule.test_dataloader()])
+        shards.append([idx for idx, *_ in datamodule.test_dataloader()])
     assert len(shards[0]) == 6 and len(shards[1]) == 5
     merged = [shards[k % 2][k // 2] for k in range(11)]
     assert all(torch.equal(x, y) for x, y in zip(single, merged))
@@ -111,12 +111,12 @@ def test_ranks_split_the_evaluation_episodes_exactly(omniglot):
 def test_training_stream_is_distinct_per_rank_and_resumes_at_the_step(omniglot):
     datamodule = make_datamodule(omniglot, train_episodes_per_epoch=4)
     attach_trainer(datamodule, RunningStage.TRAINING, rank=0, world=2)
-    rank0 = [idx for idx, _ in datamodule.train_dataloader()]
+    rank0 = [idx for idx, *_ in datamodule.train_dataloader()]
     attach_trainer(datamodule, RunningStage.TRAINING, rank=1, world=2)
-    rank1 = [idx for idx, _ in datamodule.train_dataloader()]
+    rank1 = [idx for idx, *_ in datamodule.train_dataloader()]
     assert not any(torch.equal(x, y) for x, y in zip(rank0, rank1))
     attach_trainer(datamodule, RunningStage.TRAINING, rank=0, world=2, step=2)
-    resumed = [idx for idx, _ in datamodule.train_dataloader()]
+    resumed = [idx for idx, *_ in datamodule.train_dataloader()]
     assert torch.equal(resumed[0], rank0[2]) and torch.equal(resumed[1], rank0[3])
 
 
@@ -157,7 +157,7 @@ def test_evaluation_within_group_draws_all_classes_from_one_alphabet(omniglot, v
     attach_trainer(datamodule, RunningStage.TESTING)
     names = vinyals_test_split.class_names
     alphabets_seen = set()
-    for _, class_ids in datamodule.test_dataloader():
+    for _, class_ids, _ in datamodule.test_dataloader():
         alphabets = {names[c].split("/")[0] for c in class_ids.tolist()}
         assert len(alphabets) == 1 and len(set(class_ids.tolist())) == 20
         alphabets_seen |= alphabets
@@ -184,3 +184,32 @@ def test_evaluation_within_group_needs_a_dataset_with_groups(omniglot):
     dataset = Ungrouped(download=False)
     with pytest.raises(ValueError, match="evaluation_within_group needs class groups.*set evaluation_within_group: false"):
         make_datamodule(dataset, evaluation_within_group=True)
+
+
+def test_evaluation_episodes_carry_a_seed_that_depends_only_on_their_key(omniglot):
+    """Episode.seed: a pure function of (eval_seed, split, key), the same on any rank layout; None in training."""
+    datamodule = make_datamodule(omniglot, test_episodes=5, seed=1)
+    attach_trainer(datamodule, RunningStage.TESTING)
+    single = [episode.seed for episode in episodes_of(datamodule.test_dataloader(), datamodule)]
+    assert all(isinstance(seed, int) for seed in single) and len(set(single)) == 5
+    attach_trainer(datamodule, RunningStage.TESTING, rank=1, world=2)
+    assert [e.seed for e in episodes_of(datamodule.test_dataloader(), datamodule)] == single[1::2]
+    other_training_seed = make_datamodule(omniglot, test_episodes=5, seed=2)
+    attach_trainer(other_training_seed, RunningStage.TESTING)
+    assert [e.seed for e in episodes_of(other_training_seed.test_dataloader(), other_training_seed)] == single
+    attach_trainer(datamodule, RunningStage.VALIDATING)
+    validation = [episode.seed for episode in episodes_of(datamodule.val_dataloader(), datamodule)]
+    assert not set(validation[:5]) & set(single), "validation and test episodes need their own seeds"
+    other_eval_seed = make_datamodule(omniglot, test_episodes=5, eval_seed=1)
+    attach_trainer(other_eval_seed, RunningStage.TESTING)
+    assert episodes_of(other_eval_seed.test_dataloader(), other_eval_seed)[0].seed != single[0]
+    attach_trainer(datamodule, RunningStage.TRAINING)
+    assert episodes_of(datamodule.train_dataloader(), datamodule)[0].seed is None
+
+
+def test_episode_map_task_and_to_keep_the_seed():
+    images = torch.rand(2, 4, 1, 3, 3)
+    batch = Episode(images, torch.zeros(2, 4, dtype=torch.long), images, torch.zeros(2, 4, dtype=torch.long),
+                    torch.zeros(2, 2, dtype=torch.long), seed=7)
+    assert batch.task(1).seed == 7 and batch.to("cpu").seed == 7 and batch.map(torch.clone).seed == 7
+    assert batch.task(1).support_indices is None

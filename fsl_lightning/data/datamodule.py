@@ -20,6 +20,7 @@ from fsl_lightning.data.sampler import (
     ImageBatchStream,
     KeyStream,
     check_episode_fits,
+    mixed_seed,
 )
 from fsl_lightning.episode import Episode, EpisodeSpec, LabelledBatch, split_support_query
 
@@ -194,17 +195,25 @@ class EpisodicDataModule(L.LightningDataModule):
     def training_batch(self, key: int, device: torch.device) -> Episode | LabelledBatch:
         """Training batch ``key`` on ``device`` as ``training_step`` receives it, outside any Trainer loop (for
         benchmarks that time the bare model step on resident data). Call after ``setup("fit")``."""
-        indices, class_ids = next(iter(self._index_stream("train", lambda: range(key, key + 1))))
+        indices, class_ids, *_ = next(iter(self._index_stream("train", lambda: range(key, key + 1))))
         return self._assemble("train", indices.to(device), class_ids.to(device))
 
-    def _assemble(self, split: str, image_indices: Tensor, class_ids: Tensor) -> Episode | LabelledBatch:
+    def _assemble(
+        self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None
+    ) -> Episode | LabelledBatch:
         """Gathers the images of the given indices from the resident split and builds the batch."""
         images = _to_float(self._resident_images(split, image_indices.device)[image_indices])
         if split == "train" and self.augmentation is not None:
             images = self._augmented(images)
         if split == "train" and self.pretrain_batch_size:
             return LabelledBatch(images, class_ids)
-        return split_support_query(images, class_ids, self.specs[split], image_indices)
+        seed = None if split == "train" else self.episode_seed(split, key)
+        return split_support_query(images, class_ids, self.specs[split], image_indices, seed)
+
+    def episode_seed(self, split: str, key: int) -> int:
+        """The seed of validation or test episode ``key`` (:attr:`Episode.seed`): a pure function of
+        ``(eval_seed, split, key)``, so a method's per-episode randomness is the same in any process layout."""
+        return mixed_seed(self.eval_seed, STREAMS[split], key)
 
     def _augmented(self, images: Tensor) -> Tensor:
         # Images of an episode arrive as [..., way, shot + query, C, H, W]: augment them as one flat batch.

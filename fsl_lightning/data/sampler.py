@@ -86,10 +86,11 @@ def _classes_of_one_group(class_groups: Tensor, way: int, generator: torch.Gener
 
 
 class EpisodeStream(IterableDataset):
-    """Yields ``(image_indices, class_ids)`` for each batch key given by ``keys()``.
+    """Yields ``(image_indices, class_ids, key)`` for each batch key given by ``keys()``.
 
     A batch is one episode ([way, shot + query] indices, [way] class ids) or, with ``tasks_per_batch`` T > 1,
-    T episodes stacked ([T, way, shot + query], [T, way]) keyed ``batch_key * T + t``. With ``class_groups``,
+    T episodes stacked ([T, way, shot + query], [T, way]) keyed ``batch_key * T + t``; ``key`` is the batch key
+    (an int), from which the data module derives the episode's ``seed``. With ``class_groups``,
     each episode's classes come from one group (see :func:`sample_episode`).
     ``keys`` is called at the start of each pass, so that a training stream can start at the current step.
     An iterable dataset keeps Lightning from wrapping it in a ``DistributedSampler``: ranks are sharded here.
@@ -116,13 +117,13 @@ class EpisodeStream(IterableDataset):
     def __len__(self) -> int:
         return len(self.keys())
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
         for key in self.keys():
             if self.tasks_per_batch == 1:
-                yield self._episode(key)
+                yield *self._episode(key), key
             else:
                 tasks = [self._episode(key * self.tasks_per_batch + t) for t in range(self.tasks_per_batch)]
-                yield torch.stack([t[0] for t in tasks]), torch.stack([t[1] for t in tasks])
+                yield torch.stack([t[0] for t in tasks]), torch.stack([t[1] for t in tasks]), key
 
     def _episode(self, key: int) -> tuple[Tensor, Tensor]:
         generator = episode_generator(self.seed, self.stream, key)

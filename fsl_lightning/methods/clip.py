@@ -290,7 +290,7 @@ class CLIPFewShot(CLIPZeroShot):
         support_labels = torch.arange(spec.way, device=self.device).repeat_interleave(spec.shot)
         query_labels = torch.arange(spec.way, device=self.device).repeat_interleave(spec.query)
         counts = torch.zeros(len(self.mix_weight_grid) + 1, device=self.device)  # the last one counts queries
-        for image_indices, class_ids in datamodule.val_dataloader():
+        for image_indices, class_ids, _ in datamodule.val_dataloader():  # (indices, class ids, episode key)
             image_indices, class_ids = image_indices.to(self.device), class_ids.to(self.device)
             support = features[image_indices[:, : spec.shot].flatten()]
             queries = features[image_indices[:, spec.shot :].flatten()]
