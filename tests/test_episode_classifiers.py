@@ -10,7 +10,16 @@ from scipy.optimize import minimize
 
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods import R2D2
-from fsl_lightning.methods.episode_classifiers import CosineProbe, LinearProbe, LogisticRegression, NearestCentroid
+from fsl_lightning.methods import Baseline, BaselinePlusPlus
+from fsl_lightning.methods.episode_classifiers import (
+    CosineProbe,
+    LinearProbe,
+    LogisticRegression,
+    NearestCentroid,
+    chen_cosine_scale,
+    weight_normalised_cosine,
+)
+from fsl_lightning.methods.transfer import CosineClassifier
 from fsl_lightning.methods.r2d2 import ridge_regression_weights
 
 
@@ -91,14 +100,95 @@ def test_classifiers_fit_inference_mode_features_as_lightning_evaluation_gives_t
     support, labels, queries, query_labels = separable_episode()
     with torch.inference_mode():
         support, labels, queries = support.clone(), labels.clone(), queries.clone()
-        for classifier in (LinearProbe(steps=5), LogisticRegression(newton_steps=3)):
+        for classifier in (LinearProbe(epochs=5), LogisticRegression(newton_steps=3)):
             assert classifier(support, labels, queries, 4).shape == (len(queries), 4)
 
 
-def test_cosine_probe_scores_are_bounded_by_its_scale():
+def test_weight_normalised_cosine_is_scale_times_class_norm_times_cosine():
+    # hand-checked: x = (3, 4) has norm 5; class 0 direction (1, 0) with norm 2, class 1 direction (0, 5) with norm 1
+    features = torch.tensor([[3.0, 4.0]])
+    direction, gain = torch.tensor([[1.0, 0.0], [0.0, 5.0]]), torch.tensor([2.0, 1.0])
+    scores = weight_normalised_cosine(features, direction, gain, scale=2.0)
+    expected = torch.tensor([[2.0 * 2.0 * 3 / (5 + 1e-5), 2.0 * 1.0 * 4 / (5 + 1e-5)]])
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_chen_scale_is_two_up_to_200_classes_and_ten_above():
+    assert (chen_cosine_scale(5), chen_cosine_scale(200), chen_cosine_scale(201)) == (2.0, 2.0, 10.0)
+    head = CosineClassifier(8, 64)  # Baseline++ pre-training over 64 base classes
+    assert head.scale == 2.0
+    assert torch.allclose(head.gain, head.direction.norm(dim=1))  # weight norm starts at the initial norm
+
+
+def reference_chen_probe(support, labels, queries, way, generator, cosine):
+    """Chen et al.'s ``set_forward_adaptation`` written independently with torch modules: ``nn.Linear`` (or a
+    bias-free one under ``torch.nn.utils.parametrizations.weight_norm`` with scale 2 for Baseline++), SGD with
+    dampening, 100 epochs of shuffled mini-batches of 4. Initial weights and permutations are drawn from
+    ``generator`` in the order the probe documents (weights, [bias], then one permutation per epoch)."""
+    dim, bound = support.shape[1], 1 / support.shape[1] ** 0.5
+    layer = torch.nn.Linear(dim, way, bias=not cosine)
+    with torch.no_grad():
+        layer.weight.copy_((2 * torch.rand(way, dim, generator=generator) - 1) * bound)
+        if not cosine:
+            layer.bias.copy_((2 * torch.rand(way, generator=generator) - 1) * bound)
+    if cosine:
+        layer = torch.nn.utils.parametrizations.weight_norm(layer, dim=0)
+
+    def scores(features):
+        if not cosine:
+            return layer(features)
+        return 2.0 * layer(features / (features.norm(dim=1, keepdim=True) + 1e-5))
+
+    optimiser = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+    for _ in range(100):
+        order = torch.randperm(len(support), generator=generator)
+        for start in range(0, len(support), 4):
+            batch = order[start:start + 4]
+            optimiser.zero_grad()
+            F.cross_entropy(scores(support[batch]), labels[batch]).backward()
+            optimiser.step()
+    with torch.no_grad():
+        return scores(queries)
+
+
+@pytest.mark.parametrize("probe, cosine", [(LinearProbe(), False), (CosineProbe(), True)])
+def test_probes_match_chen_et_al_mini_batch_sgd_on_the_same_draws(one_thread, probe, cosine):
+    support, labels, queries, _ = separable_episode(way=5, shot=3, dim=12)
+    expected = reference_chen_probe(support, labels, queries, 5, torch.Generator().manual_seed(11), cosine)
+    assert torch.allclose(probe(support, labels, queries, 5, seed=11), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("probe", [LinearProbe(epochs=3), CosineProbe(epochs=3)])
+def test_probe_randomness_comes_from_the_episode_seed_and_never_the_global_rng(probe):
     support, labels, queries, _ = separable_episode()
-    logits = CosineProbe(scale=7.0)(support, labels, queries, 4)
-    assert logits.abs().max() <= 7.0 + 1e-5
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    first = probe(support, labels, queries, 4, seed=5)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG was not drawn from
+    torch.manual_seed(123)
+    assert torch.equal(probe(support, labels, queries, 4, seed=5), first)
+    assert not torch.allclose(probe(support, labels, queries, 4, seed=6), first)
+    torch.manual_seed(7)
+    unseeded = probe(support, labels, queries, 4)
+    torch.manual_seed(8)
+    assert torch.equal(probe(support, labels, queries, 4), unseeded)  # predict (no seed) is deterministic too
+
+
+@pytest.mark.parametrize("method", [Baseline, BaselinePlusPlus])
+def test_transfer_episodes_fit_their_probe_from_the_episode_seed(method):
+    torch.manual_seed(0)
+    model = method(torch.nn.Flatten(), num_base_classes=4, feature_dim=16).eval()
+    support, labels, queries, query_labels = separable_episode()
+
+    def episode(seed):
+        return Episode(support.view(-1, 1, 4, 4), labels, queries.view(-1, 1, 4, 4), query_labels,
+                       torch.arange(4), seed=seed)
+
+    torch.manual_seed(1)
+    first = model.episode_logits(episode(3))
+    torch.manual_seed(2)
+    assert torch.equal(model.episode_logits(episode(3)), first)
+    assert not torch.allclose(model.episode_logits(episode(4)), first)
 
 
 def test_nearest_centroid_scores_cosines_to_normalised_class_means():

@@ -9,12 +9,14 @@ from fsl_lightning.methods.transfer import Transfer
 
 
 class BaselinePlusPlus(Transfer):
-    """Baseline with a scaled cosine-similarity classifier, for the base classes in pre-training and for each
-    episode (:class:`CosineProbe`): class weights compared by angle, which reduces intra-class variation.
-    Arguments as :class:`Transfer`; ``base_classifier`` is ``cosine`` by default."""
+    """Baseline with Chen et al.'s cosine classifier (weight-normalised, ``distLinear`` in their code) for the
+    base classes in pre-training (:class:`~fsl_lightning.methods.transfer.CosineClassifier`) and for each episode
+    (:class:`CosineProbe`): class weights compared by angle, which reduces intra-class variation. Each head's
+    scale follows their rule for its own number of classes (2 up to 200 classes, 10 above). Arguments as
+    :class:`Transfer`; ``base_classifier`` is ``cosine`` by default."""
 
     def __init__(self, *args: Any, base_classifier: str = "cosine", **kwargs: Any) -> None:
         super().__init__(*args, base_classifier=base_classifier, **kwargs)
 
     def default_episode_classifier(self) -> EpisodeClassifier:
-        return CosineProbe(scale=getattr(self.base_head, "scale", 10.0))  # the same sharpness as pre-training
+        return CosineProbe()

@@ -1,13 +1,18 @@
 """Light classifiers fitted on one episode's support features, for methods that pre-train their features.
 
-Each is a callable ``classifier(support, support_labels, queries, way) -> logits [Q, way]`` on fixed
+Each is a callable ``classifier(support, support_labels, queries, way, seed=None) -> logits [Q, way]`` on fixed
 (detached) features; fitting runs with autograd enabled even inside Lightning's inference-mode evaluation
 loops. Chosen in config by class path, e.g.
 ``episode_classifier: {class_path: fsl_lightning.methods.episode_classifiers.LogisticRegression}``.
+
+Classifiers that draw random numbers (the probes' initialisation and mini-batch order) draw them all from a CPU
+``torch.Generator`` seeded with the episode's ``seed`` (:attr:`fsl_lightning.episode.Episode.seed`), never from
+the global RNG: the same episode gives the same logits after ``fit``, from a checkpoint, or in any DDP process.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -17,62 +22,118 @@ from torch import Tensor
 from fsl_lightning.adaptation.context import gradients_enabled
 from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix
 
+#: the seed of episodes that carry none (training batches, ``predict``), so that those are deterministic too
+UNSEEDED_EPISODE_SEED = 0
+
+
+def chen_cosine_scale(num_classes: int) -> float:
+    """The fixed scale of Chen et al.'s cosine classifier (``distLinear``): 2 up to 200 classes, 10 above (their
+    code's rule; more classes need sharper softmax inputs)."""
+    return 2.0 if num_classes <= 200 else 10.0
+
+
+def weight_normalised_cosine(features: Tensor, direction: Tensor, gain: Tensor, scale: float) -> Tensor:
+    """Chen et al.'s Baseline++ scores ``scale * g_c * cos(x, v_c)``: features [N, D], class directions v [C, D]
+    and learned class norms g [C] (weight normalisation, Salimans & Kingma 2016) -> [N, C].
+
+    As their ``distLinear``: the features are divided by ``||x|| + 1e-5`` and the class weight ``g_c v_c / ||v_c||``
+    keeps a learned norm, so a class can sharpen or soften its own scores.
+    """
+    unit_features = features / (features.norm(dim=1, keepdim=True) + 1e-5)
+    weights = gain.unsqueeze(1) * F.normalize(direction, dim=1)
+    return scale * unit_features @ weights.T
+
 
 class EpisodeClassifier(ABC):
     """Fits a classifier on the support features and scores the queries."""
 
-    def __call__(self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int) -> Tensor:
+    def __call__(
+        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, seed: int | None = None
+    ) -> Tensor:
         # Fitting works on fp32 copies made outside inference mode: features from Lightning's evaluation loops
         # are inference tensors, which autograd refuses to save.
+        generator = torch.Generator().manual_seed(UNSEEDED_EPISODE_SEED if seed is None else seed)
         with gradients_enabled(), torch.autocast(support.device.type, enabled=False):
             support = support.detach().float().clone()
             queries = queries.detach().float().clone()
             support_labels = support_labels.clone()
-            return self.fit_predict(support, support_labels, queries, way)
+            return self.fit_predict(support, support_labels, queries, way, generator)
 
     @abstractmethod
-    def fit_predict(self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int) -> Tensor:
-        """support [S, D], support_labels [S] in ``0..way-1``, queries [Q, D] -> logits [Q, way]."""
+    def fit_predict(
+        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
+    ) -> Tensor:
+        """support [S, D], support_labels [S] in ``0..way-1``, queries [Q, D] -> logits [Q, way]; any randomness
+        comes from ``generator`` (CPU)."""
 
 
 class LinearProbe(EpisodeClassifier):
     """A new linear layer trained on the support features (Baseline, Chen et al. 2019).
 
-    Chen et al. train it for 100 epochs of SGD (lr 0.01, momentum 0.9, weight decay 1e-3) in mini-batches of 4;
-    here each of ``steps`` is a full-batch step with the same optimiser settings, which is deterministic and
-    launches far fewer kernels.
+    As their code (``BaselineFinetune.set_forward_adaptation``): ``epochs`` passes over the support set in
+    shuffled mini-batches of ``batch_size`` (the last one smaller), SGD with lr 0.01, momentum 0.9, dampening
+    0.9 and weight decay 1e-3 on every parameter, from PyTorch's default ``nn.Linear`` initialisation
+    (uniform in ``+-1/sqrt(D)``). 5-way 1-shot is 100 x 2 steps, 5-shot 100 x 7.
     """
 
-    def __init__(self, steps: int = 100, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-3) -> None:
-        self.steps, self.lr, self.momentum, self.weight_decay = steps, lr, momentum, weight_decay
+    def __init__(self, epochs: int = 100, batch_size: int = 4, lr: float = 0.01, momentum: float = 0.9,
+                 dampening: float = 0.9, weight_decay: float = 1e-3) -> None:
+        if epochs < 1 or batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}.")
+        self.epochs, self.batch_size = epochs, batch_size
+        self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
 
-    def fit_predict(self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int) -> Tensor:
-        layer = torch.nn.Linear(support.shape[1], way, device=support.device)
-        optimiser = torch.optim.SGD(layer.parameters(), self.lr, self.momentum, weight_decay=self.weight_decay)
-        for _ in range(self.steps):
+    def fit_predict(
+        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
+    ) -> Tensor:
+        initial = self.initial_parameters(support.shape[1], way, generator)
+        parameters = [tensor.to(support.device).requires_grad_() for tensor in initial]
+        optimiser = torch.optim.SGD(parameters, self.lr, self.momentum, self.dampening, self.weight_decay)
+        for batch in self.mini_batches(len(support), generator):
+            batch = batch.to(support.device)
             optimiser.zero_grad(set_to_none=True)
-            F.cross_entropy(self.scores(layer, support), support_labels).backward()
+            F.cross_entropy(self.scores(parameters, support[batch], way), support_labels[batch]).backward()
             optimiser.step()
         with torch.no_grad():
-            return self.scores(layer, queries)
+            return self.scores(parameters, queries, way)
 
-    def scores(self, layer: torch.nn.Linear, features: Tensor) -> Tensor:
-        return layer(features)
+    def mini_batches(self, count: int, generator: torch.Generator) -> list[Tensor]:
+        """Support indices of every step: a fresh permutation per epoch, cut into chunks of ``batch_size``."""
+        orders = [torch.randperm(count, generator=generator) for _ in range(self.epochs)]
+        return [batch for order in orders for batch in order.split(self.batch_size)]
+
+    def initial_parameters(self, dim: int, way: int, generator: torch.Generator) -> list[Tensor]:
+        """Weight [way, D] and bias [way], uniform in ``+-1/sqrt(D)`` as ``nn.Linear``'s default."""
+        bound = 1 / math.sqrt(dim)
+        return [_uniform((way, dim), bound, generator), _uniform((way,), bound, generator)]
+
+    def scores(self, parameters: list[Tensor], features: Tensor, way: int) -> Tensor:
+        weight, bias = parameters
+        return features @ weight.T + bias
 
 
 class CosineProbe(LinearProbe):
-    """Baseline++'s classifier (Chen et al. 2019): scaled cosine similarity between features and class weights.
+    """Baseline++'s episode classifier (Chen et al. 2019): their ``distLinear`` trained like :class:`LinearProbe`.
 
-    Trained on the support set like :class:`LinearProbe`; ``scale`` sharpens the softmax over cosines in [-1, 1].
+    Scores ``scale * g_c * cos(x, v_c)`` (:func:`weight_normalised_cosine`): a direction ``v_c`` and a learned
+    norm ``g_c`` per class (weight normalisation, ``g`` starting at ``||v_c||``), no bias. ``scale`` defaults to
+    their rule for the episode's ``way`` (:func:`chen_cosine_scale`: 2 for 5-way).
     """
 
-    def __init__(self, steps: int = 100, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-3,
-                 scale: float = 10.0) -> None:
-        super().__init__(steps, lr, momentum, weight_decay)
+    def __init__(self, epochs: int = 100, batch_size: int = 4, lr: float = 0.01, momentum: float = 0.9,
+                 dampening: float = 0.9, weight_decay: float = 1e-3, scale: float | None = None) -> None:
+        super().__init__(epochs, batch_size, lr, momentum, dampening, weight_decay)
         self.scale = scale
 
-    def scores(self, layer: torch.nn.Linear, features: Tensor) -> Tensor:
-        return self.scale * cosine_similarity_matrix(features, layer.weight)
+    def initial_parameters(self, dim: int, way: int, generator: torch.Generator) -> list[Tensor]:
+        """Direction [way, D] as ``nn.Linear``'s default weight, gain [way] its row norms."""
+        direction = _uniform((way, dim), 1 / math.sqrt(dim), generator)
+        return [direction, direction.norm(dim=1)]
+
+    def scores(self, parameters: list[Tensor], features: Tensor, way: int) -> Tensor:
+        direction, gain = parameters
+        scale = chen_cosine_scale(way) if self.scale is None else self.scale
+        return weight_normalised_cosine(features, direction, gain, scale)
 
 
 class LogisticRegression(EpisodeClassifier):
@@ -97,7 +158,9 @@ class LogisticRegression(EpisodeClassifier):
             raise ValueError(f"newton_steps must be at least 1, got {newton_steps}.")
         self.C, self.normalize, self.newton_steps = C, normalize, newton_steps
 
-    def fit_predict(self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int) -> Tensor:
+    def fit_predict(
+        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
+    ) -> Tensor:
         if self.normalize:
             support, queries = F.normalize(support, dim=-1), F.normalize(queries, dim=-1)
         support64 = support.double()
@@ -137,6 +200,12 @@ class NearestCentroid(EpisodeClassifier):
     def __init__(self, scale: float = 10.0) -> None:
         self.scale = scale
 
-    def fit_predict(self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int) -> Tensor:
+    def fit_predict(
+        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
+    ) -> Tensor:
         prototypes = class_prototypes(F.normalize(support, dim=-1), support_labels, way)
         return self.scale * cosine_similarity_matrix(queries, prototypes)
+
+
+def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> Tensor:
+    return (2 * torch.rand(shape, generator=generator) - 1) * bound

@@ -21,20 +21,32 @@ from torch import Tensor, nn
 
 from fsl_lightning.episode import Episode, LabelledBatch
 from fsl_lightning.methods.base import FewShotMethod
-from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
-from fsl_lightning.methods.functional import cosine_similarity_matrix
+from fsl_lightning.methods.episode_classifiers import (
+    EpisodeClassifier,
+    LogisticRegression,
+    chen_cosine_scale,
+    weight_normalised_cosine,
+)
 
 
 class CosineClassifier(nn.Module):
-    """Scaled cosine similarity between features and one learned weight vector per class (Baseline++)."""
+    """Baseline++'s classifier over the base classes (Chen et al. 2019, their ``distLinear``).
 
-    def __init__(self, in_features: int, num_classes: int, scale: float = 10.0) -> None:
+    Scores ``scale * g_c * cos(x, v_c)`` (:func:`weight_normalised_cosine`): a direction ``v_c`` initialised as
+    ``nn.Linear``'s weight and a learned norm ``g_c`` starting at ``||v_c||`` (weight normalisation); features
+    [B, D] -> [B, num_classes]. ``scale`` defaults to their rule (:func:`chen_cosine_scale`: 2 up to 200 classes).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float | None = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_classes, in_features) / in_features**0.5)
-        self.scale = scale
+        bound = 1 / in_features**0.5
+        direction = torch.empty(num_classes, in_features).uniform_(-bound, bound)
+        self.direction = nn.Parameter(direction)
+        self.gain = nn.Parameter(direction.norm(dim=1))
+        self.scale = chen_cosine_scale(num_classes) if scale is None else scale
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.scale * cosine_similarity_matrix(features, self.weight)
+        return weight_normalised_cosine(features, self.direction, self.gain, self.scale)
 
 
 class Transfer(FewShotMethod):
@@ -50,10 +62,12 @@ class Transfer(FewShotMethod):
         num_base_classes: classes of the training split (checked against the data module).
         feature_dim: the backbone's output size; default its ``out_features`` attribute.
         optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
-        base_classifier: ``linear`` or ``cosine`` (scaled by ``cosine_scale``) head over the base classes.
+        base_classifier: ``linear`` or ``cosine`` (:class:`CosineClassifier`, scaled by ``cosine_scale``; default
+            Chen et al.'s rule, 2 up to 200 base classes) head over the base classes.
         episode_classifier: fitted on each episode's support features; default :class:`LogisticRegression`.
-        teacher_checkpoint: a checkpoint of the same network to distil from (born-again networks, RFS-distill,
-            SKD generation 1): the loss becomes ``(1 - w) * CE + w * T^2 * KL(teacher || student)`` at temperature T.
+        teacher_checkpoint: a checkpoint of the same network to distil from (born-again networks, RFS-distill;
+            the shipped configs name the teacher run's ``last.ckpt``): the loss becomes
+            ``(1 - w) * CE + w * T^2 * KL(teacher || student)`` at temperature T.
         distillation_weight: ``w`` above.
         temperature: ``T`` above.
     """
@@ -67,7 +81,7 @@ class Transfer(FewShotMethod):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         base_classifier: Literal["linear", "cosine"] = "linear",
-        cosine_scale: float = 10.0,
+        cosine_scale: float | None = None,
         episode_classifier: EpisodeClassifier | None = None,
         teacher_checkpoint: str | None = None,
         distillation_weight: float = 0.5,
@@ -144,10 +158,11 @@ class Transfer(FewShotMethod):
         with torch.no_grad():
             features = self.backbone(torch.cat([episode.support_images, episode.query_images])).float()
         support, queries = features[:num_support], features[num_support:]
-        return self.episode_classifier(support, episode.support_labels, queries, episode.way)
+        # the episode's own seed drives any randomness of the fit (probe initialisation, mini-batch order)
+        return self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
 
     # ----- helpers ----------------------------------------------------------------------------------------------
-    def _base_head(self, kind: str, cosine_scale: float) -> nn.Module:
+    def _base_head(self, kind: str, cosine_scale: float | None) -> nn.Module:
         if kind == "linear":
             return nn.Linear(self.feature_dim, self.num_base_classes)
         if kind == "cosine":
@@ -160,7 +175,7 @@ class Transfer(FewShotMethod):
         if not path.is_file():
             raise FileNotFoundError(
                 f"teacher_checkpoint {path} does not exist: train the teacher first (e.g. the RFS-simple config) and "
-                "point teacher_checkpoint at its best checkpoint."
+                "point teacher_checkpoint at its checkpoint (the configs use its last.ckpt)."
             )
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         # named like the student's own modules, so that the checkpoint's keys load as they are
