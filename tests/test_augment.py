@@ -166,6 +166,24 @@ def test_grayscale_images_get_brightness_and_contrast_only():
     assert outputs.shape == images.shape and not torch.allclose(outputs, images)
 
 
+def test_padded_crop_is_an_exact_window_of_the_zero_padded_image_at_a_random_offset():
+    # RFS's RandomCrop(84, padding=8): every output is the image padded with 8 zeros, cut at offset in [0, 16]^2
+    generator = torch.Generator().manual_seed(0)
+    images = 0.01 + 0.98 * torch.rand(200, 3, 12, 12, generator=generator)  # no zeros: windows are unique
+    augment = BatchAugmentation(random_resized_crop=False, crop_padding=8, horizontal_flip=False, color_jitter=0.0)
+    out = augment(images, generator)
+    padded = torch.nn.functional.pad(images, (8, 8, 8, 8))
+    offsets = []
+    for index in range(len(images)):
+        found = [(top, left) for top in range(17) for left in range(17)
+                 if torch.equal(out[index], padded[index, :, top:top + 12, left:left + 12])]
+        assert len(found) == 1
+        offsets += found
+    tops, lefts = zip(*offsets)
+    assert min(tops) == min(lefts) == 0 and max(tops) == max(lefts) == 16  # the whole range is drawn
+    assert len(set(offsets)) > 100  # and the two axes independently
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -177,6 +195,8 @@ def test_grayscale_images_get_brightness_and_contrast_only():
         (dict(color_jitter=-0.1), "color_jitter"),
         (dict(hue=-0.1), "hue"),
         (dict(hue=0.6), "hue"),
+        (dict(random_resized_crop=False, crop_padding=-1), "crop_padding"),
+        (dict(crop_padding=8), "random_resized_crop: false"),
     ],
 )
 def test_bad_arguments_raise(arguments, message):

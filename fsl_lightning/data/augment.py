@@ -28,7 +28,7 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)  # inverted in float64, used on the 
 
 
 class BatchAugmentation:
-    """Random resized crop, horizontal flip and colour jitter, a different draw for every image of a batch.
+    """Random (resized or padded) crop, horizontal flip and colour jitter, a different draw for every image.
 
     The constructor takes plain values so that it can be chosen in YAML, for example
     ``augmentation: {class_path: fsl_lightning.data.augment.BatchAugmentation, init_args: {color_jitter: 0.2}}``.
@@ -37,6 +37,10 @@ class BatchAugmentation:
         random_resized_crop: crop a random box of every image and resize it back to the image's size.
         crop_scale: range of the box's area, as a fraction of the image's area (as torchvision's ``scale``).
         crop_ratio: range of the box's aspect ratio width / height, sampled log-uniformly.
+        crop_padding: when above 0, a padded random crop instead: pad every image with this many zero pixels
+            on each side and cut an image-sized window at a random integer offset (torchvision's
+            ``RandomCrop(size, padding=crop_padding)``; RFS uses 8 on 84x84 images). Excludes
+            ``random_resized_crop``.
         horizontal_flip: mirror every image left-right with probability 0.5.
         color_jitter: strength ``s`` of brightness, contrast and saturation jitter: each factor is uniform in
             ``[max(0, 1 - s), 1 + s]``; 0 turns colour jitter off.
@@ -52,12 +56,19 @@ class BatchAugmentation:
         random_resized_crop: bool = True,
         crop_scale: tuple[float, float] = (0.08, 1.0),
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        crop_padding: int = 0,
         horizontal_flip: bool = True,
         color_jitter: float = 0.4,
         hue: float = 0.0,
     ) -> None:
         _check_range("crop_scale", crop_scale, upper=1.0)
         _check_range("crop_ratio", crop_ratio, upper=math.inf)
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be at least 0 (0 turns the padded crop off), got {crop_padding}.")
+        if crop_padding > 0 and random_resized_crop:
+            raise ValueError(
+                "Choose one crop: set random_resized_crop: false to use crop_padding (a padded random crop)."
+            )
         if color_jitter < 0:
             raise ValueError(f"color_jitter must be at least 0 (0 turns it off), got {color_jitter}.")
         if not 0 <= hue <= 0.5:
@@ -65,6 +76,7 @@ class BatchAugmentation:
         self.random_resized_crop = random_resized_crop
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
+        self.crop_padding = int(crop_padding)
         self.horizontal_flip = horizontal_flip
         self.color_jitter = float(color_jitter)
         self.hue = float(hue)
@@ -72,7 +84,7 @@ class BatchAugmentation:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(random_resized_crop={self.random_resized_crop}, crop_scale={self.crop_scale}, "
-            f"crop_ratio={self.crop_ratio}, horizontal_flip={self.horizontal_flip}, "
+            f"crop_ratio={self.crop_ratio}, crop_padding={self.crop_padding}, horizontal_flip={self.horizontal_flip}, "
             f"color_jitter={self.color_jitter}, hue={self.hue})"
         )
 
@@ -94,6 +106,8 @@ class BatchAugmentation:
             boxes = sample_crop_boxes(len(batch), height, width, self.crop_scale, self.crop_ratio, generator,
                                       batch.device)
             batch = crop_resize(batch, boxes)
+        if self.crop_padding > 0:
+            batch = padded_random_crop(batch, self.crop_padding, generator)
         if self.horizontal_flip:
             batch = horizontal_flip(batch, _uniform(len(batch), 0.0, 1.0, generator, batch.device) < 0.5)
         batch = self._jitter_colours(batch, generator)
@@ -154,6 +168,19 @@ def crop_resize(images: Tensor, boxes: Tensor, output_size: tuple[int, int] | No
     image_index = torch.arange(len(images), device=images.device, dtype=images.dtype).unsqueeze(1)
     rois = torch.cat([image_index, boxes.to(images.dtype)], dim=1)
     return roi_align(images, rois, output_size=output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def padded_random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
+    """Pad images ``[B, C, H, W]`` with ``padding`` zeros on every side and cut an ``H x W`` window of each at
+    a random integer offset in ``[0, 2 * padding]`` (both axes independent): exact pixels, no resampling."""
+    count, _, height, width = images.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), generator=generator, device=images.device)
+    rows = offsets[0] + torch.arange(height, device=images.device)  # [B, H] rows of the padded image
+    cols = offsets[1] + torch.arange(width, device=images.device)  # [B, W]
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    image_index = torch.arange(count, device=images.device).view(-1, 1, 1)
+    # advanced indexing puts the indexed dimensions first: [B, H, W, C] -> [B, C, H, W]
+    return padded.permute(0, 2, 3, 1)[image_index, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
 
 
 def horizontal_flip(images: Tensor, flip: Tensor) -> Tensor:
