@@ -26,7 +26,8 @@ def make_datamodule(omniglot, **kwargs):
 
 def attach_trainer(datamodule, stage, rank=0, world=1, step=0):
     datamodule.trainer = SimpleNamespace(
-        state=SimpleNamespace(stage=stage), global_rank=rank, world_size=world, global_step=step
+        state=SimpleNamespace(stage=stage), global_rank=rank, world_size=world, global_step=step,
+        accumulate_grad_batches=1,
     )
 
 

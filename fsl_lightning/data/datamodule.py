@@ -29,6 +29,9 @@ STREAMS = {"train": 0, "val": 1, "test": 2}
 # Episode streams know their length and are read in the main process (sampling is cheap), so Lightning's
 # warning about `__len__` with several loader workers does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+# The training stream resumes from the data module's own state (state_dict: the batches done), which Lightning's
+# check for a resumable data loader does not see.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class EpisodicDataModule(L.LightningDataModule):
@@ -108,6 +111,10 @@ class EpisodicDataModule(L.LightningDataModule):
         self.predict_class_names = predict_class_names
         self.splits: dict[str, ClassImages] = {}
         self._resident: dict[str, Tensor] = {}
+        # Training batches handed to the model so far (per rank, over all epochs): where the training stream goes
+        # on. Counted per batch, not per optimiser step, so that gradient accumulation draws no episode twice;
+        # saved in checkpoints (state_dict), so that a resumed run continues the stream without repeats or gaps.
+        self._train_batches_done: int | None = None
 
     @property
     def channels(self) -> int:
@@ -188,6 +195,8 @@ class EpisodicDataModule(L.LightningDataModule):
         if isinstance(batch, dict):  # predict: the user's images, with file names for the output
             return {**batch, "episode": _predict_episode(batch)}
         split = self._current_split()
+        if split == "train":
+            self._train_batches_done = self._batches_done() + 1
         if isinstance(batch, int):  # a key: the training episode is drawn here, on the device
             batch = self._device_sampler(batch, self._compute_device())
         return self._assemble(split, *batch)
@@ -255,11 +264,24 @@ class EpisodicDataModule(L.LightningDataModule):
         return classes.class_groups
 
     def _train_keys(self) -> range:
-        # Called when an epoch starts: the stream goes on from the current step, one key per (step, rank).
+        # Called when an epoch starts: the stream goes on after the last batch trained on, one key per (batch, rank).
         rank, world = self._rank_and_world()
-        step = self.trainer.global_step if self.trainer else 0
+        done = self._batches_done()
         count = self.episode_counts["train"]
-        return range(step * world + rank, (step + count) * world, world)
+        return range(done * world + rank, (done + count) * world, world)
+
+    def _batches_done(self) -> int:
+        if self._train_batches_done is None:  # a fresh run, or a checkpoint saved before this count existed
+            trainer = self.trainer
+            return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+        return self._train_batches_done
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: where the training episode stream goes on."""
+        return {"train_batches_done": self._train_batches_done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_batches_done = state_dict.get("train_batches_done")
 
     def _eval_keys(self, split: str) -> range:
         rank, world = self._rank_and_world()
