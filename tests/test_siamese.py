@@ -124,6 +124,20 @@ def test_training_loss_is_binary_cross_entropy_over_balanced_pairs():
     assert method.train_accuracy.compute().item() == 1.0
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_a_meta_batch_pairs_images_within_each_episode_only():
+    # task 0 as above (different pairs: logit 2 - 5 = -3); task 1 has its classes 4 apart (logit 2 - 4 = -2) and
+    # other points, so that a pair across the two episodes (label 0 in both) would change the loss
+    support = torch.stack([_points([[0, 0], [5, 0]]), _points([[0, 3], [0, 7]])])
+    labels = torch.tensor([0, 1]).expand(2, -1)
+    meta_batch = Episode(support, labels, support.clone(), labels, torch.tensor([[1, 2], [3, 4]]))
+    method = _flat_siamese()
+    loss = method.training_step(meta_batch, 0)
+    same, different_0, different_1 = (math.log(1 + math.exp(-logit)) for logit in (2, 3, 2))
+    assert loss.item() == pytest.approx((same + different_0 + same + different_1) / 4, abs=1e-6)
+    assert method.train_accuracy.compute().item() == 1.0
+
+
 def test_a_wrong_embedding_size_is_named():
     episode = Episode(_points([[0, 0], [5, 0]]), torch.tensor([0, 1]), _points([[0, 0]]), torch.tensor([0]),
                       torch.tensor([1, 2]))

@@ -63,9 +63,13 @@ class Siamese(FewShotMethod):
         return class_log_mean_exp(F.logsigmoid(logits.float()), episode.support_labels, episode.way)
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        images = torch.cat([episode.support_images, episode.query_images])
-        labels = torch.cat([episode.support_labels, episode.query_labels])
-        logits, same = self.training_pairs(images, labels)
+        """Binary cross-entropy over balanced pairs of one episode, or of each episode of a meta-batch of T
+        (``data.train_tasks_per_batch: T``): labels are episode-local, so pairs never cross episodes, and each
+        episode goes through the backbone on its own, as one episode does."""
+        tasks = [episode] if episode.num_tasks is None else [episode.task(t) for t in range(episode.num_tasks)]
+        pairs = [self.training_pairs(*_images_and_labels(task)) for task in tasks]
+        logits, same = torch.cat([logits for logits, _ in pairs]), torch.cat([same for _, same in pairs])
+        # every episode gives the same number of pairs, so this is also the mean of the per-episode losses
         loss = F.binary_cross_entropy_with_logits(logits.float(), same)
         self.train_accuracy(((logits > 0).float() == same).float().mean())
         self.log("train/loss", loss, batch_size=len(same))
@@ -96,3 +100,9 @@ class Siamese(FewShotMethod):
                 "(4096 for KochNet, 64 for Conv4 on 28x28 images)."
             )
         return embeddings
+
+
+def _images_and_labels(episode: Episode) -> tuple[Tensor, Tensor]:
+    """All images of one episode, support then queries, and their labels: [N, C, H, W] and [N]."""
+    return (torch.cat([episode.support_images, episode.query_images]),
+            torch.cat([episode.support_labels, episode.query_labels]))
