@@ -19,7 +19,8 @@ class SpeedSettings(Callback):
         channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
             Cores prefer; numerics unchanged.
         compile: ``torch.compile`` the backbone in place (checkpoint keys unchanged); methods that cannot be
-            compiled (``FewShotMethod.compilable = False``) run eagerly with a warning saying why.
+            compiled (``FewShotMethod.not_compilable_because`` set to the reason) run eagerly with a warning
+            giving that reason.
         compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to debug).
         compile_mode: the ``torch.compile`` mode, e.g. ``max-autotune`` or ``reduce-overhead`` (CUDA graphs).
     """
