@@ -3,7 +3,8 @@
 One batched computation per meta-batch instead of a Python loop over tasks. The outer (meta) gradient is
 ordinary autograd through the ``torch.func`` transforms, which are differentiable: with ``first_order=False``
 it includes the second-order terms of MAML exactly. Batch norm must be written with plain tensor ops
-(:class:`~fsl_lightning.backbones.plain_batchnorm.PlainBatchNorm2d`), see pytorch/functorch#534.
+(:class:`~fsl_lightning.backbones.plain_batchnorm.PlainBatchNorm2d`), see pytorch/functorch#534: a learner with
+torch's batch or instance norm is refused (MAML-like methods replace ``nn.BatchNorm2d`` before they get here).
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ def _support_loss_at(params: dict[str, Tensor], learner: nn.Module, inputs: Tens
 
 
 _support_grad = grad(_support_loss_at)
+
+
+def refuse_fused_batch_norm(module: nn.Module) -> None:
+    """An error if ``module`` holds a torch batch/instance norm, whose second-order gradients vmap gets wrong."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.modules.batchnorm._NormBase):
+            raise ValueError(
+                f"The vmap engine cannot differentiate {type(child).__name__} at '{name}' exactly "
+                "(pytorch/functorch#534): build the method through MAML/ANIL/MetaSGD/Reptile (they replace "
+                "nn.BatchNorm2d by PlainBatchNorm2d), use PlainBatchNorm2d yourself, or engine='learn2learn'."
+            )
 
 
 def _inner_gradients(
@@ -48,6 +60,7 @@ class VmapInnerLoop(InnerLoop):
         lr: InnerLR,
         first_order: bool,
     ) -> AdaptedParams:
+        refuse_fused_batch_norm(learner)
         params = dict(learner.named_parameters())
         tasks = support_inputs.shape[0]
         if steps == 0:
@@ -69,4 +82,5 @@ class VmapInnerLoop(InnerLoop):
         return vmap(one_task)(params, inputs)
 
     def map_tasks(self, module: nn.Module, inputs: Tensor) -> Tensor:
+        refuse_fused_batch_norm(module)
         return vmap(module)(inputs)

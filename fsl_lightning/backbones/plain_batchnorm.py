@@ -73,6 +73,12 @@ class PlainBatchNorm2d(nn.Module):
         self.running_mean.lerp_(mean.flatten().detach(), self.momentum)
         self.running_var.lerp_(unbiased.detach(), self.momentum)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints of a backbone built with nn.BatchNorm2d (replaced by this class in MAML-like methods) carry
+        # its batch counter; nothing here uses it.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, "
                 f"running_statistics={self.running_statistics}")
@@ -94,3 +100,51 @@ def recording_running_statistics(module: nn.Module) -> Iterator[None]:
     finally:
         for norm in norms:
             norm.recording = False
+
+
+def as_plain_batch_norm(norm: nn.BatchNorm2d) -> PlainBatchNorm2d:
+    """A :class:`PlainBatchNorm2d` that computes what ``norm`` computes, with its affine weights and statistics.
+
+    ``track_running_stats=True`` becomes ``running_statistics=True`` (batch statistics in ``train()``, the copied
+    running averages in ``eval()``, updated with the same ``momentum``); without it, batch statistics always.
+    """
+    if norm.momentum is None:
+        raise ValueError(
+            f"{norm} has momentum=None (a cumulative running average), which PlainBatchNorm2d does not implement: "
+            "give it a momentum (e.g. nn.BatchNorm2d(C, momentum=0.1)) or use PlainBatchNorm2d in the backbone."
+        )
+    tracks = norm.track_running_stats
+    plain = PlainBatchNorm2d(norm.num_features, norm.eps, norm.affine, tracks, norm.momentum)
+    plain.train(norm.training)
+    reference = norm.weight if norm.affine else norm.running_mean
+    if reference is not None:
+        plain.to(device=reference.device, dtype=reference.dtype)
+    names = (("weight", "bias") if norm.affine else ()) + (("running_mean", "running_var") if tracks else ())
+    with torch.no_grad():
+        for name in names:
+            getattr(plain, name).copy_(getattr(norm, name))
+    return plain
+
+
+def replace_torch_batch_norm(module: nn.Module) -> list[str]:
+    """Replaces, in place, every ``nn.BatchNorm2d`` inside ``module`` by its :func:`as_plain_batch_norm`.
+
+    Returns the names of the replaced modules. Other normalisations built on ``F.batch_norm`` (BatchNorm1d/3d,
+    SyncBatchNorm, InstanceNorm*) are refused with an error: their second-order gradients are also wrong under
+    ``vmap`` (measured for InstanceNorm2d) and they have no plain counterpart here. GroupNorm and LayerNorm are
+    exact and kept.
+    """
+    replaced = []
+    for name, child in list(module.named_modules()):
+        if type(child) is nn.BatchNorm2d:
+            parent, _, attribute = name.rpartition(".")
+            setattr(module.get_submodule(parent), attribute, as_plain_batch_norm(child))
+            replaced.append(name)
+        elif isinstance(child, nn.modules.batchnorm._NormBase):
+            raise ValueError(
+                f"{type(child).__name__} at '{name}' cannot be adapted exactly by MAML-like methods (second-order "
+                "gradients of F.batch_norm are wrong under torch.func.vmap, pytorch/functorch#534): use "
+                "nn.BatchNorm2d or fsl_lightning.backbones.PlainBatchNorm2d (both batch norm over [N, C, H, W]), "
+                "or nn.GroupNorm / nn.LayerNorm."
+            )
+    return replaced

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from fsl_lightning.adaptation import (
@@ -17,7 +17,11 @@ from fsl_lightning.adaptation import (
     inner_precision,
     usable_in_autograd,
 )
-from fsl_lightning.backbones.plain_batchnorm import recording_running_statistics, tracks_running_statistics
+from fsl_lightning.backbones.plain_batchnorm import (
+    recording_running_statistics,
+    replace_torch_batch_norm,
+    tracks_running_statistics,
+)
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.base import FewShotMethod
 
@@ -44,6 +48,10 @@ class MAML(FewShotMethod):
 
     The backbone is the whole classifier, images -> [B, way] (e.g.
     :class:`~fsl_lightning.backbones.maml_conv4.MAMLConv4`); training and test episodes must have its ``way``.
+    Its ``nn.BatchNorm2d`` modules are replaced by equivalent
+    :class:`~fsl_lightning.backbones.plain_batchnorm.PlainBatchNorm2d` (same weights, running averages if it
+    tracks them): torch's fused batch norm gives wrong second-order gradients under ``vmap``. Other
+    ``F.batch_norm``-based layers (BatchNorm1d/3d, SyncBatchNorm, InstanceNorm) are refused.
 
     Args:
         backbone: the network adapted in the inner loop.
@@ -78,6 +86,12 @@ class MAML(FewShotMethod):
         engine: Literal["vmap", "learn2learn"] = "vmap",
         inner_loop_fp32: bool = True,
     ) -> None:
+        replaced = replace_torch_batch_norm(backbone)
+        if replaced:
+            rank_zero_info(
+                f"{type(self).__name__}: {len(replaced)} nn.BatchNorm2d of the backbone replaced by PlainBatchNorm2d "
+                "(same weights and running statistics; exact second-order gradients under torch.func)."
+            )
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         if inner_steps < 0 or test_inner_steps < 0:
             raise ValueError(f"Inner steps must be >= 0, got {inner_steps} and {test_inner_steps}.")
