@@ -44,12 +44,38 @@ def test_ink_is_bright_on_dark_background(vinyals_test_split):
     assert 0.03 < mean < 0.3
 
 
-def test_lake_protocol_uses_background_and_evaluation_alphabets(data_root):
+def _alphabets(classes) -> set[str]:
+    return {name.split("/")[0] for name in classes.class_names}
+
+
+def test_lake_protocol_validates_on_background_alphabets_and_tests_on_the_evaluation_ones(data_root):
+    """No checkpoint selection on test classes: val is held-out background alphabets, disjoint from train and test."""
     dataset = Omniglot(protocol="lake", image_size=32, download=False)
-    train, test = dataset.load_split("train"), dataset.load_split("test")
-    assert train.num_classes == 964 and test.num_classes == 659
+    train, val, test = (dataset.load_split(split) for split in ("train", "val", "test"))
+    background = set(dataset._characters("images_background")[0])
+    evaluation = set(dataset._characters("images_evaluation")[0])
+    assert set(test.class_names) == evaluation and test.num_classes == 659 and len(_alphabets(test)) == 20
+    assert set(val.class_names) <= background and set(train.class_names) <= background
+    assert set(train.class_names) | set(val.class_names) == background
+    assert _alphabets(val) == set(omniglot_module.LAKE_VALIDATION_ALPHABETS) and len(_alphabets(val)) == 8
+    assert (train.num_classes, val.num_classes) == (723, 241) and len(_alphabets(train)) == 22
+    assert _alphabets(train).isdisjoint(_alphabets(val)) and _alphabets(val).isdisjoint(_alphabets(test))
     assert train.images.shape[1:] == (1, 32, 32)
-    assert {name.split("/")[0] for name in train.class_names}.isdisjoint({n.split("/")[0] for n in test.class_names})
+    # each class keeps its own 20 images
+    names, images = dataset._characters("images_background")
+    index = val.class_names.index("Latin/character01")
+    assert torch.equal(val.images[val.class_offsets[index] : val.class_offsets[index + 1]],
+                       images[names.index("Latin/character01")])
+
+
+def test_lake_validation_has_alphabets_for_20_way_trials_within_one_alphabet(data_root):
+    from fsl_lightning.data import EpisodicDataModule
+    from fsl_lightning.episode import EpisodeSpec
+
+    datamodule = EpisodicDataModule(Omniglot(protocol="lake", image_size=32, download=False),
+                                    evaluation=EpisodeSpec(20, 1, 1), evaluation_within_group=True)
+    datamodule.setup("fit")  # raises if no validation alphabet had 20 characters
+    assert datamodule.splits["val"].num_classes == 241
 
 
 def test_decoded_images_are_cached(omniglot, monkeypatch):

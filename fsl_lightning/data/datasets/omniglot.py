@@ -5,10 +5,15 @@ Two standard protocols:
 * ``vinyals``: the class split of Vinyals et al. (2016) used by Prototypical Networks, MAML and Relation
   Networks: 1028 / 172 / 423 characters for train / val / test, each character in 4 rotations
   (0, 90, 180, 270 degrees) as separate classes, images 28x28.
-* ``lake``: train on the 30 background alphabets (964 characters), test on the 20 evaluation alphabets
-  (659 characters), as Lake et al. and the Siamese networks of Koch et al.; images up to 105x105.
-  The protocol has no validation classes: ``val`` episodes are drawn from the evaluation alphabets
-  with a seed of their own, so ``val/acc`` there is a monitor, not an unbiased selection signal.
+* ``lake``: test on the 20 evaluation alphabets (659 characters) of the official background / evaluation
+  layout of Lake et al. (2015); train and validate on the 30 background alphabets (964 characters);
+  images up to 105x105. Validation classes are a fixed quarter of the background alphabets
+  (:data:`LAKE_VALIDATION_ALPHABETS`: 8 alphabets, 241 characters, every fourth in name order), training
+  classes the other 22 (723 characters), so that no checkpoint selection or early stopping sees a test class.
+  Koch et al. (2015, Siamese networks) likewise held background data out for validation: 30 training and
+  10 validation alphabets of their 40 background alphabets (3 : 1, as here), monitoring one-shot trials on
+  the validation alphabets. They also kept the drawers apart (12 for training, 4 for validation); here every
+  class keeps its 20 drawers, since the validation classes are disjoint from training ones anyway.
 
 Images are stored with ink = 255 on a background of 0 (the PNGs are inverted), as in the ProtoNet code.
 """
@@ -40,6 +45,13 @@ VINYALS_SPLIT_URL = (
     "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals/{split}.txt"
 )
 ROTATIONS = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}
+#: background alphabets held out as the validation classes of the ``lake`` protocol (every fourth of the 30,
+#: in name order, from the second: 241 of the 964 background characters; 6 of them have 20 characters or more,
+#: enough for 20-way trials within one alphabet)
+LAKE_VALIDATION_ALPHABETS = (
+    "Anglo-Saxon_Futhorc", "Balinese", "Burmese_(Myanmar)", "Grantha",
+    "Inuktitut_(Canadian_Aboriginal_Syllabics)", "Latin", "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Tifinagh",
+)
 
 
 class Omniglot(FewShotDataset):
@@ -82,12 +94,20 @@ class Omniglot(FewShotDataset):
         check_split_name(split)
         if self.protocol == "vinyals":
             return self._vinyals_split(split)
-        part = "images_background" if split == "train" else "images_evaluation"
-        names, images = self._characters(part)
-        return ClassImages.from_groups(list(images), names, alphabet_ids(names))
+        return self._lake_split(split)
 
     def preprocess(self, image: Image.Image) -> Tensor:
         return resize_uint8(_invert(pil_to_uint8(image.convert("L")))[None], self.image_size)[0]
+
+    def _lake_split(self, split: str) -> ClassImages:
+        """Test: the evaluation alphabets; val: :data:`LAKE_VALIDATION_ALPHABETS`; train: the other background ones."""
+        names, images = self._characters("images_evaluation" if split == "test" else "images_background")
+        if split != "test":
+            held_out = set(LAKE_VALIDATION_ALPHABETS)
+            keep = [(name.split("/")[0] in held_out) == (split == "val") for name in names]
+            names = [name for name, kept in zip(names, keep) if kept]
+            images = images[torch.tensor(keep)]
+        return ClassImages.from_groups(list(images), names, alphabet_ids(names))
 
     def _vinyals_split(self, split: str) -> ClassImages:
         by_name: dict[str, Tensor] = {}
