@@ -118,7 +118,7 @@ def test_a_missing_teacher_checkpoint_is_named(caltech32, tmp_path):
 
 def test_skd_learns_rotations_alongside_the_classes(caltech32):
     torch.manual_seed(0)
-    model = SKD(Conv4(in_channels=3), num_base_classes=64, feature_dim=FEATURES_32PX, rotation_loss_weight=1.0)
+    model = SKD(Conv4(in_channels=3), num_base_classes=64, feature_dim=FEATURES_32PX)
     dm = datamodule(caltech32, pretrain_batch_size=32)
     dm.setup("fit")
     images = dm.splits["train"].images[:32].float() / 255
@@ -127,7 +127,7 @@ def test_skd_learns_rotations_alongside_the_classes(caltech32):
 
     def rotation_loss():
         with torch.no_grad():
-            logits = model.rotation_head(model.backbone(copies))
+            logits = model.rotation_head(model.base_head(model.backbone(copies)))
         return float(torch.nn.functional.cross_entropy(logits, rotation_labels))
 
     before = rotation_loss()

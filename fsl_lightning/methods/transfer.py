@@ -171,6 +171,15 @@ class Transfer(FewShotMethod):
 
     def _load_teacher(self) -> nn.Module:
         """The same network (backbone + base head) with the teacher checkpoint's weights, frozen, in eval mode."""
+        # named like the student's own modules, so that the checkpoint's keys load as they are
+        teacher = nn.Sequential(
+            OrderedDict(backbone=copy.deepcopy(self.backbone), base_head=copy.deepcopy(self.base_head))
+        )
+        self._load_from_teacher_checkpoint(teacher, ("backbone.", "base_head."))
+        return teacher.to(self.device).eval().requires_grad_(False)
+
+    def _load_from_teacher_checkpoint(self, module: nn.Module, prefixes: tuple[str, ...]) -> None:
+        """Load the teacher checkpoint's weights whose names start with ``prefixes`` into ``module``."""
         path = Path(self.teacher_checkpoint).expanduser()
         if not path.is_file():
             raise FileNotFoundError(
@@ -178,19 +187,17 @@ class Transfer(FewShotMethod):
                 "point teacher_checkpoint at its checkpoint (the configs use its last.ckpt)."
             )
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        # named like the student's own modules, so that the checkpoint's keys load as they are
-        teacher = nn.Sequential(
-            OrderedDict(backbone=copy.deepcopy(self.backbone), base_head=copy.deepcopy(self.base_head))
-        )
-        wanted = {key: value for key, value in state.items() if key.startswith(("backbone.", "base_head."))}
+        wanted = {key: value for key, value in state.items() if key.startswith(prefixes)}
         try:
-            teacher.load_state_dict(wanted)
+            result = module.load_state_dict(wanted, strict=False)  # other modules of ``module`` keep their weights
+            missing = [key for key in result.missing_keys if key.startswith(prefixes)]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"missing keys {missing}, unexpected keys {result.unexpected_keys}")
         except RuntimeError as error:
             raise ValueError(
                 f"teacher_checkpoint {path} does not fit this network (born-again distillation needs the same "
                 f"backbone and number of base classes): {error}"
             ) from error
-        return teacher.to(self.device).eval().requires_grad_(False)
 
 
 def _out_features(backbone: nn.Module) -> int:
