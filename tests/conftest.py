@@ -86,8 +86,8 @@ class CaltechSubset:
             self.splits[split] = ClassImages.from_groups(groups, classes.class_names)
         return self.splits[split]
 
-    def preprocess(self, image):
-        return self.full.preprocess(image)
+    def decode_image(self, data, name):
+        return self.full.decode_image(data, name)
 
 
 @pytest.fixture(scope="module")

@@ -160,11 +160,11 @@ class EpisodicDataModule(L.LightningDataModule):
                 "zero-shot methods such as CLIP, --data.predict_class_names='[cat, dog]' in place of the support "
                 "folder)."
             )
-        queries, files = read_query_folder(self.predict_query_dir, self.dataset.preprocess)
+        queries, files = read_query_folder(self.predict_query_dir, self.dataset.decode_image)
         if self.predict_class_names is not None:
             support, labels, class_names = self._zero_shot_support(queries)
         else:
-            support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.preprocess)
+            support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.decode_image)
         batches = [
             {
                 "support_images": support,

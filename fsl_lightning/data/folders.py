@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 from torch import Tensor
 
-from fsl_lightning.data.images import IMAGE_SUFFIXES, open_image
+from fsl_lightning.data.images import IMAGE_SUFFIXES
 
-Preprocess = Callable[[Image.Image], Tensor]
+#: the dataset's decoding of one image file (path, name for errors) into uint8 [C, H, W]: ``FewShotDataset.decode_image``
+Decode = Callable[[Path, str], Tensor]
 
 
-def read_support_folder(root: str | Path, preprocess: Preprocess) -> tuple[Tensor, Tensor, list[str]]:
+def read_support_folder(root: str | Path, decode: Decode) -> tuple[Tensor, Tensor, list[str]]:
     """Images uint8 [M, C, H, W], labels [M] and class names (sorted sub-folder names) of ``root``."""
     root = _existing_folder(root, "support")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -28,18 +28,18 @@ def read_support_folder(root: str | Path, preprocess: Preprocess) -> tuple[Tenso
         files = _image_files(class_dir)
         if not files:
             raise ValueError(f"The support class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-        images += [_load(path, preprocess) for path in files]
+        images += [_load(path, decode) for path in files]
         labels += [label] * len(files)
     return torch.stack(images), torch.tensor(labels), [d.name for d in class_dirs]
 
 
-def read_query_folder(root: str | Path, preprocess: Preprocess) -> tuple[Tensor, list[str]]:
+def read_query_folder(root: str | Path, decode: Decode) -> tuple[Tensor, list[str]]:
     """Images uint8 [M, C, H, W] of every image file under ``root`` (recursively), and their paths."""
     root = _existing_folder(root, "query")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"The query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return torch.stack([_load(path, preprocess) for path in files]), [str(p) for p in files]
+    return torch.stack([_load(path, decode) for path in files]), [str(p) for p in files]
 
 
 def check_class_names(names: list[str]) -> list[str]:
@@ -69,5 +69,5 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _load(path: Path, preprocess: Preprocess) -> Tensor:
-    return preprocess(open_image(path, path, "RGB"))
+def _load(path: Path, decode: Decode) -> Tensor:
+    return decode(path, str(path))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 SPLITS = ("train", "val", "test")
@@ -73,8 +73,10 @@ class FewShotDataset(ABC):
         """The decoded classes of ``split`` (one of :data:`SPLITS`)."""
 
     @abstractmethod
-    def preprocess(self, image: Image.Image) -> Tensor:
-        """A user's image, as uint8 [C, H, W] in the same format as :meth:`load_split` (for ``predict``)."""
+    def decode_image(self, data: Path | bytes, name: str) -> Tensor:
+        """One encoded image file (a path, or its bytes; ``name`` for error messages) as uint8 [C, H, W], pixel for
+        pixel as :meth:`load_split` stores the dataset's own files: ``predict`` decodes a user's files with it, so
+        that the files of a test episode give the test step's inputs."""
 
 
 def check_split_name(split: str) -> None:

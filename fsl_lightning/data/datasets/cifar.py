@@ -27,7 +27,7 @@ from fsl_lightning.data.datasets.archives import download_file
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages
 from fsl_lightning.data.datasets.natural import check_class_split
 from fsl_lightning.data.datasets.natural import NaturalImageDataset, path_stamp, read_split_file
-from fsl_lightning.data.images import resize_uint8
+from fsl_lightning.data.images import open_image, pil_to_uint8, resize_uint8
 from fsl_lightning.data.roots import DatasetNotFoundError, data_root
 
 TOP = "cifar-100-python"
@@ -98,6 +98,10 @@ class CIFAR100FewShot(NaturalImageDataset):
         # One class at a time: resizing a whole split at once would need gigabytes of float pixels.
         groups = [resize_uint8(cifar.images[cifar.fine_labels == index[name]], self.image_size) for name in names]
         return ClassImages.from_groups(groups, names)
+
+    def decode_image(self, data: Path | bytes, name: str) -> Tensor:
+        # CIFAR's images arrive as 32x32 arrays, resized by area averaging (decode_split): a file gets the same.
+        return resize_uint8(pil_to_uint8(open_image(data, name, "RGB"))[None], self.image_size)[0]
 
     def _checked_split(self, cifar: CIFAR100) -> dict[str, list[str]]:
         split = self.class_split(cifar)

@@ -136,9 +136,8 @@ class NaturalImageDataset(FewShotDataset):
             self._splits[split] = _from_payload(payload)
         return self._splits[split]
 
-    def preprocess(self, image: Image.Image) -> Tensor:
-        resized = image.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-        return pil_to_uint8(resized)
+    def decode_image(self, data: Path | bytes, name: str) -> Tensor:
+        return decode_rgb(data, name, self.image_size)
 
 
 def _to_payload(classes: ClassImages) -> dict:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from fsl_lightning.data.datasets.archives import ImageArchive, download_file, locate_archive
@@ -96,8 +95,8 @@ class Omniglot(FewShotDataset):
             return self._vinyals_split(split)
         return self._lake_split(split)
 
-    def preprocess(self, image: Image.Image) -> Tensor:
-        return resize_uint8(_invert(pil_to_uint8(image.convert("L")))[None], self.image_size)[0]
+    def decode_image(self, data: Path | bytes, name: str) -> Tensor:
+        return decode_character_image(data, name, self.image_size)
 
     def _lake_split(self, split: str) -> ClassImages:
         """Test: the evaluation alphabets; val: :data:`LAKE_VALIDATION_ALPHABETS`; train: the other background ones."""
@@ -149,11 +148,17 @@ def _decode_characters(archive: ImageArchive, part: str, image_size: int) -> dic
     _validate(archive, part, files_by_character)
     names, groups = [], []
     for character, files in sorted(files_by_character.items()):
-        images = [pil_to_uint8(open_image(archive.read(f), archive.describe(f), "L")) for f in sorted(files)]
-        groups.append(resize_uint8(_invert(torch.stack(images)), image_size))
+        groups.append(torch.stack([
+            decode_character_image(archive.read(f), archive.describe(f), image_size) for f in sorted(files)
+        ]))
         names.append(character)
     log.info("Decoded %d Omniglot characters from %s", len(names), archive.path)
     return {"names": names, "images": torch.stack(groups)}
+
+
+def decode_character_image(data: Path | bytes, name: str, image_size: int) -> Tensor:
+    """One Omniglot PNG (or a user's image) as uint8 [1, image_size, image_size], ink bright on a dark background."""
+    return resize_uint8(_invert(pil_to_uint8(open_image(data, name, "L")))[None], image_size)[0]
 
 
 def _validate(archive: ImageArchive, part: str, files_by_character: dict[str, list[str]]) -> None:
