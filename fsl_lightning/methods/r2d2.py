@@ -30,14 +30,17 @@ def ridge_regression_weights(features: Tensor, targets: Tensor, regulariser: Ten
 class R2D2(FewShotMethod):
     """Ridge regression from the support features to one-hot labels, solved in closed form per episode;
     query logits ``scale * (x W) + bias`` with a learned scale and bias calibrating them for the
-    cross-entropy, and a learned regulariser lambda (all three meta-learned with the backbone).
+    cross-entropy, and a learned regulariser lambda (all three meta-learned with the backbone, as Bertinetto
+    et al. do: they treat lambda, the scale and the bias as hyper-parameters learned by the outer loop).
     Features get a constant 1 appended, so that the regression has an intercept (as in the paper).
 
     Args:
         backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`; the backbone's
             output is flattened (feature maps welcome: the paper regresses on them).
-        initial_lambda: starting ridge regulariser (50, as MetaOptNet's R2D2 head).
-        learn_lambda: meta-learn lambda (in log space, so that it stays positive).
+        initial_lambda: starting ridge regulariser. Bertinetto et al. learn lambda, so its start is a free choice;
+            50 is borrowed from MetaOptNet's re-implementation of R2D2 (Lee et al. 2019), where lambda is fixed
+            at 50 (``learn_lambda: false`` reproduces that variant).
+        learn_lambda: meta-learn lambda (in log space, so that it stays positive), as Bertinetto et al.
         initial_scale: starting logit scale.
     """
 
@@ -53,7 +56,7 @@ class R2D2(FewShotMethod):
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         if initial_lambda <= 0:
-            raise ValueError(f"initial_lambda must be positive (the paper starts at 50), got {initial_lambda}.")
+            raise ValueError(f"initial_lambda must be positive (default 50), got {initial_lambda}.")
         self.log_lambda = nn.Parameter(torch.tensor(math.log(initial_lambda)), requires_grad=learn_lambda)
         self.scale = nn.Parameter(torch.tensor(float(initial_scale)))
         self.bias = nn.Parameter(torch.tensor(0.0))
