@@ -83,7 +83,8 @@ def _data_share(step_seconds: float, batch: int, repeats: int = 50) -> float:
     from fsl_lightning.data import Caltech101, EpisodicDataModule
     from fsl_lightning.data.augment import BatchAugmentation
 
-    datamodule = EpisodicDataModule(Caltech101(), pretrain_batch_size=batch, augmentation=BatchAugmentation(crop_scale=(0.25, 1.0)))
+    augmentation = BatchAugmentation(random_resized_crop=False, crop_padding=8)  # as the RFS configs
+    datamodule = EpisodicDataModule(Caltech101(), pretrain_batch_size=batch, augmentation=augmentation)
     datamodule.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resident = datamodule.splits["train"].images.to(device)
