@@ -59,7 +59,7 @@ def test_a_second_run_never_overwrites_the_first(fitted):
     assert (out / "omniglot_protonet_5w1s" / "version_0" / "checkpoints" / "last.ckpt").exists()
 
 
-def test_predict_writes_a_csv_of_query_file_class_and_score(fitted, tmp_path, data_root):
+def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_path, data_root):
     _, _, best = fitted
     # 20 unseen characters, one support image each, all 19 other drawings as queries: enough queries that the
     # accuracy is not a coin toss over a few hard characters (this checkpoint scores about 0.78; chance is 0.05).
@@ -73,7 +73,8 @@ def test_predict_writes_a_csv_of_query_file_class_and_score(fitted, tmp_path, da
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["query_file"] for row in rows] == sorted(truth)
-    assert all(0 < float(row["score"]) <= 1 for row in rows)
+    assert list(rows[0]) == ["query_file", "predicted_class", "probability"]  # ProtoNet's softmax over 20 classes
+    assert all(1 / 20 <= float(row["probability"]) <= 1 for row in rows)  # the highest of 20 is at least 1/20
     correct = sum(row["predicted_class"] == truth[row["query_file"]] for row in rows)
     assert correct / len(rows) >= 0.5
 

@@ -278,7 +278,7 @@ def test_predict_with_a_support_folder_mixes_few_shot_and_zero_shot(user_folders
     ])
     rows = read_predictions(output)
     assert len(rows) == 9 and {row["predicted_class"] for row in rows} <= set(names)
-    assert all(0 < float(row["score"]) <= 1 for row in rows)
+    assert all(0 < float(row["probability"]) <= 1 for row in rows)
 
 
 def test_predict_from_class_names_alone_is_zero_shot(user_folders, tmp_path):

@@ -106,3 +106,15 @@ def test_matchingnet_learns_omniglot(omniglot, tmp_path):
     # chance is 0.2 and an untrained Conv4 already gets about 0.55; 100 episodes reach about 0.7
     assert result["trained"] > 0.62, result
     assert result["trained"] > result["untrained"] + 0.08, result
+
+
+def test_predict_writes_the_attention_probability_of_the_best_class():
+    # as above: query (2, 0) has P(class 0) = e / (e + 1 + 1/e), P(class 1) = (1 + 1/e) / (e + 1 + 1/e)
+    episode = _episode([[1, 0], [0, 1], [-1, 0]], [0, 1, 1], [[2, 0]], [-1])
+    method = MatchingNet(backbone=nn.Flatten())
+    rows = method.predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
+    total = math.e + 1 + math.exp(-1)
+    assert MatchingNet.score_name == "probability"
+    assert rows == [{"query_file": "q.png", "predicted_class": "a", "probability": pytest.approx(math.e / total)}]
+    probabilities = method.prediction_scores(method.episode_logits(episode))
+    assert torch.allclose(probabilities, torch.tensor([[math.e / total, (1 + math.exp(-1)) / total]]))

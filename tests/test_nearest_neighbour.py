@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from fsl_lightning.callbacks import PredictionCSVWriter
 from fsl_lightning.cli import main
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import Episode, EpisodeSpec
@@ -60,3 +63,22 @@ def test_the_config_runs_through_the_cli_test_command_without_a_checkpoint(omnig
         "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
     ])
     assert cli.trainer.callback_metrics["test/acc"].item() > 0.15
+
+
+def test_predict_writes_the_distance_to_the_nearest_support_image_under_a_distance_header(tmp_path):
+    # query (3, 0): distances 3 to (0, 0) [class a], 4 and sqrt(73) to (3, 4), (6, 8) [class b];
+    # query (5, 5): sqrt(50) to (0, 0), sqrt(5) to (3, 4), sqrt(10) to (6, 8)
+    points = lambda rows: torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, 1, 2)  # noqa: E731
+    episode = Episode(points([[0, 0], [3, 4], [6, 8]]), torch.tensor([0, 1, 1]), points([[3, 0], [5, 5]]),
+                      torch.tensor([-1, -1]), torch.tensor([0, 1]))
+    batch = {"episode": episode, "query_files": ["first.png", "second.png"], "class_names": ["a", "b"]}
+    output = tmp_path / "predictions.csv"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[PredictionCSVWriter(str(output))])
+    trainer.predict(NearestNeighbour(backbone=nn.Flatten()), DataLoader([batch], batch_size=None),
+                    return_predictions=False)
+    with output.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["query_file", "predicted_class", "distance"]
+    assert [(row["query_file"], row["predicted_class"]) for row in rows] == [("first.png", "a"), ("second.png", "b")]
+    assert [float(row["distance"]) for row in rows] == pytest.approx([3.0, math.sqrt(5)], abs=1e-6)

@@ -92,3 +92,19 @@ def test_relationnet_learns_omniglot(omniglot, tmp_path):
     trained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]
     # chance is 0.2 and an untrained relation module is at chance (0.18 here); 100 episodes reach about 0.6
     assert trained > 0.45, trained
+
+
+def test_predict_writes_the_relation_score_of_the_best_class():
+    torch.manual_seed(0)
+    method = RelationNet(backbone=RelationConv4(in_channels=1)).eval()
+    support, queries = torch.rand(3, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    episode = Episode(support, torch.tensor([0, 1, 2]), queries, torch.full((4,), -1), torch.arange(3))
+    batch = {"episode": episode, "query_files": [f"q{i}.png" for i in range(4)], "class_names": ["a", "b", "c"]}
+    with torch.no_grad():
+        rows = method.predict_step(batch, 0)
+        features = method.backbone(torch.cat([support, queries]))
+        relation_scores = method.relation(concatenate_pairs(features[:3], features[3:])).view(4, 3)  # K = 1
+    best_scores, best_classes = relation_scores.max(dim=-1)
+    assert RelationNet.score_name == "relation_score"
+    assert [row["predicted_class"] for row in rows] == [["a", "b", "c"][c] for c in best_classes.tolist()]
+    assert [row["relation_score"] for row in rows] == pytest.approx(best_scores.tolist(), abs=1e-6)

@@ -138,6 +138,16 @@ def test_a_meta_batch_pairs_images_within_each_episode_only():
     assert method.train_accuracy.compute().item() == 1.0
 
 
+def test_predict_writes_p_same_of_the_best_class():
+    # the same query and support as above: p(same) is sigmoid(1) for class 0 and (sigmoid(-2) + sigmoid(1)) / 2
+    episode = Episode(_points([[0, 0], [3, 0], [1, 1]]), torch.tensor([0, 1, 1]), _points([[0, 1]]),
+                      torch.tensor([-1]), torch.tensor([0, 1]))
+    rows = _flat_siamese().predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
+    assert Siamese.score_name == "same_class_probability"
+    assert rows == [{"query_file": "q.png", "predicted_class": "a",
+                     "same_class_probability": pytest.approx(1 / (1 + math.exp(-1)), abs=1e-6)}]
+
+
 def test_a_wrong_embedding_size_is_named():
     episode = Episode(_points([[0, 0], [5, 0]]), torch.tensor([0, 1]), _points([[0, 0]]), torch.tensor([0]),
                       torch.tensor([1, 2]))

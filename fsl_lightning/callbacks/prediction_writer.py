@@ -1,4 +1,4 @@
-"""Writes ``predict`` results as a CSV: query file, predicted class, score."""
+"""Writes ``predict`` results as a CSV: query file, predicted class, and the method's score of that class."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Collects the rows that ``predict_step`` returns and writes them to ``output_path`` at the end."""
+    """Collects the rows that ``predict_step`` returns and writes them to ``output_path`` at the end.
+
+    The third column is named after what the method's score means (``FewShotMethod.score_name``: ``probability``,
+    ``relation_score``, ``distance``...), so that a reader of the file cannot mistake a distance for a probability.
+    """
 
     def __init__(self, output_path: str = "predictions.csv") -> None:
         super().__init__(write_interval="epoch")
@@ -21,10 +25,11 @@ class PredictionCSVWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         rows = [row for batch in predictions for row in batch]
+        score_name = pl_module.score_name
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
         with self.output_path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", "score"])
+            writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name])
             writer.writeheader()
             for row in rows:
-                writer.writerow({**row, "score": f"{row['score']:.6f}"})
+                writer.writerow({**row, score_name: f"{row[score_name]:.6f}"})
         pl_module.print(f"Wrote {len(rows)} predictions to {self.output_path}")

@@ -103,13 +103,26 @@ class FewShotMethod(L.LightningModule):
             f"(95% CI over {summary.episodes} episodes)"
         )
 
+    #: what :meth:`prediction_scores` means: the header of the score column in ``predict``'s CSV
+    score_name: str = "probability"
+
+    def prediction_scores(self, logits: Tensor) -> Tensor:
+        """Per-class scores that mean what :attr:`score_name` says: logits [Q, way] -> [Q, way].
+
+        The default is the softmax probability, right for methods trained with cross-entropy on their logits;
+        methods whose logits are something else (relation scores, distances) override both.
+        """
+        return logits.float().softmax(dim=-1)
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
-        """Classifies the user's query images against their support folder: file, class and probability."""
-        probabilities = self.episode_logits(batch["episode"]).float().softmax(dim=-1)
-        scores, predicted = probabilities.max(dim=-1)
+        """Classifies the user's query images against their support folder: file, predicted class and the
+        predicted class's score (:meth:`prediction_scores`, in a column named :attr:`score_name`)."""
+        logits = self.episode_logits(batch["episode"])
+        predicted = logits.argmax(dim=-1)
+        scores = self.prediction_scores(logits).gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
         names = batch["class_names"]
         return [
-            {"query_file": file, "predicted_class": names[label], "score": score}
+            {"query_file": file, "predicted_class": names[label], self.score_name: score}
             for file, label, score in zip(batch["query_files"], predicted.tolist(), scores.tolist())
         ]
 

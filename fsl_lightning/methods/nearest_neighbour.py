@@ -23,6 +23,9 @@ class NearestNeighbour(FewShotMethod):
     checkpoint). ``fit`` stops at once with an error saying so (see :meth:`configure_optimizers`).
     """
 
+    #: ``predict`` writes the Euclidean distance to the nearest support image of the predicted class
+    score_name = "distance"
+
     def episode_logits(self, episode: Episode) -> Tensor:
         num_support = len(episode.support_images)
         # fp32 distances: in bf16, near-equal pixel distances would tie
@@ -30,6 +33,11 @@ class NearestNeighbour(FewShotMethod):
         support, queries = embeddings[:num_support], embeddings[num_support:]
         distances = squared_euclidean_distance(queries, support).sqrt()
         return -nearest_in_class(distances, episode.support_labels, episode.way)
+
+    def prediction_scores(self, logits: Tensor) -> Tensor:
+        """Euclidean distance to the nearest support image of each class (>= 0, smaller is closer):
+        logits [Q, way] -> [Q, way]."""
+        return -logits.float()
 
     def configure_optimizers(self) -> Any:
         """Refuses to train: a nearest-neighbour classifier has nothing to learn, and fitting the backbone

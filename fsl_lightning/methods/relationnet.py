@@ -66,6 +66,9 @@ class RelationNet(FewShotMethod):
         feature_channels, feature_size, hidden_channels, hidden_units: see :class:`RelationModule`.
     """
 
+    #: ``predict`` writes the relation score itself: a sigmoid output regressed to 0/1, not a normalised probability
+    score_name = "relation_score"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -92,6 +95,11 @@ class RelationNet(FewShotMethod):
         """Mean squared error of the relation scores to the one-hot query labels (eq. 3)."""
         targets = F.one_hot(episode.query_labels, episode.way).to(logits.dtype)
         return F.mse_loss(logits, targets)
+
+    def prediction_scores(self, logits: Tensor) -> Tensor:
+        """The relation scores r_{i,j} in (0, 1) (eq. 1), unchanged: logits [Q, way] -> [Q, way]. They do not sum
+        to 1 over the classes, and a softmax of them would squash every score towards 1 / way."""
+        return logits.float()
 
     def _check_feature_maps(self, features: Tensor) -> None:
         expected = (self.relation.feature_channels, self.relation.feature_size, self.relation.feature_size)

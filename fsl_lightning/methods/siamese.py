@@ -35,6 +35,9 @@ class Siamese(FewShotMethod):
         distort: draw Koch et al.'s random affine distortion for each image of each training pair.
     """
 
+    #: ``predict`` writes the verification probability p(same) of eq. 1 (mean over the class's support images)
+    score_name = "same_class_probability"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -61,6 +64,11 @@ class Siamese(FewShotMethod):
         logits = self.pair_logits(queries.unsqueeze(1), support.unsqueeze(0))  # [Q, S]
         # log p(same) in log space (logsigmoid), so that very unlikely matches still rank
         return class_log_mean_exp(F.logsigmoid(logits.float()), episode.support_labels, episode.way)
+
+    def prediction_scores(self, logits: Tensor) -> Tensor:
+        """p(same) of each query and class (eq. 1; for K > 1 the mean over the class's support images), each in
+        (0, 1) and not normalised over the classes: logits [Q, way] (its log) -> [Q, way]."""
+        return logits.float().exp()
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         """Binary cross-entropy over balanced pairs of one episode, or of each episode of a meta-batch of T
