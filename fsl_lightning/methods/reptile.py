@@ -30,7 +30,8 @@ class Reptile(MAML):
     Reptile has no query split), then the Reptile update of the initialisation; no gradient flows through the
     inner loop. Use ``torch.optim.SGD`` with the outer step size epsilon as learning rate (a linear decay to
     0, as in the paper, with ``LinearLR``). The paper's inner optimiser is Adam; this one uses plain SGD.
-    Evaluation adapts on the support set with ``test_inner_steps`` as MAML does. Arguments as
+    Evaluation adapts on the support set with ``test_inner_steps`` as MAML does, and so does the logged training
+    accuracy (with ``inner_steps``, see :meth:`training_step`). Arguments as
     :class:`~fsl_lightning.methods.maml.MAML` (``first_order`` is ignored: Reptile is first order).
     """
 
@@ -52,21 +53,24 @@ class Reptile(MAML):
             True, engine, inner_loop_fp32,
         )
 
-    def reptile_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
-        """The surrogate loss of a meta-batch, and the adapted network's logits on the queries [T, Q, way]."""
+    def reptile_loss(self, batch: Episode) -> Tensor:
+        """The surrogate loss of a meta-batch: each task adapted on its support and query images together."""
         with inner_precision(self.device.type, self.inner_loop_fp32):
             learner = self.inner_learner()
             images = torch.cat([batch.support_images, batch.query_images], dim=1)
             labels = torch.cat([batch.support_labels, batch.query_labels], dim=1)
             adapted = self.engine.adapt(learner, images, labels, self.inner_steps, self.inner_rates(), True)
-            with torch.no_grad():  # for the training accuracy only
-                logits = self.engine.logits(learner, adapted, batch.query_images)
-        return reptile_surrogate(learner, adapted), logits
+        return reptile_surrogate(learner, adapted)
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        """Logs ``train/loss`` and ``train/acc``: query cross-entropy and accuracy after ``inner_steps`` on the
+        support set ALONE (what MAML logs and evaluation measures). The update's own inner loop has trained on the
+        queries, so its query accuracy would only measure memorisation (issue 13). Costs one more inner loop on
+        the support images only (a few percent of the step: they are ``way * shot`` of ``way * (shot + query)``).
+        """
         batch = as_meta_batch(episode)
-        surrogate, logits = self.reptile_loss(batch)
-        query_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_labels.flatten())
-        self._log_training(query_loss, logits, batch)
+        surrogate = self.reptile_loss(batch)
+        query_loss, logits = self.meta_loss(batch)  # first order: its inner gradients are already constants
+        self._log_training(query_loss.detach(), logits.detach(), batch)
         self.log("train/reptile_distance", surrogate.detach(), batch_size=batch.query_labels.numel())
         return surrogate
