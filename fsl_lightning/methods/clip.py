@@ -258,7 +258,7 @@ class CLIPFewShot(CLIPZeroShot):
         if len(episode.support_labels) == 0:  # predict from class names alone
             return zero_shot
         support = self.features(episode.support_images, episode.support_indices)
-        few_shot = self.episode_classifier(support, episode.support_labels, queries, episode.way)
+        few_shot = self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
         return mix_log_probabilities(zero_shot, few_shot, self.current_mix_weight())
 
     def current_mix_weight(self) -> float:
@@ -290,12 +290,14 @@ class CLIPFewShot(CLIPZeroShot):
         support_labels = torch.arange(spec.way, device=self.device).repeat_interleave(spec.shot)
         query_labels = torch.arange(spec.way, device=self.device).repeat_interleave(spec.query)
         counts = torch.zeros(len(self.mix_weight_grid) + 1, device=self.device)  # the last one counts queries
-        for image_indices, class_ids, _ in datamodule.val_dataloader():  # (indices, class ids, episode key)
+        for image_indices, class_ids, key in datamodule.val_dataloader():  # (indices, class ids, episode key)
             image_indices, class_ids = image_indices.to(self.device), class_ids.to(self.device)
             support = features[image_indices[:, : spec.shot].flatten()]
             queries = features[image_indices[:, spec.shot :].flatten()]
             zero_shot = self.zero_shot_logits(queries, class_weights[class_ids])
-            few_shot = self.episode_classifier(support, support_labels, queries, spec.way)
+            few_shot = self.episode_classifier(
+                support, support_labels, queries, spec.way, seed=datamodule.episode_seed("val", int(key))
+            )
             for index, weight in enumerate(self.mix_weight_grid):
                 predicted = mix_log_probabilities(zero_shot, few_shot, weight).argmax(dim=-1)
                 counts[index] += (predicted == query_labels).sum()

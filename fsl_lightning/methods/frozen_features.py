@@ -178,7 +178,7 @@ class FrozenFeatures(FrozenFeatureMethod):
     def episode_logits(self, episode: Episode) -> Tensor:
         support = self.features(episode.support_images, episode.support_indices)
         queries = self.features(episode.query_images, episode.query_indices)
-        return self.episode_classifier(support, episode.support_labels, queries, episode.way)
+        return self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
 
 
 @contextlib.contextmanager
