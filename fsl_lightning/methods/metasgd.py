@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
+from torch import Tensor, nn
 
 from fsl_lightning.adaptation import InnerLR
 from fsl_lightning.methods.maml import MAML
@@ -17,14 +17,29 @@ def _key(parameter_name: str) -> str:
     return parameter_name.replace(".", "__")
 
 
+def _initial_rates(parameter: Tensor, inner_lr: float, rate_range: tuple[float, float] | None) -> Tensor:
+    """Step sizes of ``parameter``'s shape: uniform in ``rate_range``, or all ``inner_lr`` without one."""
+    if rate_range is None:
+        return torch.full_like(parameter, inner_lr, requires_grad=False)
+    low, high = rate_range
+    if not 0 <= low <= high:
+        raise ValueError(f"initial_rate_range must be (low, high) with 0 <= low <= high, got {rate_range}.")
+    return torch.empty_like(parameter, requires_grad=False).uniform_(low, high)
+
+
 class MetaSGD(MAML):
     """The inner update is ``phi = theta - alpha * grad`` with ``alpha`` a tensor of each parameter's shape,
     meta-learned together with ``theta`` by the same optimiser (Li et al. 2017, eq. 3; second order).
 
-    ``alpha`` starts at ``inner_lr`` everywhere (the paper draws it uniformly from [0.005, 0.1]; a constant
-    start makes the first meta-iterations identical to MAML's). Other arguments as
-    :class:`~fsl_lightning.methods.maml.MAML`; ``first_order`` still gives the rates a gradient (through
-    ``-grad``).
+    As in the paper, ``alpha`` entries start uniformly in ``initial_rate_range`` ([0.005, 0.1], section 4) and
+    a task is learned in one step, at meta-training and at meta-test ("adapt any differentiable learner in just
+    one step"): ``test_inner_steps`` defaults to 1. Other arguments as :class:`~fsl_lightning.methods.maml.MAML`;
+    ``first_order`` still gives the rates a gradient (through ``-grad``).
+
+    Args:
+        inner_lr: the initial rate of every entry, used only when ``initial_rate_range`` is ``None``.
+        initial_rate_range: (low, high) of the uniform initial rates; ``None`` starts every rate at ``inner_lr``
+            (a departure: the first meta-iterations are then exactly MAML's).
     """
 
     def __init__(
@@ -35,17 +50,19 @@ class MetaSGD(MAML):
         scheduler_interval: Literal["step", "epoch"] = "step",
         inner_lr: float = 0.4,
         inner_steps: int = 1,
-        test_inner_steps: int = 3,
+        test_inner_steps: int = 1,
         first_order: bool = False,
         engine: Literal["vmap", "learn2learn"] = "vmap",
         inner_loop_fp32: bool = True,
+        initial_rate_range: tuple[float, float] | None = (0.005, 0.1),
     ) -> None:
         super().__init__(
             backbone, optimizer, lr_scheduler, scheduler_interval, inner_lr, inner_steps, test_inner_steps,
             first_order, engine, inner_loop_fp32,
         )
         self.inner_lrs = nn.ParameterDict(
-            {_key(name): nn.Parameter(torch.full_like(p, inner_lr)) for name, p in backbone.named_parameters()}
+            {_key(name): nn.Parameter(_initial_rates(p, inner_lr, initial_rate_range))
+             for name, p in backbone.named_parameters()}
         )
 
     def inner_rates(self) -> InnerLR:
