@@ -36,8 +36,8 @@ class TorchBatchNormNet(nn.Module):
         super().__init__()
         blocks = []
         for in_channels in (1, 2):
-            blocks += [nn.Conv2d(in_channels, 2, 3, stride=2, padding=1), norm(2, track_running_stats=track_running_stats),
-                       nn.ReLU()]
+            convolution = nn.Conv2d(in_channels, 2, 3, stride=2, padding=1)
+            blocks += [convolution, norm(2, track_running_stats=track_running_stats), nn.ReLU()]
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(2, WAY)
 
