@@ -42,6 +42,9 @@ class FewShotMethod(L.LightningModule):
     tf32_by_default: bool = True
     #: why ``speed.compile`` cannot apply to this method, or ``None`` when it can
     not_compilable_because: str | None = None
+    #: whether training batches are episodes; ``False`` for the transfer family, which pre-trains on plain
+    #: mini-batches of labelled images (``data.pretrain_batch_size``)
+    trains_on_episodes: bool = True
 
     def __init__(
         self,
@@ -61,6 +64,16 @@ class FewShotMethod(L.LightningModule):
         self.val_accuracy = EpisodeAccuracy(nan_strategy="disable")
         self.test_accuracy = EpisodeAccuracy(nan_strategy="disable")
         self.last_accuracy: dict[str, AccuracySummary] = {}
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        batch_size = getattr(datamodule, "pretrain_batch_size", None)
+        if stage == "fit" and self.trains_on_episodes and batch_size:
+            raise ValueError(
+                f"{type(self).__name__} trains on episodes, but data.pretrain_batch_size is {batch_size}, which makes "
+                "training batches plain mini-batches of images (for the transfer family: Transfer, Baseline, RFS, "
+                "SKD). Remove data.pretrain_batch_size."
+            )
 
     @abstractmethod
     def episode_logits(self, episode: Episode) -> Tensor:

@@ -72,6 +72,8 @@ class Transfer(FewShotMethod):
         temperature: ``T`` above.
     """
 
+    trains_on_episodes = False
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -102,6 +104,7 @@ class Transfer(FewShotMethod):
 
     # ----- stage 1: supervised pre-training ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if stage != "fit" or datamodule is None or not hasattr(datamodule, "num_train_classes"):
             return
