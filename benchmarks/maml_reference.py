@@ -54,6 +54,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from reference_results import save_result
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
@@ -324,13 +325,6 @@ def evaluate(out: Path, seed: int) -> None:
         difference = mean_ci(ours - baseline) if baseline is not None and name != "ours-vmap" else "-"
         print(f"| {name} | {mean_ci(ours)} | {difference} | {mean_ci(l2l_tasks)} | {record['seconds']:.0f} s | "
               f"`{record['command']}` |")
-
-
-def save_result(out: Path, name: str, state: dict, seconds: float, command: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out / f"{name}.pt")
-    (out / f"{name}.json").write_text(json.dumps({"seconds": seconds, "command": command}, indent=1))
-    print(f"{name}: trained in {seconds:.0f} s, saved to {out / name}.pt")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from reference_results import save_result
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,13 +174,6 @@ def evaluate(out: Path, seed: int) -> None:
         difference = mean_ci(ours_episodes - results["ours"][0]) if name != "ours" and "ours" in results else "-"
         print(f"| {name} | {mean_ci(ours_episodes)} | {difference} | {mean_ci(easyfsl_tasks)} | "
               f"{record['seconds']:.0f} s | `{record['command']}` |")
-
-
-def save_result(out: Path, name: str, state: dict, seconds: float, command: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, out / f"{name}.pt")
-    (out / f"{name}.json").write_text(json.dumps({"seconds": seconds, "command": command}, indent=1))
-    print(f"{name}: trained in {seconds:.0f} s, saved to {out / name}.pt")
 
 
 if __name__ == "__main__":

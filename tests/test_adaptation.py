@@ -27,13 +27,8 @@ WAY, SHOT, QUERY, TASKS, SIDE = 3, 2, 2, 3, 16
 INNER_LR = 0.3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 tensors: threads only add overhead (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny float64 tensors: threads only add overhead (and the machine is shared)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0) -> MAMLConv4:

@@ -21,12 +21,8 @@ from fsl_lightning.methods.reptile import Reptile
 WAY = 3  # as test_adaptation.meta_batch: 3 tasks of 3-way, 16x16 single-channel float64 images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny float64 tensors: threads only add overhead (and the machine is shared)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TorchBatchNormNet(nn.Module):

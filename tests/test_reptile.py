@@ -13,12 +13,8 @@ from fsl_lightning.methods.reptile import Reptile
 WAY, SHOT, QUERY, TASKS, SIDE = 5, 1, 6, 6, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny float64 tensors: threads only add overhead (and the machine is shared)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def noise_meta_batch(seed: int = 0) -> Episode:
