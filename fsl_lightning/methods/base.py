@@ -45,6 +45,8 @@ class FewShotMethod(L.LightningModule):
     #: whether training batches are episodes; ``False`` for the transfer family, which pre-trains on plain
     #: mini-batches of labelled images (``data.pretrain_batch_size``)
     trains_on_episodes: bool = True
+    #: what :meth:`prediction_scores` means: the header of the score column in ``predict``'s CSV
+    score_name: str = "probability"
 
     def __init__(
         self,
@@ -115,9 +117,6 @@ class FewShotMethod(L.LightningModule):
             f"Test accuracy: {100 * float(summary.mean):.2f}% ± {100 * float(summary.ci95):.2f}% "
             f"(95% CI over {summary.episodes} episodes)"
         )
-
-    #: what :meth:`prediction_scores` means: the header of the score column in ``predict``'s CSV
-    score_name: str = "probability"
 
     def prediction_scores(self, logits: Tensor) -> Tensor:
         """Per-class scores that mean what :attr:`score_name` says: logits [Q, way] -> [Q, way].
