@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
+from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, unreadable_checkpoint_reported
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.methods import METHODS, FewShotMethod
@@ -30,9 +31,10 @@ class FewShotCLI(LightningCLI):
             datamodule_class=EpisodicDataModule,
             subclass_mode_model=True,
             save_config_callback=SaveAndLogConfig,
-            # Checkpoints written whole or not at all.
+            # Checkpoints written whole or not at all; a resumed run that lines up with the one it continues.
             trainer_defaults={
                 "plugins": {"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"},
+                "callbacks": [ResumedRunContinuity()],
             },
             **kwargs,
         )

@@ -3,6 +3,7 @@ logs exactly what an uninterrupted run logs."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -28,6 +29,8 @@ TINY = [
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=2",
     "--test_after_fit=false",
 ]
+# The checkpoint callback of the experiment (the same state key, so that a resumed run restores its state).
+BEST_AND_LAST = yaml.safe_load(Path(CONFIG).read_text())["trainer"]["callbacks"][0]
 
 
 def _fit(save_dir: Path, *arguments: str, extra_config: dict | None = None, env: dict | None = None, wait=True):
@@ -46,6 +49,39 @@ def _fit(save_dir: Path, *arguments: str, extra_config: dict | None = None, env:
         return process
     output, _ = process.communicate()
     return process.returncode, output
+
+
+def _rows(metrics_csv: Path) -> list[dict]:
+    with open(metrics_csv, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
+    code, output = _fit(tmp_path / "straight", "--trainer.max_steps=20")
+    assert code == 0, output
+    # Killed at step 13, mid-epoch: its newest checkpoint is from step 5 (the best; Lightning 2.6 writes last.ckpt
+    # only with a new best), and the CSV logger had written nothing since (it flushes every 100 steps).
+    killer = {"trainer": {"callbacks": [BEST_AND_LAST, {"class_path": "interruptions.KillAtStep",
+                                                         "init_args": {"step": 13}}]}}
+    code, output = _fit(tmp_path / "killed", "--trainer.max_steps=20", extra_config=killer)
+    assert code == -9, output
+    code, output = _fit(tmp_path / "killed", "--trainer.max_steps=20", "--ckpt_path", "last")
+    assert code == 0, output
+
+    straight = tmp_path / "straight" / RUN / "version_0"
+    resumed = tmp_path / "killed" / RUN / "version_1"
+    assert _rows(resumed / "metrics.csv") == _rows(straight / "metrics.csv")
+    # best-so-far carried over: the resumed run's first validation (worse than step 5's) is not taken as the best
+    assert sorted(p.name for p in (resumed / "checkpoints").glob("step*.ckpt")) == sorted(
+        p.name for p in (straight / "checkpoints").glob("step*.ckpt")
+    )
+    resumed_last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    straight_last = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (resumed_state,) = [s for key, s in resumed_last["callbacks"].items() if key.startswith("ModelCheckpoint")]
+    (straight_state,) = [s for key, s in straight_last["callbacks"].items() if key.startswith("ModelCheckpoint")]
+    assert resumed_state["best_model_score"] == straight_state["best_model_score"]
+    assert Path(resumed_state["best_model_path"]).parent == resumed / "checkpoints"
 
 
 def _other_filesystem_folder(than: Path) -> Path:
