@@ -17,6 +17,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
+from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
+from fsl_lightning.checkpoint_io import AtomicCheckpointIO, unreadable_checkpoint_reported
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.wandb_setup import choose_wandb_mode
@@ -29,6 +31,11 @@ class FewShotCLI(LightningCLI):
             datamodule_class=EpisodicDataModule,
             subclass_mode_model=True,
             save_config_callback=SaveAndLogConfig,
+            # Checkpoints written whole or not at all; a resumed run that lines up with the one it continues.
+            trainer_defaults={
+                "plugins": {"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"},
+                "callbacks": [ResumedRunContinuity()],
+            },
             **kwargs,
         )
 
@@ -41,6 +48,12 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_guard")
         parser.add_lightning_class_args(WandbTestMedia, "wandb_media")
         parser.add_lightning_class_args(SpeedSettings, "speed")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters first, with a bare torch.load
+        subcommand = self.config.get("subcommand")
+        with unreadable_checkpoint_reported(self.config[subcommand].get("ckpt_path") if subcommand else None):
+            super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         if "WandbLogger" in str(self.config[self.subcommand].trainer.logger):

@@ -1,0 +1,30 @@
+"""Callbacks that interrupt a real training run, for tests that run the CLI in a subprocess and kill it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """Kills its own process (SIGKILL: no clean-up, no flush) as training step ``step`` is about to start."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CheckpointBallast(Callback):
+    """Makes every checkpoint ``megabytes`` larger, so that writing it takes long enough to be interrupted."""
+
+    def __init__(self, megabytes: int = 100) -> None:
+        self.ballast = torch.ones(megabytes * 2**20 // 4)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint["ballast"] = self.ballast
