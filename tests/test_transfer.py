@@ -84,6 +84,25 @@ def test_wrong_number_of_base_classes_says_the_right_one(caltech32):
         trainer(1).fit(model, datamodule(caltech32))
 
 
+@pytest.mark.parametrize("method", [RFSSimple, SKD])
+def test_head_sizes_are_counted_from_the_data_and_a_checkpoint_loads_alone(caltech32, tmp_path, method):
+    """Neither ``num_base_classes`` nor ``feature_dim`` is needed: fit counts the training classes and measures
+    Conv4's output (it has no ``out_features``), and testing a checkpoint with a model made without them works."""
+    model = method(Conv4(in_channels=3))
+    run = trainer(2, enable_checkpointing=True, default_root_dir=tmp_path)
+    run.fit(model, datamodule(caltech32))
+    assert (model.num_base_classes, model.feature_dim) == (64, FEATURES_32PX)
+    assert model.base_head.weight.shape == (64, FEATURES_32PX)
+    checkpoint = run.checkpoint_callback.last_model_path or run.checkpoint_callback.best_model_path
+    trainer(1).test(model, datamodule(caltech32), verbose=False)
+    expected = model.last_accuracy["test"].mean
+    from_checkpoint = method(Conv4(in_channels=3))  # as ``test --config ... --ckpt_path`` builds it
+    trainer(1).test(from_checkpoint, datamodule(caltech32), ckpt_path=checkpoint, verbose=False)
+    assert from_checkpoint.last_accuracy["test"].mean == expected
+    loaded = method.load_from_checkpoint(checkpoint, backbone=Conv4(in_channels=3))
+    assert (loaded.num_base_classes, loaded.feature_dim) == (64, FEATURES_32PX)
+
+
 def test_born_again_student_distils_from_a_frozen_teacher_checkpoint(caltech32, tmp_path):
     teacher = RFSSimple(Conv4(in_channels=3), num_base_classes=64, feature_dim=FEATURES_32PX)
     run = trainer(3, enable_checkpointing=True, default_root_dir=tmp_path)

@@ -50,6 +50,9 @@ class SKD(RFSSimple):
         super().__init__(*args, **kwargs)
         self.rotation_loss_weight = rotation_loss_weight
         self.twin_loss_weight = twin_loss_weight
+
+    def build_heads(self) -> None:
+        super().build_heads()
         self.rotation_head = nn.Linear(self.num_base_classes, ROTATIONS)
 
     def setup(self, stage: str) -> None:

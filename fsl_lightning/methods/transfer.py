@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.episode import Episode, LabelledBatch
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import (
@@ -59,8 +60,10 @@ class Transfer(FewShotMethod):
 
     Args:
         backbone: the feature extractor, images -> [B, feature_dim].
-        num_base_classes: classes of the training split (checked against the data module).
-        feature_dim: the backbone's output size; default its ``out_features`` attribute.
+        num_base_classes: classes of the training split; default: counted from the data module when ``fit``
+            starts (a value given is checked against it). Saved with the weights, so that a checkpoint loads alone.
+        feature_dim: the backbone's output size; default its ``out_features`` attribute, or else measured by a
+            forward pass of two blank training-size images when ``fit`` starts.
         optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
         base_classifier: ``linear`` or ``cosine`` (:class:`CosineClassifier`, scaled by ``cosine_scale``; default
             Chen et al.'s rule, 2 up to 200 base classes) head over the base classes.
@@ -77,7 +80,7 @@ class Transfer(FewShotMethod):
     def __init__(
         self,
         backbone: nn.Module,
-        num_base_classes: int,
+        num_base_classes: int | None = None,
         feature_dim: int | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -91,8 +94,12 @@ class Transfer(FewShotMethod):
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         self.num_base_classes = num_base_classes
-        self.feature_dim = feature_dim or _out_features(backbone)
-        self.base_head = self._base_head(base_classifier, cosine_scale)
+        self.feature_dim = feature_dim or getattr(backbone, "out_features", None)
+        self.base_classifier, self.cosine_scale = base_classifier, cosine_scale
+        if base_classifier not in ("linear", "cosine"):
+            raise ValueError(f"Unknown base_classifier {base_classifier!r}: use 'linear' or 'cosine'.")
+        if num_base_classes is not None and self.feature_dim is not None:
+            self.build_heads()
         self.episode_classifier = episode_classifier or self.default_episode_classifier()
         self.teacher_checkpoint = teacher_checkpoint
         self.distillation_weight = distillation_weight
@@ -113,12 +120,33 @@ class Transfer(FewShotMethod):
                 f"{type(self).__name__} pre-trains on plain mini-batches of the training classes: set "
                 "`data.pretrain_batch_size` (for example 64)."
             )
-        if datamodule.num_train_classes != self.num_base_classes:
+        if self.num_base_classes is not None and datamodule.num_train_classes != self.num_base_classes:
             raise ValueError(
                 f"num_base_classes is {self.num_base_classes} but the training split has "
                 f"{datamodule.num_train_classes} classes: set `model.init_args.num_base_classes: "
-                f"{datamodule.num_train_classes}`."
+                f"{datamodule.num_train_classes}` or leave it out (it is counted from the data)."
             )
+        if not hasattr(self, "base_head"):  # built here, before the optimiser is made and the model moves
+            self.num_base_classes = datamodule.num_train_classes
+            self.feature_dim = self.feature_dim or measured_feature_dim(self.backbone, datamodule.splits["train"])
+            self.build_heads()
+
+    def build_heads(self) -> None:
+        """The head over the base classes (subclasses add theirs); the sizes are saved with the hyper-parameters."""
+        self.hparams.update(num_base_classes=self.num_base_classes, feature_dim=self.feature_dim)
+        if self.base_classifier == "linear":
+            self.base_head = nn.Linear(self.feature_dim, self.num_base_classes)
+        else:
+            self.base_head = CosineClassifier(self.feature_dim, self.num_base_classes, self.cosine_scale)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Builds the heads of a model made without their sizes, from the checkpoint's own weights (called before
+        the weights load): ``test --ckpt_path`` needs neither ``num_base_classes`` nor ``feature_dim``."""
+        super().on_load_checkpoint(checkpoint)
+        weight = checkpoint["state_dict"].get("base_head.weight", checkpoint["state_dict"].get("base_head.direction"))
+        if not hasattr(self, "base_head") and weight is not None:
+            self.num_base_classes, self.feature_dim = weight.shape
+            self.build_heads()
 
     def on_fit_start(self) -> None:
         if self.teacher_checkpoint and not self._teacher:
@@ -165,13 +193,6 @@ class Transfer(FewShotMethod):
         return self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
 
     # ----- helpers ----------------------------------------------------------------------------------------------
-    def _base_head(self, kind: str, cosine_scale: float | None) -> nn.Module:
-        if kind == "linear":
-            return nn.Linear(self.feature_dim, self.num_base_classes)
-        if kind == "cosine":
-            return CosineClassifier(self.feature_dim, self.num_base_classes, cosine_scale)
-        raise ValueError(f"Unknown base_classifier {kind!r}: use 'linear' or 'cosine'.")
-
     def _load_teacher(self) -> nn.Module:
         """The same network (backbone + base head) with the teacher checkpoint's weights, frozen, in eval mode."""
         # named like the student's own modules, so that the checkpoint's keys load as they are
@@ -203,11 +224,12 @@ class Transfer(FewShotMethod):
             ) from error
 
 
-def _out_features(backbone: nn.Module) -> int:
-    size = getattr(backbone, "out_features", None)
-    if not isinstance(size, int):
-        raise ValueError(
-            f"{type(backbone).__name__} does not say its output size (no `out_features`): set `feature_dim` "
-            "(for example 1600 for Conv4 on 84x84 images)."
-        )
-    return size
+def measured_feature_dim(backbone: nn.Module, training_split: ClassImages) -> int:
+    """The size of ``backbone``'s output for two blank images of the training split's size (in eval mode, so that
+    no batch-norm statistic moves)."""
+    was_training = backbone.training
+    blank = torch.zeros(2, *training_split.images.shape[1:])
+    with torch.no_grad():
+        size = backbone.eval()(blank).flatten(1).shape[1]
+    backbone.train(was_training)
+    return int(size)
