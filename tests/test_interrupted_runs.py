@@ -111,7 +111,7 @@ def test_a_kill_while_saving_a_checkpoint_leaves_a_checkpoint_to_resume_from(tmp
 def _kill_during_second_save_and_resume(tmp_path: Path, temporary_dir: Path) -> None:
     # last.ckpt written at every step, 100 MB larger than the model, with TMPDIR on another filesystem (tmpfs)
     every_step = {"trainer": {"callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        {"class_path": "fsl_lightning.callbacks.ModelCheckpoint",
          "init_args": {"every_n_train_steps": 1, "save_top_k": 0, "save_last": True}},
         {"class_path": "interruptions.CheckpointBallast", "init_args": {"megabytes": 100}},
     ]}}
