@@ -2,8 +2,9 @@
 
 from fsl_lightning.callbacks.non_finite_guard import NonFiniteLossError, NonFiniteLossGuard
 from fsl_lightning.callbacks.prediction_writer import PredictionCSVWriter
+from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.speed import SpeedSettings
 from fsl_lightning.callbacks.throughput import EpisodeThroughput
 from fsl_lightning.callbacks.wandb_media import WandbTestMedia
 
-__all__ = ["EpisodeThroughput", "NonFiniteLossError", "NonFiniteLossGuard", "PredictionCSVWriter", "SpeedSettings", "WandbTestMedia"]
+__all__ = ["EpisodeThroughput", "NonFiniteLossError", "NonFiniteLossGuard", "PredictionCSVWriter", "SpeedSettings", "StepProgressBar", "WandbTestMedia"]
