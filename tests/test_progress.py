@@ -26,13 +26,13 @@ TINY = [
 ]
 NUMBER = r"\d+\.\d{4}"
 STEP_LINE = (
-    rf"step (\d+)/20 \| loss {NUMBER} \| acc {NUMBER}( \| val_acc {NUMBER})? \| eps/s [\d.]+ \| eta \d+:\d\d:\d\d"
+    rf"step (\d+)/22 \| loss {NUMBER} \| acc {NUMBER}( \| val_acc {NUMBER})? \| eps/s [\d.]+ \| eta \d+:\d\d:\d\d"
 )
 
 
 def test_a_fit_written_to_a_file_logs_step_lines_and_a_line_per_validation(tmp_path):
     log = tmp_path / "run.log"
-    command = [sys.executable, "-m", "fsl_lightning", "fit", "--config", CONFIG, *TINY, "--trainer.max_steps=20",
+    command = [sys.executable, "-m", "fsl_lightning", "fit", "--config", CONFIG, *TINY, "--trainer.max_steps=22",
                "--trainer.log_every_n_steps=5", f"--trainer.logger.init_args.save_dir={tmp_path}"]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with log.open("w") as output:
@@ -40,9 +40,9 @@ def test_a_fit_written_to_a_file_logs_step_lines_and_a_line_per_validation(tmp_p
     text = log.read_text()
     assert "\r" not in text, "a tqdm bar was drawn into the file"
     steps = [int(match.group(1)) for match in re.finditer(rf"^{STEP_LINE}$", text, re.MULTILINE)]
-    assert steps == [5, 10, 15, 20], text  # every log_every_n_steps, the default cadence
-    assert re.search(rf"^step 15/20 .*\| val_acc {NUMBER} \|", text, re.MULTILINE), "the last val_acc is not shown"
-    validations = re.findall(rf"^validation at step (\d+)/20: val_acc {NUMBER} ± {NUMBER}$", text, re.MULTILINE)
+    assert steps == [5, 10, 15, 20, 22], text  # every log_every_n_steps (the default cadence), and the last step
+    assert re.search(rf"^step 15/22 .*\| val_acc {NUMBER} \|", text, re.MULTILINE), "the last val_acc is not shown"
+    validations = re.findall(rf"^validation at step (\d+)/22: val_acc {NUMBER} ± {NUMBER}$", text, re.MULTILINE)
     assert validations == ["10", "20"], text
 
 

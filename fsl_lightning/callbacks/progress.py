@@ -6,7 +6,7 @@ training metric (the methods keep theirs off the bar, which would read them back
 the last validation accuracy, episodes/s and the time left. It reads values back from the device only every
 ``every_n_steps`` steps or ``every_n_seconds`` seconds, whichever comes first. On a terminal it is a tqdm bar;
 when stdout is not a terminal (a file, a pipe, a cluster job) it prints one plain line at that cadence instead,
-and one after each validation.
+one after each validation and one where training stops.
 """
 
 from __future__ import annotations
@@ -146,6 +146,12 @@ class StepProgressBar(TQDMProgressBar):
             self._say(self.reading.line())
         else:
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._enabled and self._lines and self.reading.step < trainer.global_step:
+            self._read_training(trainer)  # where training stopped (max_steps, max_time, early stopping)
+            self._say(self.reading.line())
+        super().on_train_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._enabled and trainer.state.fn == "fit" and not trainer.sanity_checking:
