@@ -27,7 +27,7 @@ for entry in "${configs[@]}"; do
     rm -rf "$run" && mkdir -p "$run"
     started=$(date +%s)
     .venv/bin/python -m fsl_lightning fit --config "experiments/omniglot/$config.yaml" --trainer.max_time="$BUDGET" "${steps[@]}" \
-        --trainer.enable_progress_bar=false --trainer.logger.init_args.save_dir="$run" > "$run/log.txt" 2>&1
+        --trainer.logger.init_args.save_dir="$run" > "$run/log.txt" 2>&1
     echo "=== $config: $(grep -h 'Test accuracy' "$run/log.txt"), fit + test $(( $(date +%s) - started )) s"
     .venv/bin/python - "$run" <<'PY'
 import csv, glob, sys

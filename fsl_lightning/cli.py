@@ -13,10 +13,12 @@ from pathlib import Path
 
 import yaml
 from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
+from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, unreadable_checkpoint_reported
 from fsl_lightning.data import EpisodicDataModule
@@ -48,6 +50,7 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_guard")
         parser.add_lightning_class_args(WandbTestMedia, "wandb_media")
         parser.add_lightning_class_args(SpeedSettings, "speed")
+        parser.add_lightning_class_args(StepProgressBar, "progress")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters first, with a bare torch.load
@@ -60,6 +63,16 @@ class FewShotCLI(LightningCLI):
             reason = choose_wandb_mode()
             if reason:
                 print(f"W&B runs offline: {reason}. Upload the run later with `wandb sync <run folder>`.")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        # The CLI's progress bar gives way to --trainer.enable_progress_bar=false and to a bar in trainer.callbacks
+        # (Lightning refuses a bar with the first, and two bars).
+        ours_gives_way = config.get("enable_progress_bar") is False or any(
+            isinstance(callback, ProgressBar) for callback in config.get("callbacks") or []
+        )
+        if ours_gives_way:
+            callbacks = [callback for callback in callbacks if not isinstance(callback, StepProgressBar)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
         arguments = self.config_init[self.subcommand]
