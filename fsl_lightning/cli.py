@@ -68,6 +68,8 @@ class FewShotCLI(LightningCLI):
         if ckpt_path in ALIASES:
             checkpoint = resolve_checkpoint_alias(ckpt_path, _experiment_root_of_config(self.config[subcommand]))
             print(f"--ckpt_path {ckpt_path}: {checkpoint}")
+        elif not checkpoint.is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file. Pass a .ckpt file, or last or best.")
         if named is None or named[1] != checkpoint:  # an alias, or a file named in a config file: parse again
             self._default_to_training_config(subcommand, checkpoint)
             super().parse_arguments(parser, args)
@@ -147,7 +149,7 @@ def experiment_root(logger, default_root_dir: str | Path) -> Path:
 def _experiment_root_of_config(config) -> Path:
     """:func:`experiment_root` from the parsed config, before the Trainer exists."""
     logger = config.trainer.logger
-    logger = (logger[0] if logger else None) if isinstance(logger, list) else logger
+    logger = (logger[0] if logger else False) if isinstance(logger, list) else logger
     default_root_dir = Path(config.trainer.default_root_dir or Path.cwd())
     if logger is True or logger is None:  # Lightning's default logger
         return default_root_dir / "lightning_logs"

@@ -208,7 +208,7 @@ def test_predict_needs_only_the_checkpoint_and_the_folders_and_writes_only_its_c
     assert _accuracy_of(cwd / "predictions.csv", truth) >= 0.5
 
 
-def test_predict_and_test_with_a_logger_write_no_config_or_run_folder_for_predict(fitted, tmp_path, data_root):
+def test_predict_with_the_experiment_logger_creates_no_run_folder(fitted, tmp_path, data_root):
     _, _, best = fitted
     support, queries, _ = _support_and_query_folders(data_root, tmp_path, characters=5, queries_per_class=1)
     logs = tmp_path / "logs"
@@ -222,7 +222,8 @@ def test_test_without_a_logger_writes_nothing_into_the_current_directory(fitted,
     _, _, best = fitted
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
-        main(["test", "--config", CONFIG, *SHORT_RUN, "--trainer.logger=false", "--ckpt_path", best])
+        main(["test", "--config", CONFIG, *SHORT_RUN, "--data.test_episodes=5", "--trainer.logger=false",
+              "--ckpt_path", best])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -254,3 +255,16 @@ def _accuracy_of(csv_path: Path, truth: dict[str, str]) -> float:
         rows = list(csv.DictReader(handle))
     assert sorted(row["query_file"] for row in rows) == sorted(truth)
     return sum(row["predicted_class"] == truth[row["query_file"]] for row in rows) / len(rows)
+
+
+def test_only_methods_with_something_to_train_need_a_checkpoint():
+    import torch
+
+    from fsl_lightning.backbones import Conv4, TorchvisionBackbone
+    from fsl_lightning.methods import CLIPZeroShot, FrozenFeatures, NearestNeighbour, ProtoNet, Transfer
+
+    frozen_backbone = TorchvisionBackbone(name="resnet18", weights=None, frozen=True)
+    assert not Transfer(frozen_backbone, num_base_classes=5).needs_trained_weights
+    assert not NearestNeighbour(torch.nn.Flatten()).needs_trained_weights
+    assert not CLIPZeroShot.needs_trained_weights and not FrozenFeatures.needs_trained_weights
+    assert ProtoNet(Conv4(in_channels=1)).needs_trained_weights
