@@ -3,25 +3,30 @@
 A LightningCLI: every argument of the data module, the method and the Trainer is settable from YAML or
 the command line (``--data.evaluation.shot=5``). ``fit`` tests the best checkpoint when training ends,
 unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest run of the same experiment.
+``validate``, ``test`` and ``predict`` with ``--ckpt_path`` (a file, ``last`` or ``best``) evaluate with the
+method and data settings the checkpoint was trained with, unless the config changes them.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
+from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, unreadable_checkpoint_reported
 from fsl_lightning.data import EpisodicDataModule
+from fsl_lightning.evaluation_settings import EVALUATION_SUBCOMMANDS, changed_settings, changed_settings_warning
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.wandb_setup import choose_wandb_mode
 
@@ -74,11 +79,67 @@ class FewShotCLI(LightningCLI):
             callbacks = [callback for callback in callbacks if not isinstance(callback, StepProgressBar)]
         return super()._instantiate_trainer(config, callbacks)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """For evaluation from a checkpoint, the checkpoint's method and data settings are the defaults, under
+        whatever the config files and the command line set."""
+        named = _named_checkpoint(sys.argv[1:] if args is None else args)
+        if named is not None:  # a file on the command line: its settings make a config file optional
+            self._default_to_training_config(*named)
+        super().parse_arguments(parser, args)
+        subcommand = self.config.subcommand
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if subcommand not in EVALUATION_SUBCOMMANDS or not ckpt_path:
+            return
+        checkpoint = Path(ckpt_path)
+        if ckpt_path in ALIASES:
+            checkpoint = resolve_checkpoint_alias(ckpt_path, _experiment_root_of_config(self.config[subcommand]))
+            print(f"--ckpt_path {ckpt_path}: {checkpoint}")
+        elif not checkpoint.is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file. Pass a .ckpt file, or last or best.")
+        if named is None or named[1] != checkpoint:  # an alias, or a file named in a config file: parse again
+            self._default_to_training_config(subcommand, checkpoint)
+            super().parse_arguments(parser, args)
+            self.config[subcommand].ckpt_path = str(checkpoint)
+        self._warn_about_changed_settings(subcommand, checkpoint)
+
+    def _default_to_training_config(self, subcommand: str, checkpoint: Path) -> None:
+        self._trained_config = training_config(checkpoint)
+        subcommand_parser = self._subcommand_parsers[subcommand]
+        if "model" in self._trained_config:
+            subcommand_parser.set_defaults({"model": self._trained_config["model"]})
+        for key, value in self._trained_config.get("data", {}).items():
+            subcommand_parser.set_defaults({f"data.{key}": value})
+
+    def _warn_about_changed_settings(self, subcommand: str, checkpoint: Path) -> None:
+        trained = self._trained_config.get("data")
+        used = self.config[subcommand].data.as_dict()
+        changes = changed_settings(subcommand, trained, used) if trained else []
+        if changes:
+            warnings.warn(changed_settings_warning(str(checkpoint), changes), stacklevel=2)
+
     def before_fit(self) -> None:
         arguments = self.config_init[self.subcommand]
-        if arguments.get("ckpt_path") == "last":
-            arguments["ckpt_path"] = str(latest_checkpoint(self.trainer))
+        if arguments.get("ckpt_path") in ALIASES:
+            root = experiment_root(self.trainer.logger, self.trainer.default_root_dir)
+            arguments["ckpt_path"] = str(resolve_checkpoint_alias(arguments["ckpt_path"], root))
             print(f"Resuming from {arguments['ckpt_path']}")
+
+    def before_validate(self) -> None:
+        self._refuse_untrained_weights()
+
+    def before_test(self) -> None:
+        self._refuse_untrained_weights()
+
+    def before_predict(self) -> None:
+        self._refuse_untrained_weights()
+        self.trainer.logger = None  # predict logs nothing: no run folder beside the predictions it writes
+
+    def _refuse_untrained_weights(self) -> None:
+        if self.model.needs_trained_weights and not self.config_init[self.subcommand].get("ckpt_path"):
+            raise SystemExit(
+                f"error: {type(self.model).__name__} has no trained weights to {self.subcommand} with: pass "
+                "--ckpt_path <file.ckpt>, or --ckpt_path last (or best) for the newest run of this experiment."
+            )
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].test_after_fit or self.trainer.interrupted:
@@ -93,6 +154,8 @@ class SaveAndLogConfig(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         logger = trainer.logger
+        if logger is None and stage != "fit":  # no run folder to keep it in: never the current directory
+            return
         if isinstance(logger, WandbLogger):  # its log_dir is shared by all runs: use the run's own folder
             run_dir = Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,20 +167,33 @@ class SaveAndLogConfig(SaveConfigCallback):
             logger.log_hyperparams(self.config.as_dict())
 
 
-def latest_checkpoint(trainer: Trainer) -> Path:
-    """The newest ``last.ckpt`` of earlier runs of this experiment (``--ckpt_path last``).
+def experiment_root(logger, default_root_dir: str | Path) -> Path:
+    """The folder that holds every run (version) of the experiment that ``logger`` logs."""
+    return Path(getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None) or default_root_dir)
 
-    Lightning would look only in the new run's own, still empty, checkpoint folder: a resumed run writes
-    into a new version folder, so that nothing of the interrupted run is overwritten.
-    """
-    logger = trainer.logger
-    root = Path(getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
-    candidates = sorted(root.rglob("last*.ckpt"), key=lambda path: path.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(
-            f"--ckpt_path last: no last.ckpt under {root}. Pass the checkpoint file itself: --ckpt_path <file.ckpt>."
-        )
-    return candidates[-1]
+
+def _experiment_root_of_config(config) -> Path:
+    """:func:`experiment_root` from the parsed config, before the Trainer exists."""
+    logger = config.trainer.logger
+    logger = (logger[0] if logger else False) if isinstance(logger, list) else logger
+    default_root_dir = Path(config.trainer.default_root_dir or Path.cwd())
+    if logger is True or logger is None:  # Lightning's default logger
+        return default_root_dir / "lightning_logs"
+    if logger is False:
+        return default_root_dir
+    return experiment_root(instantiate_class((), logger.as_dict()), default_root_dir)
+
+
+def _named_checkpoint(args) -> tuple[str, Path] | None:
+    """(subcommand, file) when the arguments evaluate a checkpoint file named on the command line."""
+    if not isinstance(args, list) or not args or args[0] not in EVALUATION_SUBCOMMANDS:
+        return None
+    for index, arg in enumerate(args):
+        key, equals, value = arg.partition("=")
+        if key == "--ckpt_path":
+            value = value if equals else (args[index + 1] if index + 1 < len(args) else "")
+            return (args[0], Path(value)) if Path(value).is_file() else None
+    return None
 
 
 def check_method_names(args: list[str]) -> None:

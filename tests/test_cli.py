@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -166,3 +167,104 @@ def test_checkpoint_loads_without_the_cli(fitted):
     assert isinstance(model.backbone, Conv4)
     weights = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     assert torch.equal(model.backbone.encoder[0][0].weight, weights["backbone.encoder.0.0.weight"])
+
+
+# ----- evaluation from a checkpoint: which weights, which data settings, what is written ------------------------
+
+
+def test_test_and_validate_take_last_and_best_from_the_newest_run_of_the_experiment(fitted, tmp_path, capsys):
+    out, accuracy_after_fit, best = fitted
+    shutil.copytree(out / "omniglot_protonet_5w1s" / "version_0", tmp_path / "omniglot_protonet_5w1s" / "version_0")
+    common = [*SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    cli = main(["test", "--config", CONFIG, *common, "--ckpt_path", "best"])
+    assert cli.config.test.ckpt_path == best  # as recorded by the run's ModelCheckpoint
+    assert cli.trainer.callback_metrics["test/acc"].item() == pytest.approx(accuracy_after_fit, abs=1e-6)
+    last = tmp_path / "omniglot_protonet_5w1s" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = main(["validate", "--config", CONFIG, *common, "--ckpt_path", "last"])
+    assert cli.config.validate.ckpt_path == str(last)
+    assert f"--ckpt_path last: {last}" in capsys.readouterr().out
+    assert cli.trainer.callback_metrics["val/acc"].item() > 0.8  # trained weights, not a fresh network (0.2)
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_a_method_that_needs_training_refuses_to_evaluate_without_a_checkpoint(subcommand, tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: ProtoNet has no trained weights .* --ckpt_path <file\.ckpt>"):
+        main([subcommand, "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}"])
+
+
+def test_predict_needs_only_the_checkpoint_and_the_folders_and_writes_only_its_csv(
+    fitted, tmp_path, data_root, monkeypatch
+):
+    _, _, best = fitted
+    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
+    empty_data_root, cwd = tmp_path / "no_data", tmp_path / "cwd"
+    empty_data_root.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("FSL_DATA_ROOT", str(empty_data_root))
+    monkeypatch.chdir(cwd)
+    for _ in range(2):  # a second call finds the first one's files
+        main(["predict", "--ckpt_path", best, f"--data.predict_support_dir={support}",
+              f"--data.predict_query_dir={queries}", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    assert [path.name for path in cwd.iterdir()] == ["predictions.csv"]
+    assert _accuracy_of(cwd / "predictions.csv", truth) >= 0.5
+
+
+def test_predict_with_the_experiment_logger_creates_no_run_folder(fitted, tmp_path, data_root):
+    _, _, best = fitted
+    support, queries, _ = _support_and_query_folders(data_root, tmp_path, characters=5, queries_per_class=1)
+    logs = tmp_path / "logs"
+    main(["predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={logs}", "--ckpt_path",
+          best, f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
+          f"--prediction_writer.output_path={tmp_path / 'predictions.csv'}"])
+    assert not logs.exists()
+
+
+def test_test_without_a_logger_writes_nothing_into_the_current_directory(fitted, tmp_path, monkeypatch):
+    _, _, best = fitted
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        main(["test", "--config", CONFIG, *SHORT_RUN, "--data.test_episodes=5", "--trainer.logger=false",
+              "--ckpt_path", best])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_with_a_config_of_another_protocol_prepares_images_as_in_training(fitted, tmp_path, data_root):
+    """Trained at 28x28 (Vinyals); the 20-way config with Lake's protocol would give 105x105 images."""
+    _, _, best = fitted
+    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
+    csv_path = tmp_path / "predictions.csv"
+    with pytest.warns(UserWarning, match=r"data\.dataset\.init_args\.protocol: 'vinyals' -> 'lake'"):
+        cli = main([
+            "predict", "--config", str(REPO / "experiments" / "omniglot" / "protonet_20w1s.yaml"),
+            "--data.dataset.init_args.protocol=lake", "--trainer.logger=false", "--ckpt_path", best,
+            f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={csv_path}",
+        ])
+    assert cli.datamodule.dataset.image_size == 28
+    assert _accuracy_of(csv_path, truth) >= 0.5
+
+
+def test_an_image_size_the_model_was_not_trained_at_is_an_error_naming_both(fitted, tmp_path):
+    _, _, best = fitted
+    with pytest.raises(ValueError, match=r"trained on images with channels=1, image_size=28.* image_size=105"):
+        main(["test", "--config", CONFIG, *SHORT_RUN, "--trainer.logger=false", "--ckpt_path", best,
+              "--data.dataset.init_args.image_size=105"])
+
+
+def _accuracy_of(csv_path: Path, truth: dict[str, str]) -> float:
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["query_file"] for row in rows) == sorted(truth)
+    return sum(row["predicted_class"] == truth[row["query_file"]] for row in rows) / len(rows)
+
+
+def test_only_methods_with_something_to_train_need_a_checkpoint():
+    import torch
+
+    from fsl_lightning.backbones import Conv4, TorchvisionBackbone
+    from fsl_lightning.methods import CLIPZeroShot, FrozenFeatures, NearestNeighbour, ProtoNet, Transfer
+
+    frozen_backbone = TorchvisionBackbone(name="resnet18", weights=None, frozen=True)
+    assert not Transfer(frozen_backbone, num_base_classes=5).needs_trained_weights
+    assert not NearestNeighbour(torch.nn.Flatten()).needs_trained_weights
+    assert not CLIPZeroShot.needs_trained_weights and not FrozenFeatures.needs_trained_weights
+    assert ProtoNet(Conv4(in_channels=1)).needs_trained_weights

@@ -67,6 +67,15 @@ def test_fit_resumes_from_last_checkpoint_with_the_same_episode_stream(tmp_path)
         assert torch.allclose(resumed["state_dict"][name].float(), weight.float(), atol=1e-5), name
 
 
+def test_fit_resumes_from_the_best_checkpoint_that_the_newest_run_recorded(tmp_path, capsys):
+    first = main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=20", "--test_after_fit=false",
+                  f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    best = first.trainer.checkpoint_callback.best_model_path
+    main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=30", "--test_after_fit=false",
+          f"--trainer.logger.init_args.save_dir={tmp_path}", "--ckpt_path", "best"])
+    assert f"Resuming from {best}" in capsys.readouterr().out
+
+
 def test_bf16_mixed_precision_trains_and_tests(tmp_path):
     cli = main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=30", "--trainer.precision=bf16-mixed",
                 f"--trainer.logger.init_args.save_dir={tmp_path}"])

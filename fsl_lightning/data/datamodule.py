@@ -7,10 +7,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from fsl_lightning.built_by_cli import built_by_cli
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset
 from fsl_lightning.data.folders import check_class_names, read_query_folder, read_support_folder
@@ -92,6 +93,9 @@ class EpisodicDataModule(L.LightningDataModule):
         predict_class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if built_by_cli():  # the config's data section goes into checkpoints: evaluation reads its settings back
+            self.save_hyperparameters()
+            _pin_image_size(self.hparams["dataset"], dataset)
         self.dataset = dataset
         self.specs = {"train": train, "val": evaluation, "test": evaluation}
         self.episode_counts = {"train": train_episodes_per_epoch, "val": val_episodes, "test": test_episodes}
@@ -121,6 +125,8 @@ class EpisodicDataModule(L.LightningDataModule):
         return self.dataset.channels
 
     def prepare_data(self) -> None:
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.PREDICTING:
+            return  # predict reads only the user's folders (decoded as the dataset decodes its own files)
         self.dataset.prepare()
 
     def setup(self, stage: str) -> None:
@@ -277,11 +283,17 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._train_batches_done
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: where the training episode stream goes on."""
-        return {"train_batches_done": self._train_batches_done}
+        """Saved in checkpoints: where the training episode stream goes on, and the images the model was trained on."""
+        return {"train_batches_done": self._train_batches_done, "image_shape": self.image_shape}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_image_shape(state_dict.get("image_shape"), self.image_shape)
         self._train_batches_done = state_dict.get("train_batches_done")
+
+    @property
+    def image_shape(self) -> dict[str, int | None]:
+        """Channels and side of the images this data module gives the model."""
+        return {"channels": self.channels, "image_size": getattr(self.dataset, "image_size", None)}
 
     def _eval_keys(self, split: str) -> range:
         rank, world = self._rank_and_world()
@@ -308,6 +320,36 @@ class EpisodicDataModule(L.LightningDataModule):
         if resident is None or resident.device != device:
             resident = self._resident[split] = self.splits[split].images.to(device)
         return resident
+
+
+def _pin_image_size(dataset_config: dict, dataset: FewShotDataset) -> None:
+    """Writes the image size the dataset chose (``image_size: null``: Omniglot's depends on the protocol) into its
+    config, so that a checkpoint says the size its model was trained at even when evaluated with another protocol."""
+    init_args = dataset_config.get("init_args") if isinstance(dataset_config, dict) else None
+    if isinstance(init_args, dict) and init_args.get("image_size", 0) is None:
+        init_args["image_size"] = getattr(dataset, "image_size", None)
+
+
+def check_image_shape(trained: dict[str, int | None] | None, used: dict[str, int | None]) -> None:
+    """Refuses images of another size or channel count than a checkpoint's model was trained on: the model would
+    run on them and give confident nonsense rather than an error."""
+    if not trained:  # a checkpoint from before image shapes were saved
+        return
+    fixes = []
+    if trained.get("channels") not in (None, used["channels"]):
+        fixes.append(f"use a dataset of {trained['channels']}-channel images, as in training")
+    if trained.get("image_size") not in (None, used["image_size"]):
+        fixes.append(f"set data.dataset.init_args.image_size={trained['image_size']}")
+    if fixes:
+        raise ValueError(
+            f"The checkpoint's model was trained on images with {_describe(trained)}, but the data given now has "
+            f"{_describe(used)}: {' and '.join(fixes)} (or leave the data settings out of the config: evaluation "
+            "from a checkpoint takes the checkpoint's own)."
+        )
+
+
+def _describe(shape: dict[str, int | None]) -> str:
+    return f"channels={shape['channels']}, image_size={shape['image_size']}"
 
 
 def _to_float(images: Tensor) -> Tensor:

@@ -13,20 +13,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from fsl_lightning.built_by_cli import built_by_cli
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
-
-try:  # set while LightningCLI instantiates a module from its config (Lightning >= 2.3)
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-except ImportError:  # pragma: no cover - older or newer Lightning without it
-    _given_hyperparameters = None
-
-
-def _built_by_cli() -> bool:
-    """Whether the init arguments are config values (then the checkpoint keeps them, backbone included, so that
-    ``Method.load_from_checkpoint(path)`` rebuilds the model) rather than live objects, which must not be pickled."""
-    return _given_hyperparameters is not None and _given_hyperparameters.get() is not None
-
 
 class FewShotMethod(L.LightningModule):
     """Base class of every method: subclasses implement :meth:`episode_logits` (or override the loss).
@@ -47,6 +36,9 @@ class FewShotMethod(L.LightningModule):
     trains_on_episodes: bool = True
     #: what :meth:`prediction_scores` means: the header of the score column in ``predict``'s CSV
     score_name: str = "probability"
+    #: whether ``validate``, ``test`` and ``predict`` need trained weights (``--ckpt_path``); ``False`` for
+    #: methods with nothing to train (1-NN, a frozen pretrained backbone), which evaluate as they are built
+    needs_trained_weights: bool = True
 
     def __init__(
         self,
@@ -56,7 +48,7 @@ class FewShotMethod(L.LightningModule):
         scheduler_interval: Literal["step", "epoch"] = "step",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=[] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=[] if built_by_cli() else ["backbone", "optimizer", "lr_scheduler"])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler

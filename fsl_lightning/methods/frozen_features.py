@@ -50,6 +50,8 @@ class FrozenFeatureMethod(FewShotMethod):
             ``null`` keeps them in memory only.
     """
 
+    needs_trained_weights = False
+
     def __init__(
         self, backbone: nn.Module, feature_batch_size: int = 256, feature_cache_dir: str | None = None
     ) -> None:

@@ -25,6 +25,7 @@ class NearestNeighbour(FewShotMethod):
 
     #: ``predict`` writes the Euclidean distance to the nearest support image of the predicted class
     score_name = "distance"
+    needs_trained_weights = False
 
     def episode_logits(self, episode: Episode) -> Tensor:
         num_support = len(episode.support_images)

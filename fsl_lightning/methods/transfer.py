@@ -106,6 +106,11 @@ class Transfer(FewShotMethod):
         self.temperature = temperature
         self._teacher: tuple[nn.Module, ...] = ()  # a tuple keeps it out of the state dict and the optimiser
 
+    @property
+    def needs_trained_weights(self) -> bool:
+        """A frozen pretrained backbone evaluates as it is (the base-class head is for training only)."""
+        return not getattr(self.backbone, "frozen", False)
+
     def default_episode_classifier(self) -> EpisodeClassifier:
         return LogisticRegression()
 
