@@ -56,6 +56,7 @@ class ImageFolderDataset(NaturalImageDataset):
         normalised(self.split_fractions)  # a bad value fails here, before any folder is read
         self.split_file = Path(split_file).expanduser() if split_file else None
         self._class_split: dict[str, list[str]] | None = None
+        self._stamp: Any = None
 
     def split_key(self) -> str:
         # The folder and the split identify the cache; every image file's size and time are in the stamp.
@@ -63,7 +64,9 @@ class ImageFolderDataset(NaturalImageDataset):
         return hashlib.sha1(identity.encode()).hexdigest()[:12]
 
     def source_stamp(self) -> Any:
-        return folder_stamp(self._checked_folder(), IMAGE_SUFFIXES)
+        if self._stamp is None:  # one stat per image file: taken once per dataset object, as the split is
+            self._stamp = folder_stamp(self._checked_folder(), IMAGE_SUFFIXES)
+        return self._stamp
 
     def decode_split(self, split: str) -> ClassImages:
         files = files_by_class(self._checked_folder(), IMAGE_SUFFIXES)
