@@ -115,6 +115,18 @@ def test_an_existing_split_file_is_the_source_of_truth(user_folder, character_pn
     assert read_split_file(user_folder / "fsl_split_seed0.json") == split and len(places(split)) == 26
 
 
+def test_a_hand_edited_split_file_with_a_class_in_two_splits_is_refused(user_folder):
+    split = ImageFolderDataset(str(user_folder), image_size=16).class_split()
+    leaked = split["test"][0]
+    path = user_folder / "fsl_split_seed0.json"
+    path.write_text(json.dumps({**split, "train": split["train"] + [leaked]}))
+    with pytest.raises(ValueError, match=f"lists class {leaked} in both train and test"):
+        ImageFolderDataset(str(user_folder), image_size=16).class_split()
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not a JSON class split.*delete it"):
+        ImageFolderDataset(str(user_folder), image_size=16).class_split()
+
+
 def test_changed_split_fractions_do_not_silently_override_the_split_file(user_folder):
     ImageFolderDataset(str(user_folder), image_size=16).class_split()
     with pytest.raises(ValueError, match=r"made with split_fractions \[0.64, 0.16, 0.2\].*delete the file"):

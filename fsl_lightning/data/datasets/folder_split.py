@@ -73,6 +73,7 @@ def folder_class_split(folder: Path, class_names: Sequence[str], seed: int, frac
         return split
     _check_same_fractions(path, fractions)
     split = read_split_file(path)
+    _check_disjoint(split, path)
     listed = {name for names in split.values() for name in names}
     added = sorted(set(class_names) - listed)
     removed = sorted(listed - set(class_names))
@@ -97,8 +98,24 @@ def _check_no_split_empty(split: dict[str, list[str]], folder: Path, seed: int, 
         )
 
 
+def _check_disjoint(split: dict[str, list[str]], path: Path) -> None:
+    """A class in two splits (a hand edit) would put test images into training."""
+    seen: dict[str, str] = {}
+    for part in SPLITS:
+        for name in split[part]:
+            if name in seen:
+                raise ValueError(
+                    f"{path} lists class {name} in both {seen[name]} and {part}: keep it in one of them, or delete "
+                    "the file to split the classes afresh."
+                )
+            seen[name] = part
+
+
 def _check_same_fractions(path: Path, fractions: Sequence[float]) -> None:
-    recorded = json.loads(path.read_text()).get("split_fractions")
+    try:
+        recorded = json.loads(path.read_text()).get("split_fractions")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{path} is not a JSON class split ({error}): fix it, or delete it to split the classes afresh.") from error
     if recorded is not None and not all(map(math.isclose, normalised(recorded), normalised(fractions))):
         raise ValueError(
             f"{path} holds a class split made with split_fractions {recorded}, but split_fractions is now "
