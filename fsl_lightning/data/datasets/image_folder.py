@@ -91,7 +91,7 @@ class ImageFolderDataset(NaturalImageDataset):
             if self.split_file is not None:
                 self._class_split = read_split_file(self.split_file)
             else:
-                classes = sorted(files_by_class(self._checked_folder(), IMAGE_SUFFIXES))
+                classes = sorted(entry.name for entry in self._checked_folder().iterdir() if entry.is_dir())
                 self._class_split = folder_class_split(self.folder, classes, self.split_seed, self.split_fractions)
         return self._class_split
 
