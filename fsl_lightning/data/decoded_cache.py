@@ -1,12 +1,13 @@
-"""Decode once, reuse: decoded datasets are cached as tensors on disk, keyed by their source file."""
+"""Decode once, reuse: decoded datasets are cached as tensors on disk, keyed by their source files."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -40,3 +41,31 @@ def save_atomically(value: Any, path: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
         torch.save(value, tmp)
     os.replace(tmp.name, path)
+
+
+def folder_stamp(folder: Path, suffixes: Sequence[str]) -> tuple[str, int, str]:
+    """Identifies the files under ``folder`` whose names end in ``suffixes`` (recursively): the resolved folder,
+    the number of files, and a digest of every file's relative path, size and modification time (ns).
+
+    A folder's own time changes only when entries are added or removed directly inside it, so a file overwritten
+    in place, or one added to a sub-folder, leaves it unchanged; this stamp notices both. ``os.scandir`` gives
+    each entry's type without a system call, leaving one ``stat`` per file (0.1-0.2 s for Omniglot's 32,460).
+    """
+    files = sorted(_files_with_stat(folder, tuple(suffix.lower() for suffix in suffixes)))
+    digest = hashlib.sha256(repr(files).encode("utf-8", "surrogateescape")).hexdigest()
+    return str(folder.resolve()), len(files), digest
+
+
+def _files_with_stat(folder: Path, suffixes: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """(path relative to ``folder``, size, modification time in ns) of each matching file below ``folder``."""
+    found, pending = [], [(str(folder), "")]
+    while pending:
+        path, prefix = pending.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    pending.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.name.lower().endswith(suffixes):
+                    stat = entry.stat()
+                    found.append((prefix + entry.name, stat.st_size, stat.st_mtime_ns))
+    return found

@@ -4,33 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from fsl_lightning.data.datasets.base import ClassImages
+from fsl_lightning.data.datasets.folder_split import folder_class_split, normalised
 from fsl_lightning.data.datasets.natural import (
     DEFAULT_FRACTIONS,
     NaturalImageDataset,
     decode_classes,
     files_by_class,
-    path_stamp,
     read_split_file,
-    seeded_class_split,
 )
+from fsl_lightning.data.decoded_cache import folder_stamp
 from fsl_lightning.data.images import IMAGE_SUFFIXES
 from fsl_lightning.data.roots import DatasetNotFoundError
-
-log = logging.getLogger(__name__)
 
 
 class ImageFolderDataset(NaturalImageDataset):
     """Classes from ``folder/<class>/<image files>``, any size, colour or grayscale (converted to RGB).
 
-    The classes are split into train / val / test by ``split_seed`` and ``split_fractions``
-    (:func:`~fsl_lightning.data.datasets.natural.seeded_class_split`), or read from ``split_file`` (JSON
+    The classes are split into train / val / test by ``split_seed`` and ``split_fractions``, each class placed by a
+    hash of its name, so that adding class folders never moves another class
+    (:mod:`~fsl_lightning.data.datasets.folder_split`); or read from ``split_file`` (JSON
     ``{"train": [...], "val": [...], "test": [...]}``). The seeded split is written to
-    ``folder/fsl_split_seed<seed>.json`` when the folder is writable, so that it can be kept with the results.
+    ``folder/fsl_split_seed<seed>.json`` when the folder is writable, and read back from there afterwards.
+    Decoded images are cached; the cache is rebuilt when any image file is added, removed or changed.
 
     Args:
         folder: the folder with one sub-folder per class.
@@ -54,15 +53,20 @@ class ImageFolderDataset(NaturalImageDataset):
         self.folder = Path(folder).expanduser()
         self.split_seed = split_seed
         self.split_fractions = tuple(split_fractions)
+        normalised(self.split_fractions)  # a bad value fails here, before any folder is read
         self.split_file = Path(split_file).expanduser() if split_file else None
+        self._class_split: dict[str, list[str]] | None = None
+        self._stamp: Any = None
 
     def split_key(self) -> str:
-        # The folder and the split identify the cache; the files' times are in the stamp.
+        # The folder and the split identify the cache; every image file's size and time are in the stamp.
         identity = json.dumps([str(self.folder.resolve()), self.class_split()])
         return hashlib.sha1(identity.encode()).hexdigest()[:12]
 
     def source_stamp(self) -> Any:
-        return path_stamp(self._checked_folder()), self._newest_class_folder_time()
+        if self._stamp is None:  # one stat per image file: taken once per dataset object, as the split is
+            self._stamp = folder_stamp(self._checked_folder(), IMAGE_SUFFIXES)
+        return self._stamp
 
     def decode_split(self, split: str) -> ClassImages:
         files = files_by_class(self._checked_folder(), IMAGE_SUFFIXES)
@@ -82,21 +86,14 @@ class ImageFolderDataset(NaturalImageDataset):
         return decode_classes(names, [[(path, str(path)) for path in files[name]] for name in names], self.image_size)
 
     def class_split(self) -> dict[str, list[str]]:
-        if self.split_file is not None:
-            return read_split_file(self.split_file)
-        classes = sorted(files_by_class(self._checked_folder(), IMAGE_SUFFIXES))
-        split = seeded_class_split(classes, self.split_seed, self.split_fractions)
-        self._write_split(split)
-        return split
-
-    def _write_split(self, split: dict[str, list[str]]) -> None:
-        target = self.folder / f"fsl_split_seed{self.split_seed}.json"
-        try:
-            if not target.exists():
-                target.write_text(json.dumps(split, indent=1) + "\n")
-                log.info("Wrote the class split to %s", target)
-        except OSError:  # a read-only folder: the split is still reproducible from the seed
-            pass
+        """The train / val / test class names, decided once per dataset object (a run sees one split)."""
+        if self._class_split is None:
+            if self.split_file is not None:
+                self._class_split = read_split_file(self.split_file)
+            else:
+                classes = sorted(entry.name for entry in self._checked_folder().iterdir() if entry.is_dir())
+                self._class_split = folder_class_split(self.folder, classes, self.split_seed, self.split_fractions)
+        return self._class_split
 
     def _checked_folder(self) -> Path:
         if not self.folder.is_dir():
@@ -104,6 +101,3 @@ class ImageFolderDataset(NaturalImageDataset):
                 f"Image folder {self.folder} not found: point `folder` at a folder with one sub-folder of images per class."
             )
         return self.folder
-
-    def _newest_class_folder_time(self) -> int:
-        return max((p.stat().st_mtime_ns for p in self.folder.iterdir() if p.is_dir()), default=0)
