@@ -1,14 +1,16 @@
-"""The class split of a user's image folder: each class placed by a hash of its name, kept in a split file.
+"""The class split of a user's image folder: classes placed by a hash of their names, kept in a split file.
 
-A class goes to train, val or test by where a hash of the seed and its name falls in [0, 1), cut by
-``split_fractions``. Its place depends on nothing else, so adding or removing class folders never moves another
-class (a shuffle-and-cut split reshuffles every class when one is added). The price: split sizes follow the
-fractions only on average (a binomial spread), so a small folder can leave a split empty; that is an error.
+Each class has a position in [0, 1), a hash of the seed and its name. The first split orders the classes by
+position and cuts them at the sizes ``split_fractions`` ask for (exact sizes: a hash-threshold rule alone would
+give a 32-class folder 21 / 9 / 2 classes). It is written to ``<folder>/fsl_split_seed<seed>.json``, and that file
+is the source of truth from then on: a class added to the folder is placed by where its position falls among the
+thresholds ``split_fractions`` set (the same order as the first cut: train lowest, test highest), classes removed
+are dropped, and the file is rewritten with a note saying so. So adding or removing class folders never moves
+another class (a shuffle-and-cut split reshuffles every class when one is added), and a file written by an older
+rule, or edited by hand, is kept as it is for the classes it lists.
 
-The split is written to ``<folder>/fsl_split_seed<seed>.json``, and that file is the source of truth from then on:
-classes added to the folder are placed by the hash rule and classes removed are dropped, and the file is rewritten
-with a note saying so. A file written by an older rule, or edited by hand, is therefore kept as it is for the
-classes it lists, rather than silently replaced by a split that no longer matches earlier results.
+A folder where the file cannot be written (read-only) gets the first split on every run: the same classes give
+the same split, but there added classes can move the classes next to a cut; a warning says so.
 """
 
 from __future__ import annotations
@@ -28,29 +30,39 @@ from fsl_lightning.data.datasets.natural import read_split_file
 log = logging.getLogger(__name__)
 
 #: how classes missing from a split file are placed (written into the file, for whoever reads it later)
-SPLIT_RULE = "each class by sha256('<seed>/<class name>') into train / val / test by split_fractions"
+SPLIT_RULE = ("a class added later goes to train / val / test by where sha256('<seed>/<class name>') falls among the "
+              "thresholds of split_fractions")
 
 
 def split_file_path(folder: Path, seed: int) -> Path:
     return folder / f"fsl_split_seed{seed}.json"
 
 
-def class_place(name: str, seed: int, fractions: Sequence[float]) -> str:
-    """``train``, ``val`` or ``test`` for the class ``name``: a function of the name, seed and fractions alone."""
+def class_position(name: str, seed: int) -> float:
+    """Where the class ``name`` falls in [0, 1): a function of the name and the seed alone."""
     digest = hashlib.sha256(f"{seed}/{name}".encode("utf-8", "surrogateescape")).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def class_place(name: str, seed: int, fractions: Sequence[float]) -> str:
+    """``train``, ``val`` or ``test`` for a class added to an existing split: by its position among the thresholds
+    of ``fractions``, independent of every other class."""
+    position = class_position(name, seed)
     train, val, _ = normalised(fractions)
     if position < train:
         return "train"
     return "val" if position < train + val else "test"
 
 
-def hashed_class_split(names: Sequence[str], seed: int, fractions: Sequence[float]) -> dict[str, list[str]]:
-    """Every class of ``names`` placed by :func:`class_place`; each split's names sorted."""
-    split: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for name in sorted(names):
-        split[class_place(name, seed, fractions)].append(name)
-    return split
+def first_class_split(names: Sequence[str], seed: int, fractions: Sequence[float]) -> dict[str, list[str]]:
+    """The classes ordered by position and cut at the sizes of ``fractions`` (each split at least one class when
+    there are three or more); each split's names sorted."""
+    ordered = sorted(names, key=lambda name: (class_position(name, seed), name))
+    _, val_share, test_share = normalised(fractions)
+    sizes = [max(1, round(len(ordered) * share)) if len(ordered) >= 3 else 0 for share in (val_share, test_share)]
+    train_end = len(ordered) - sum(sizes)
+    parts = (ordered[:train_end], ordered[train_end : train_end + sizes[0]], ordered[train_end + sizes[0] :])
+    return {split: sorted(part) for split, part in zip(SPLITS, parts)}
 
 
 def normalised(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -67,7 +79,7 @@ def folder_class_split(folder: Path, class_names: Sequence[str], seed: int, frac
     the folder and rewritten when classes were added or removed, or the hashed split, written as the split file."""
     path = split_file_path(folder, seed)
     if not path.exists():
-        split = hashed_class_split(class_names, seed, fractions)
+        split = first_class_split(class_names, seed, fractions)
         _check_no_split_empty(split, folder, seed, fractions)
         _write(path, split, seed, fractions, note=None)
         return split
@@ -133,7 +145,7 @@ def _change_note(path: Path, split: dict[str, list[str]], added: list[str], remo
 
 def _write(path: Path, split: dict[str, list[str]], seed: int, fractions: Sequence[float], note: str | None) -> None:
     """Writes the split file through a temporary file and a rename (DDP ranks may write it at once); a read-only
-    folder keeps no file, and loses nothing: the hash rule gives the same places again."""
+    folder keeps no file (the same classes give the same first split again)."""
     content = {**split, "split_seed": seed, "split_fractions": list(fractions), "rule": SPLIT_RULE}
     try:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
@@ -142,6 +154,9 @@ def _write(path: Path, split: dict[str, list[str]], seed: int, fractions: Sequen
     except OSError as error:
         if note:  # the file on disk no longer says which split is used: say so
             log.warning("%s Could not rewrite the file (%s): this run uses the updated split.", note, error)
+        else:
+            log.warning("Could not write the class split to %s (%s): the split is not kept, so classes added to "
+                        "the folder later may move classes between train, val and test.", path, error)
         return
     if note:
         log.warning(note)
