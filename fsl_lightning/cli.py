@@ -3,11 +3,17 @@
 A LightningCLI: every argument of the data module, the method and the Trainer is settable from YAML or
 the command line (``--data.evaluation.shot=5``). ``fit`` tests the best checkpoint when training ends,
 unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest run of the same experiment.
+
+A user's mistake (:class:`~fsl_lightning.errors.UserError`) ends the command with one line saying what to fix;
+``--print_traceback`` (anywhere in the arguments) or ``FSL_TRACEBACK=1`` shows the traceback as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +24,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
 from fsl_lightning.data import EpisodicDataModule
+from fsl_lightning.episode import check_episode_numbers
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.wandb_setup import choose_wandb_mode
 
@@ -43,6 +51,7 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(SpeedSettings, "speed")
 
     def before_instantiate_classes(self) -> None:
+        check_options(self.subcommand, self.config[self.subcommand])
         if "WandbLogger" in str(self.config[self.subcommand].trainer.logger):
             reason = choose_wandb_mode()
             if reason:
@@ -53,6 +62,13 @@ class FewShotCLI(LightningCLI):
         if arguments.get("ckpt_path") == "last":
             arguments["ckpt_path"] = str(latest_checkpoint(self.trainer))
             print(f"Resuming from {arguments['ckpt_path']}")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_run_folder_without_results(self.trainer)
+            raise
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].test_after_fit or self.trainer.interrupted:
@@ -76,6 +92,29 @@ class SaveAndLogConfig(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for logger in trainer.loggers:
             logger.log_hyperparams(self.config.as_dict())
+
+
+def check_options(subcommand: str, config) -> None:
+    """User mistakes that are best caught before anything is built, where the message can name the option."""
+    for option, episodes in (("train", "Training episodes"), ("evaluation", "Evaluation episodes")):
+        spec = config.data.get(option)
+        if spec is not None:  # EpisodeSpec would refuse these too, but could not say which option to change
+            check_episode_numbers(spec.way, spec.shot, spec.query, episodes, f"data.{option}")
+
+
+def remove_run_folder_without_results(trainer: Trainer | None) -> None:
+    """Removes the version folder of a run that failed before it wrote any result (only its config), so that
+    failed commands do not leave empty ``version_N`` folders between the real runs."""
+    if trainer is None or not trainer.is_global_zero or not trainer.log_dir:
+        return
+    folder = Path(trainer.log_dir)
+    if not folder.name.startswith("version_") or not folder.is_dir():
+        return
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    if all(path.parent == folder and path.name in ("config.yaml", "hparams.yaml") for path in files):
+        shutil.rmtree(folder)
+        with contextlib.suppress(OSError):  # the experiment's folder, if this run was its only one
+            folder.parent.rmdir()
 
 
 def latest_checkpoint(trainer: Trainer) -> Path:
@@ -102,7 +141,7 @@ def check_method_names(args: list[str]) -> None:
     for name in _requested_methods(args):
         if _resolve_method(name) is None:
             known = ", ".join(f"{short} (fsl_lightning.methods.{short})" for short in sorted(METHODS))
-            raise SystemExit(f"error: unknown method {name!r}. Set model.class_path to one of: {known}.")
+            raise UserError(f"unknown method {name!r}. Set model.class_path to one of: {known}.")
 
 
 def _requested_methods(args: list[str]) -> list[str]:
@@ -113,7 +152,7 @@ def _requested_methods(args: list[str]) -> list[str]:
             value = args[index + 1]
         if key in ("--model", "--model.class_path") and value:
             names.append(value)
-        if key == "--config" and index + 1 < len(args):
+        if key in ("--config", "-c") and (value or index + 1 < len(args)):
             names += _methods_in_config(value or args[index + 1])
     return names
 
@@ -125,8 +164,8 @@ def _methods_in_config(path: str) -> list[str]:
     except OSError:
         return []  # LightningCLI reports a missing config file itself
     model = config.get("model") if isinstance(config, dict) else None
-    class_path = model.get("class_path") if isinstance(model, dict) else None
-    return [class_path] if class_path else []
+    class_path = model.get("class_path") if isinstance(model, dict) else model  # `model: ProtoNet` is short for it
+    return [class_path] if isinstance(class_path, str) and class_path else []
 
 
 def _resolve_method(name: str) -> type | None:
@@ -142,5 +181,23 @@ def _resolve_method(name: str) -> type | None:
 
 
 def main(args: list[str] | None = None) -> FewShotCLI:
-    check_method_names(sys.argv[1:] if args is None else args)
-    return FewShotCLI(args=args)
+    """The command line (``python -m fsl_lightning``, ``fsl-lightning``): runs ``args`` (default: ``sys.argv``).
+
+    A :class:`UserError` ends it with its one-line message and exit status 1, unless ``--print_traceback`` is
+    among the arguments or ``FSL_TRACEBACK=1`` is set.
+    """
+    show_traceback = os.environ.get("FSL_TRACEBACK", "") not in ("", "0")
+    if "--print_traceback" in (sys.argv if args is None else args):
+        show_traceback = True
+        if args is None:  # `strategy=ddp` launches the other ranks with sys.argv: they inherit the choice
+            sys.argv = [arg for arg in sys.argv if arg != "--print_traceback"]
+            os.environ["FSL_TRACEBACK"] = "1"
+        else:
+            args = [arg for arg in args if arg != "--print_traceback"]
+    try:
+        check_method_names(sys.argv[1:] if args is None else args)
+        return FewShotCLI(args=args)
+    except UserError as error:
+        if show_traceback:
+            raise
+        raise SystemExit(f"error: {error}") from None

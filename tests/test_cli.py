@@ -81,7 +81,7 @@ def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_pa
 
 def test_predict_without_folders_says_what_to_pass(fitted, tmp_path):
     _, _, best = fitted
-    with pytest.raises(ValueError, match="predict_support_dir"):
+    with pytest.raises(SystemExit, match="^error: predict needs a support folder.*predict_support_dir"):
         main(["predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
               "--ckpt_path", best])
 
