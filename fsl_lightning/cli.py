@@ -27,6 +27,7 @@ from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import METHODS, FewShotMethod
+from fsl_lightning.quiet import silence_library_noise
 from fsl_lightning.wandb_setup import choose_wandb_mode
 
 
@@ -194,6 +195,7 @@ def main(args: list[str] | None = None) -> FewShotCLI:
             os.environ["FSL_TRACEBACK"] = "1"
         else:
             args = [arg for arg in args if arg != "--print_traceback"]
+    silence_library_noise()
     try:
         check_method_names(sys.argv[1:] if args is None else args)
         return FewShotCLI(args=args)
