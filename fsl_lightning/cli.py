@@ -2,7 +2,8 @@
 
 A LightningCLI: every argument of the data module, the method and the Trainer is settable from YAML or
 the command line (``--data.evaluation.shot=5``). ``fit`` tests the best checkpoint when training ends,
-unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest run of the same experiment.
+unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest run of the same experiment;
+``fit --weights_from <file.ckpt|last|best>`` starts a new run from a checkpoint's weights with a fresh optimiser.
 
 A user's mistake (:class:`~fsl_lightning.errors.UserError`) ends the command with one line saying what to fix;
 ``--print_traceback`` (anywhere in the arguments) or ``FSL_TRACEBACK=1`` shows the traceback as well.
@@ -29,6 +30,7 @@ from fsl_lightning.errors import UserError
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.quiet import silence_library_noise
 from fsl_lightning.wandb_setup import choose_wandb_mode
+from fsl_lightning.weights_from import best_checkpoint_recorded_in, load_weights
 
 
 class FewShotCLI(LightningCLI):
@@ -44,6 +46,11 @@ class FewShotCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint (or the last)."
+        )
+        parser.add_argument(
+            "--weights_from", type=str | None, default=None,
+            help="fit only: start from the weights of this checkpoint (a .ckpt file, `last` or `best`) with a fresh "
+            "optimiser, learning-rate schedule and step count; --ckpt_path resumes all of those instead.",
         )
         # Always present, so that one config serves every subcommand; each is inert where it does not apply.
         parser.add_lightning_class_args(PredictionCSVWriter, "prediction_writer")
@@ -63,6 +70,15 @@ class FewShotCLI(LightningCLI):
         if arguments.get("ckpt_path") == "last":
             arguments["ckpt_path"] = str(latest_checkpoint(self.trainer))
             print(f"Resuming from {arguments['ckpt_path']}")
+        weights_from = self.config[self.subcommand].weights_from
+        if weights_from:
+            load_weights(self.model, self._weights_file(weights_from))
+
+    def _weights_file(self, weights_from: str) -> Path:
+        if weights_from not in ("last", "best"):
+            return Path(weights_from)
+        last = latest_checkpoint(self.trainer)
+        return last if weights_from == "last" else best_checkpoint_recorded_in(last)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -101,6 +117,13 @@ def check_options(subcommand: str, config) -> None:
         spec = config.data.get(option)
         if spec is not None:  # EpisodeSpec would refuse these too, but could not say which option to change
             check_episode_numbers(spec.way, spec.shot, spec.query, episodes, f"data.{option}")
+    if config.get("weights_from") and subcommand != "fit":
+        raise UserError(f"--weights_from starts a new fit; for {subcommand}, pass the checkpoint with --ckpt_path.")
+    if config.get("weights_from") and config.get("ckpt_path"):
+        raise UserError(
+            "Give either --ckpt_path (resume the run: weights, optimiser, schedule and step) or --weights_from "
+            "(the weights only, with a fresh optimiser), not both."
+        )
 
 
 def remove_run_folder_without_results(trainer: Trainer | None) -> None:
