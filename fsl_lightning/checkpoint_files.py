@@ -13,8 +13,13 @@ from typing import Any
 import torch
 
 from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
+from fsl_lightning.errors import UserError
 
 ALIASES = ("last", "best")
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """``--ckpt_path last`` / ``best`` (or ``--weights_from``) names no checkpoint that exists."""
 
 
 def resolve_checkpoint_alias(alias: str, root: Path) -> Path:
@@ -29,7 +34,7 @@ def newest_last_checkpoint(root: Path) -> Path:
     """The newest ``last.ckpt`` (``last-v1.ckpt``...) under ``root``: the last weights of the newest run."""
     candidates = sorted(root.rglob("last*.ckpt"), key=lambda path: path.stat().st_mtime) if root.is_dir() else []
     if not candidates:
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"--ckpt_path last/best: no last.ckpt under {root}. Pass the checkpoint file itself: "
             "--ckpt_path <file.ckpt> (or train first with `fit`)."
         )
@@ -44,14 +49,14 @@ def best_checkpoint_of_run(checkpoint: Path) -> Path:
     ]
     best = next((Path(path) for path in recorded if path), None)
     if best is None:
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"--ckpt_path best: the run of {checkpoint} recorded no best checkpoint (its ModelCheckpoint monitors no "
             "metric, or it never validated). Use --ckpt_path last or pass a checkpoint file."
         )
     if not best.is_file() and (checkpoint.parent / best.name).is_file():
         best = checkpoint.parent / best.name  # the run folder was moved or copied since
     if not best.is_file():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"--ckpt_path best: {checkpoint} records {best} as the best checkpoint, but that file is gone. "
             "Use --ckpt_path last or pass a checkpoint file."
         )

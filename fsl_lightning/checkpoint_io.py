@@ -22,8 +22,10 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from fsl_lightning.errors import UserError
 
-class UnreadableCheckpointError(RuntimeError):
+
+class UnreadableCheckpointError(UserError):
     """A checkpoint file that is truncated or corrupt (for example written by a run killed while saving)."""
 
 

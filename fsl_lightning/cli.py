@@ -5,11 +5,18 @@ the command line (``--data.evaluation.shot=5``). ``fit`` tests the best checkpoi
 unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest run of the same experiment.
 ``validate``, ``test`` and ``predict`` with ``--ckpt_path`` (a file, ``last`` or ``best``) evaluate with the
 method and data settings the checkpoint was trained with, unless the config changes them.
+``fit --weights_from <file.ckpt|last|best>`` starts a new run from a checkpoint's weights with a fresh optimiser.
+
+A user's mistake (:class:`~fsl_lightning.errors.UserError`) ends the command with one line saying what to fix;
+``--print_traceback`` (anywhere in the arguments) or ``FSL_TRACEBACK=1`` shows the traceback as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -26,9 +33,13 @@ from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, unreadable_checkpoint_reported
 from fsl_lightning.data import EpisodicDataModule
+from fsl_lightning.episode import check_episode_numbers
+from fsl_lightning.errors import UserError
 from fsl_lightning.evaluation_settings import EVALUATION_SUBCOMMANDS, changed_settings, changed_settings_warning
 from fsl_lightning.methods import METHODS, FewShotMethod
+from fsl_lightning.quiet import silence_library_noise
 from fsl_lightning.wandb_setup import choose_wandb_mode
+from fsl_lightning.weights_from import load_weights
 
 
 class FewShotCLI(LightningCLI):
@@ -50,6 +61,11 @@ class FewShotCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint (or the last)."
         )
+        parser.add_argument(
+            "--weights_from", type=str | None, default=None,
+            help="fit only: start from the weights of this checkpoint (a .ckpt file, `last` or `best`) with a fresh "
+            "optimiser, learning-rate schedule and step count; --ckpt_path resumes all of those instead.",
+        )
         # Always present, so that one config serves every subcommand; each is inert where it does not apply.
         parser.add_lightning_class_args(PredictionCSVWriter, "prediction_writer")
         parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_guard")
@@ -64,6 +80,10 @@ class FewShotCLI(LightningCLI):
             super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        check_options(self.subcommand, self.config[self.subcommand])
+        trainer = self.config[self.subcommand].trainer
+        if self.subcommand in ("validate", "test") and trainer.logger in (None, True):
+            trainer.logger = False  # Lightning's default logger would write ./lightning_logs into the current directory
         if "WandbLogger" in str(self.config[self.subcommand].trainer.logger):
             reason = choose_wandb_mode()
             if reason:
@@ -95,7 +115,7 @@ class FewShotCLI(LightningCLI):
             checkpoint = resolve_checkpoint_alias(ckpt_path, _experiment_root_of_config(self.config[subcommand]))
             print(f"--ckpt_path {ckpt_path}: {checkpoint}")
         elif not checkpoint.is_file():
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file. Pass a .ckpt file, or last or best.")
+            raise UserError(f"--ckpt_path {ckpt_path}: no such file. Pass a .ckpt file, or last or best.")
         if named is None or named[1] != checkpoint:  # an alias, or a file named in a config file: parse again
             self._default_to_training_config(subcommand, checkpoint)
             super().parse_arguments(parser, args)
@@ -123,6 +143,21 @@ class FewShotCLI(LightningCLI):
             root = experiment_root(self.trainer.logger, self.trainer.default_root_dir)
             arguments["ckpt_path"] = str(resolve_checkpoint_alias(arguments["ckpt_path"], root))
             print(f"Resuming from {arguments['ckpt_path']}")
+        weights_from = self.config[self.subcommand].weights_from
+        if weights_from:
+            load_weights(self.model, self._weights_file(weights_from))
+
+    def _weights_file(self, weights_from: str) -> Path:
+        if weights_from not in ALIASES:
+            return Path(weights_from)
+        return resolve_checkpoint_alias(weights_from, experiment_root(self.trainer.logger, self.trainer.default_root_dir))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_run_folder_without_results(self.trainer)
+            raise
 
     def before_validate(self) -> None:
         self._refuse_untrained_weights()
@@ -136,8 +171,8 @@ class FewShotCLI(LightningCLI):
 
     def _refuse_untrained_weights(self) -> None:
         if self.model.needs_trained_weights and not self.config_init[self.subcommand].get("ckpt_path"):
-            raise SystemExit(
-                f"error: {type(self.model).__name__} has no trained weights to {self.subcommand} with: pass "
+            raise UserError(
+                f"{type(self.model).__name__} has no trained weights to {self.subcommand} with: pass "
                 "--ckpt_path <file.ckpt>, or --ckpt_path last (or best) for the newest run of this experiment."
             )
 
@@ -172,6 +207,38 @@ def experiment_root(logger, default_root_dir: str | Path) -> Path:
     return Path(getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None) or default_root_dir)
 
 
+def check_options(subcommand: str, config) -> None:
+    """User mistakes that are best caught before anything is built, where the message can name the option."""
+    for option, episodes in (("train", "Training episodes"), ("evaluation", "Evaluation episodes")):
+        spec = config.data.get(option)
+        if spec is not None:  # EpisodeSpec would refuse these too, but could not say which option to change
+            check_episode_numbers(spec.way, spec.shot, spec.query, episodes, f"data.{option}")
+    if config.get("weights_from") and subcommand != "fit":
+        raise UserError(f"--weights_from starts a new fit; for {subcommand}, pass the checkpoint with --ckpt_path.")
+    if config.get("weights_from") and config.get("ckpt_path"):
+        raise UserError(
+            "Give either --ckpt_path (resume the run: weights, optimiser, schedule and step) or --weights_from "
+            "(the weights only, with a fresh optimiser), not both."
+        )
+
+
+def remove_run_folder_without_results(trainer: Trainer | None) -> None:
+    """Removes the version folder of a run that failed before it wrote any result (only its config), so that
+    failed commands do not leave empty ``version_N`` folders between the real runs."""
+    if trainer is None or not trainer.is_global_zero or not trainer.log_dir:
+        return
+    folder = Path(trainer.log_dir)
+    if not folder.name.startswith("version_") or not folder.is_dir():
+        return
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    if all(path.parent == folder and path.name in ("config.yaml", "hparams.yaml") for path in files):
+        shutil.rmtree(folder)
+        with contextlib.suppress(OSError):  # the experiment's folder, if this run was its only one
+            folder.parent.rmdir()
+
+
+
+
 def _experiment_root_of_config(config) -> Path:
     """:func:`experiment_root` from the parsed config, before the Trainer exists."""
     logger = config.trainer.logger
@@ -204,7 +271,7 @@ def check_method_names(args: list[str]) -> None:
     for name in _requested_methods(args):
         if _resolve_method(name) is None:
             known = ", ".join(f"{short} (fsl_lightning.methods.{short})" for short in sorted(METHODS))
-            raise SystemExit(f"error: unknown method {name!r}. Set model.class_path to one of: {known}.")
+            raise UserError(f"unknown method {name!r}. Set model.class_path to one of: {known}.")
 
 
 def _requested_methods(args: list[str]) -> list[str]:
@@ -215,7 +282,7 @@ def _requested_methods(args: list[str]) -> list[str]:
             value = args[index + 1]
         if key in ("--model", "--model.class_path") and value:
             names.append(value)
-        if key == "--config" and index + 1 < len(args):
+        if key in ("--config", "-c") and (value or index + 1 < len(args)):
             names += _methods_in_config(value or args[index + 1])
     return names
 
@@ -227,8 +294,8 @@ def _methods_in_config(path: str) -> list[str]:
     except OSError:
         return []  # LightningCLI reports a missing config file itself
     model = config.get("model") if isinstance(config, dict) else None
-    class_path = model.get("class_path") if isinstance(model, dict) else None
-    return [class_path] if class_path else []
+    class_path = model.get("class_path") if isinstance(model, dict) else model  # `model: ProtoNet` is short for it
+    return [class_path] if isinstance(class_path, str) and class_path else []
 
 
 def _resolve_method(name: str) -> type | None:
@@ -244,5 +311,24 @@ def _resolve_method(name: str) -> type | None:
 
 
 def main(args: list[str] | None = None) -> FewShotCLI:
-    check_method_names(sys.argv[1:] if args is None else args)
-    return FewShotCLI(args=args)
+    """The command line (``python -m fsl_lightning``, ``fsl-lightning``): runs ``args`` (default: ``sys.argv``).
+
+    A :class:`UserError` ends it with its one-line message and exit status 1, unless ``--print_traceback`` is
+    among the arguments or ``FSL_TRACEBACK=1`` is set.
+    """
+    show_traceback = os.environ.get("FSL_TRACEBACK", "") not in ("", "0")
+    if "--print_traceback" in (sys.argv if args is None else args):
+        show_traceback = True
+        if args is None:  # `strategy=ddp` launches the other ranks with sys.argv: they inherit the choice
+            sys.argv = [arg for arg in sys.argv if arg != "--print_traceback"]
+            os.environ["FSL_TRACEBACK"] = "1"
+        else:
+            args = [arg for arg in args if arg != "--print_traceback"]
+    silence_library_noise()
+    try:
+        check_method_names(sys.argv[1:] if args is None else args)
+        return FewShotCLI(args=args)
+    except UserError as error:
+        if show_traceback:
+            raise
+        raise SystemExit(f"error: {error}") from None

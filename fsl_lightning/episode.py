@@ -8,6 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from fsl_lightning.errors import UserError
+
 
 @dataclass(frozen=True)
 class EpisodeSpec:
@@ -18,15 +20,23 @@ class EpisodeSpec:
     query: int
 
     def __post_init__(self) -> None:
-        for name in ("way", "shot", "query"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Episode {name} must be at least 1, got {getattr(self, name)}.")
-        if self.way < 2:
-            raise ValueError(f"An episode needs at least 2 classes (way >= 2), got way={self.way}.")
+        check_episode_numbers(self.way, self.shot, self.query)
 
     @property
     def images_per_class(self) -> int:
         return self.shot + self.query
+
+
+def check_episode_numbers(way: int, shot: int, query: int, episodes: str = "Episodes", option: str = "") -> None:
+    """Raises a :class:`UserError` unless ``way >= 2``, ``shot >= 1`` and ``query >= 1``.
+
+    ``episodes`` says which episodes these are ("Training episodes") and ``option`` the option that sets
+    them (``data.train``), so that the message says what to change.
+    """
+    prefix = f"--{option}." if option else ""
+    for name, value, least in (("way", way, 2), ("shot", shot, 1), ("query", query, 1)):
+        if value < least:
+            raise UserError(f"{episodes} need {name} >= {least}, got {name}={value}: set {prefix}{name} to at least {least}.")
 
 
 @dataclass(frozen=True)

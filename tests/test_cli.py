@@ -82,7 +82,7 @@ def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_pa
 
 def test_predict_without_folders_says_what_to_pass(fitted, tmp_path):
     _, _, best = fitted
-    with pytest.raises(ValueError, match="predict_support_dir"):
+    with pytest.raises(SystemExit, match="^error: predict needs a support folder.*predict_support_dir"):
         main(["predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
               "--ckpt_path", best])
 
@@ -225,6 +225,14 @@ def test_test_without_a_logger_writes_nothing_into_the_current_directory(fitted,
         main(["test", "--config", CONFIG, *SHORT_RUN, "--data.test_episodes=5", "--trainer.logger=false",
               "--ckpt_path", best])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_test_from_the_checkpoint_alone_writes_nothing_into_the_current_directory(fitted, tmp_path, monkeypatch):
+    _, accuracy_after_fit, best = fitted
+    monkeypatch.chdir(tmp_path)
+    cli = main(["test", "--ckpt_path", best, "--trainer.enable_progress_bar=false"])  # no config, no logger set
+    assert list(tmp_path.iterdir()) == []
+    assert cli.trainer.callback_metrics["test/acc"].item() == pytest.approx(accuracy_after_fit, abs=1e-6)
 
 
 def test_predict_with_a_config_of_another_protocol_prepares_images_as_in_training(fitted, tmp_path, data_root):

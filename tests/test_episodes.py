@@ -11,6 +11,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.data.sampler import episode_generator, sample_episode
 from fsl_lightning.episode import Episode, EpisodeSpec
+from fsl_lightning.errors import UserError
 
 SPEC = EpisodeSpec(way=5, shot=2, query=3)
 
@@ -122,19 +123,21 @@ def test_training_stream_is_distinct_per_rank_and_resumes_at_the_step(omniglot):
 
 
 def test_way_larger_than_the_classes_is_refused(omniglot):
-    with pytest.raises(ValueError, match=r"5000-way episodes need 5000 classes, but the train split has only 4112"):
+    with pytest.raises(UserError, match=r"Training episodes are 5000-way, but the train split has only 4112 classes: "
+                                         r"set --data.train.way to at most 4112"):
         make_datamodule(omniglot, train=EpisodeSpec(way=5000, shot=1, query=1))
 
 
 def test_shot_plus_query_larger_than_the_images_per_class_is_refused(omniglot):
-    with pytest.raises(ValueError, match=r"shot=5 \+ query=16 need 21 images per class.*only 20"):
+    with pytest.raises(UserError, match=r"Evaluation episodes \(validation\) take shot=5 \+ query=16 = 21 images per "
+                                         r"class.*only 20: lower --data.evaluation.shot and --data.evaluation.query"):
         make_datamodule(omniglot, evaluation=EpisodeSpec(way=5, shot=5, query=16))
 
 
 def test_degenerate_episode_spec_is_refused():
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(UserError, match="way >= 2, got way=1"):
         EpisodeSpec(way=1, shot=1, query=1)
-    with pytest.raises(ValueError, match="shot must be at least 1"):
+    with pytest.raises(UserError, match="shot >= 1, got shot=0"):
         EpisodeSpec(way=5, shot=0, query=1)
 
 

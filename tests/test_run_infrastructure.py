@@ -109,7 +109,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(omniglo
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
                         callbacks=[NonFiniteLossGuard(check_every_n_steps=50), checkpoints],
                         enable_model_summary=False, num_sanity_val_steps=0)
-    with pytest.raises(NonFiniteLossError, match=r"at step 7\b.*Last good checkpoint: .*last\.ckpt"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 7\b.*newest checkpoint on disk.* is .*last\.ckpt"):
         trainer.fit(LossTurnsNaN(7, backbone=Conv4(in_channels=1)), datamodule=datamodule)
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 5

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from fsl_lightning.errors import UserError
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message says how to go on (a user's problem to solve)."""
 
 
 class NonFiniteLossGuard(Callback):
@@ -47,11 +50,44 @@ class NonFiniteLossGuard(Callback):
     def _raise_if_bad(self, trainer: L.Trainer) -> None:
         if self.first_bad_step is None or int(self.first_bad_step) < 0:
             return
-        checkpoint = trainer.checkpoint_callback
-        last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
         raise NonFiniteLossError(
-            f"The training loss became NaN or infinite at step {int(self.first_bad_step)}; training stopped. "
-            f"Last good checkpoint: {last_good or 'none was written yet'}. Lower the learning rate, use "
-            "fp32 (--trainer.precision=32-true) or clip gradients (--trainer.gradient_clip_val=1.0), then "
-            "resume from that checkpoint with --ckpt_path."
+            f"The training loss became NaN or infinite at step {int(self.first_bad_step)} (learning rate now "
+            f"{_learning_rate(trainer)}); training stopped. {_advice(newest_saved_checkpoint(trainer))}"
         )
+
+
+def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint of this run that exists on disk.
+
+    ModelCheckpoint records a file's path before writing it, so the paths it holds may name a file that the
+    guard kept from being written: only files on disk count.
+    """
+    paths = [
+        path
+        for callback in trainer.checkpoint_callbacks
+        for path in (callback.last_model_path, callback.best_model_path, *callback.best_k_models)
+        if path
+    ]
+    files = [Path(path) for path in dict.fromkeys(paths) if Path(path).is_file()]
+    return max(files, key=lambda file: file.stat().st_mtime_ns, default=None)
+
+
+def _learning_rate(trainer: L.Trainer) -> str:
+    rates = sorted({group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups})
+    return ", ".join(f"{rate:g}" for rate in rates) or "unknown"
+
+
+def _advice(checkpoint: Path | None) -> str:
+    lower_rate = "--model.init_args.optimizer.init_args.lr=<lower>"
+    other_causes = (
+        "Half precision or large gradients can also cause this: try --trainer.precision=32-true or "
+        "--trainer.gradient_clip_val=1.0."
+    )
+    if checkpoint is None:
+        return f"No checkpoint was written before that step: run the same command with `{lower_rate}`. {other_causes}"
+    # Not --ckpt_path: resuming restores the optimiser and scheduler state, and with it the old learning rate.
+    return (
+        f"The newest checkpoint on disk, from before that step, is {checkpoint}. To go on from its weights with a "
+        f"fresh optimiser and learning-rate schedule, run the same command with `{lower_rate} --weights_from "
+        f"{checkpoint}`. {other_causes}"
+    )

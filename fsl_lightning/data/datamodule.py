@@ -24,6 +24,7 @@ from fsl_lightning.data.sampler import (
     mixed_seed,
 )
 from fsl_lightning.episode import Episode, EpisodeSpec, LabelledBatch, split_support_query
+from fsl_lightning.errors import UserError
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
 
@@ -100,7 +101,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.specs = {"train": train, "val": evaluation, "test": evaluation}
         self.episode_counts = {"train": train_episodes_per_epoch, "val": val_episodes, "test": test_episodes}
         if train_tasks_per_batch < 1:
-            raise ValueError(f"train_tasks_per_batch must be at least 1, got {train_tasks_per_batch}.")
+            raise UserError(f"train_tasks_per_batch must be at least 1, got {train_tasks_per_batch}.")
         self.train_tasks_per_batch = train_tasks_per_batch
         self.pretrain_batch_size = pretrain_batch_size
         self.augmentation = augmentation
@@ -160,7 +161,7 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if not (self.predict_support_dir or self.predict_class_names) or not self.predict_query_dir:
-            raise ValueError(
+            raise UserError(
                 "predict needs a support folder and a query folder: pass --data.predict_support_dir=<folder with "
                 "one sub-folder of images per class> and --data.predict_query_dir=<folder of images> (or, for "
                 "zero-shot methods such as CLIP, --data.predict_class_names='[cat, dog]' in place of the support "
@@ -186,10 +187,10 @@ class EpisodicDataModule(L.LightningDataModule):
     def _zero_shot_support(self, queries: Tensor) -> tuple[Tensor, Tensor, list[str]]:
         """No support images, the given class names: for methods that classify from names (``supports_zero_shot``)."""
         if self.predict_support_dir:
-            raise ValueError("Give either data.predict_support_dir or data.predict_class_names for predict, not both.")
+            raise UserError("Give either data.predict_support_dir or data.predict_class_names for predict, not both.")
         method = self.trainer.lightning_module if self.trainer is not None else None
         if method is not None and not getattr(method, "supports_zero_shot", False):
-            raise ValueError(
+            raise UserError(
                 f"data.predict_class_names without support images is zero-shot prediction, which "
                 f"{type(method).__name__} cannot do (CLIPZeroShot and CLIPFewShot can): give "
                 "--data.predict_support_dir=<folder with one sub-folder of images per class> instead."
@@ -263,7 +264,7 @@ class EpisodicDataModule(L.LightningDataModule):
         if split == "train" or not self.evaluation_within_group:
             return None
         if classes.class_groups is None:
-            raise ValueError(
+            raise UserError(
                 f"evaluation_within_group needs class groups, but {type(self.dataset).__name__} defines none: "
                 "set evaluation_within_group: false."
             )

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fsl_lightning.data.images import IMAGE_SUFFIXES
+from fsl_lightning.errors import UserError
 
 #: the dataset's decoding of one image file (path, name for errors) into uint8 [C, H, W]: ``FewShotDataset.decode_image``
 Decode = Callable[[Path, str], Tensor]
@@ -19,7 +20,7 @@ def read_support_folder(root: str | Path, decode: Decode) -> tuple[Tensor, Tenso
     root = _existing_folder(root, "support")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if len(class_dirs) < 2:
-        raise ValueError(
+        raise UserError(
             f"The support folder {root} needs one sub-folder of images per class, at least 2 classes; "
             f"found {len(class_dirs)}."
         )
@@ -27,7 +28,7 @@ def read_support_folder(root: str | Path, decode: Decode) -> tuple[Tensor, Tenso
     for label, class_dir in enumerate(class_dirs):
         files = _image_files(class_dir)
         if not files:
-            raise ValueError(f"The support class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            raise UserError(f"The support class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
         images += [_load(path, decode) for path in files]
         labels += [label] * len(files)
     return torch.stack(images), torch.tensor(labels), [d.name for d in class_dirs]
@@ -38,7 +39,7 @@ def read_query_folder(root: str | Path, decode: Decode) -> tuple[Tensor, list[st
     root = _existing_folder(root, "query")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"The query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        raise UserError(f"The query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return torch.stack([_load(path, decode) for path in files]), [str(p) for p in files]
 
 
@@ -51,7 +52,7 @@ def check_class_names(names: list[str]) -> list[str]:
             problem = f"repeated: {', '.join(repeated)}"
         else:
             problem = "an empty name" if "" in names else f"{len(names)} given"
-        raise ValueError(
+        raise UserError(
             f"predict_class_names needs at least 2 distinct, non-empty class names ({problem}), e.g. "
             "--data.predict_class_names='[cat, dog, sea_turtle]'."
         )
@@ -61,7 +62,7 @@ def check_class_names(names: list[str]) -> list[str]:
 def _existing_folder(root: str | Path, role: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"The {role} folder {root} does not exist or is not a folder.")
+        raise UserError(f"The {role} folder {root} does not exist or is not a folder.")
     return root
 
 

@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from fsl_lightning.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(UserError):
     """An image file cannot be decoded."""
 
 
@@ -29,9 +31,8 @@ def open_image(data: bytes | Path, name: str | Path, mode: str) -> Image.Image:
             return image.convert(mode)
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise CorruptImageError(
-            f"Cannot decode image {name}: {error}. The file is missing, truncated or not an image: "
-            "restore it from the original dataset archive (or delete the extracted folder so that the "
-            "archive is read again)."
+            f"Cannot decode image {name}: {error}. The file is missing, truncated or not an image: replace it "
+            "with a readable copy (for a downloaded dataset, from its original archive)."
         ) from error
 
 

@@ -16,31 +16,41 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from fsl_lightning.episode import EpisodeSpec
+from fsl_lightning.errors import UserError
 
 
 def check_episode_fits(
     images_per_class: Tensor, spec: EpisodeSpec, split: str, class_groups: Tensor | None = None
 ) -> None:
-    """Raises a ``ValueError`` saying how to fix ``spec`` when ``split`` cannot provide such episodes."""
+    """Raises a :class:`UserError` saying how to fix ``spec`` when ``split`` cannot provide such episodes."""
+    episodes, option = episode_role(split)
     num_classes = len(images_per_class)
     largest = int(torch.bincount(class_groups).max()) if class_groups is not None else None
     if largest is not None and spec.way > largest:
-        raise ValueError(
-            f"{spec.way}-way episodes within one group (alphabet) need a group of {spec.way} classes, but the "
-            f"largest group of the {split} split has {largest}. Lower `way` to at most {largest}, or set "
-            "`evaluation_within_group: false`."
+        raise UserError(
+            f"{episodes} are {spec.way}-way within one group (alphabet), but the largest group of the {split} "
+            f"split has {largest} classes: set --{option}.way to at most {largest}, or "
+            "--data.evaluation_within_group=false."
         )
     if spec.way > num_classes:
-        raise ValueError(
-            f"{spec.way}-way episodes need {spec.way} classes, but the {split} split has only {num_classes}. "
-            f"Lower `way` to at most {num_classes}."
+        raise UserError(
+            f"{episodes} are {spec.way}-way, but the {split} split has only {num_classes} classes: "
+            f"set --{option}.way to at most {num_classes}."
         )
     fewest = int(images_per_class.min())
     if spec.images_per_class > fewest:
-        raise ValueError(
-            f"Episodes of shot={spec.shot} + query={spec.query} need {spec.images_per_class} images per class, "
-            f"but some classes of the {split} split have only {fewest}. Lower shot + query to at most {fewest}."
+        raise UserError(
+            f"{episodes} take shot={spec.shot} + query={spec.query} = {spec.images_per_class} images per class, but "
+            f"some classes of the {split} split have only {fewest}: lower --{option}.shot and --{option}.query "
+            f"to a sum of at most {fewest}."
         )
+
+
+def episode_role(split: str) -> tuple[str, str]:
+    """Which episodes ``split`` draws, in words, and the option that sets their way, shot and query."""
+    if split == "train":
+        return "Training episodes", "data.train"
+    return f"Evaluation episodes ({'validation' if split == 'val' else split})", "data.evaluation"
 
 
 def _mixed_words(seed: int, stream: int, key: int) -> tuple[int, int]:

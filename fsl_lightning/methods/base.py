@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from fsl_lightning.built_by_cli import built_by_cli
 from fsl_lightning.episode import Episode
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
 
 class FewShotMethod(L.LightningModule):
@@ -63,7 +64,7 @@ class FewShotMethod(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         batch_size = getattr(datamodule, "pretrain_batch_size", None)
         if stage == "fit" and self.trains_on_episodes and batch_size:
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__} trains on episodes, but data.pretrain_batch_size is {batch_size}, which makes "
                 "training batches plain mini-batches of images (for the transfer family: Transfer, Baseline, RFS, "
                 "SKD). Remove data.pretrain_batch_size."

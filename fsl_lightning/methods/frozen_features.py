@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.data.decoded_cache import save_atomically
 from fsl_lightning.episode import Episode
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
 
@@ -120,7 +121,7 @@ class FrozenFeatureMethod(FewShotMethod):
     # ----- Lightning hooks ----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__} evaluates a fixed pretrained backbone and has nothing to train: run `test` "
                 "(or `validate`, `predict`) instead of `fit`. To fine-tune the backbone, use "
                 "fsl_lightning.methods.Transfer with the backbone's `frozen: false`."

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.episode import Episode, LabelledBatch
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import (
     EpisodeClassifier,
@@ -121,12 +122,12 @@ class Transfer(FewShotMethod):
         if stage != "fit" or datamodule is None or not hasattr(datamodule, "num_train_classes"):
             return
         if not datamodule.pretrain_batch_size:
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__} pre-trains on plain mini-batches of the training classes: set "
                 "`data.pretrain_batch_size` (for example 64)."
             )
         if self.num_base_classes is not None and datamodule.num_train_classes != self.num_base_classes:
-            raise ValueError(
+            raise UserError(
                 f"num_base_classes is {self.num_base_classes} but the training split has "
                 f"{datamodule.num_train_classes} classes: set `model.init_args.num_base_classes: "
                 f"{datamodule.num_train_classes}` or leave it out (it is counted from the data)."

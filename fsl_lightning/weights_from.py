@@ -1,0 +1,32 @@
+"""``fit --weights_from <checkpoint>``: a new run that starts from a checkpoint's weights.
+
+Unlike ``--ckpt_path``, which resumes a run (weights, optimiser and scheduler state, step count, episode stream),
+this takes the weights only: the optimiser, the learning-rate schedule and the step count start afresh, so new
+optimiser settings (a lower learning rate after a NaN loss) take effect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning import LightningModule
+
+from fsl_lightning.errors import UserError
+
+
+def load_weights(model: LightningModule, checkpoint_file: Path) -> None:
+    """Loads the weights of ``checkpoint_file`` into ``model``, as Lightning restores a model, and nothing else."""
+    if not checkpoint_file.is_file():
+        raise UserError(f"--weights_from: no checkpoint file {checkpoint_file}. Pass a .ckpt file, `last` or `best`.")
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    model.on_load_checkpoint(checkpoint)  # as in Lightning's restore: methods drop caches of the old weights here
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())  # PyTorch lists the mismatched keys over many lines
+        raise UserError(
+            f"--weights_from {checkpoint_file}: its weights do not fit this model (another method or backbone?): "
+            f"{reason}"
+        ) from error
+    print(f"Starting from the weights of {checkpoint_file} (fresh optimiser and learning-rate schedule)")
