@@ -84,7 +84,7 @@ def test_bf16_mixed_precision_trains_and_tests(tmp_path):
 
 
 def test_resume_without_any_checkpoint_says_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
+    with pytest.raises(SystemExit, match="^error: --ckpt_path last/best: no last.ckpt under"):
         main(["fit", "--config", CONFIG, *TINY, f"--trainer.logger.init_args.save_dir={tmp_path}",
               "--ckpt_path", "last"])
 

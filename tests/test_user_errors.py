@@ -34,7 +34,7 @@ def test_too_many_training_classes_names_the_training_option_and_leaves_no_run_f
 
 
 def test_too_many_images_per_evaluation_class_names_the_evaluation_options(tmp_path):
-    message = error_line(["validate", "--config", CONFIG, "--data.evaluation.shot=15", "--data.evaluation.query=10"],
+    message = error_line(["fit", "--config", CONFIG, "--data.evaluation.shot=15", "--data.evaluation.query=10"],
                          tmp_path)
     assert "Evaluation episodes (validation) take shot=15 + query=10 = 25 images per class" in message
     assert "only 20" in message and "--data.evaluation.shot and --data.evaluation.query" in message
