@@ -130,6 +130,17 @@ def test_user_mistakes_get_one_line_saying_what_to_do(checkpoint, folders, no_tr
         classifier.fit_support({"only": [next(queries.iterdir())]})
 
 
+def test_a_checkpoint_without_its_training_settings_or_a_truncated_one_is_named(tmp_path):
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": {}}, bare)
+    with pytest.raises(UserError, match=r"bare\.ckpt does not hold the settings of its training .* trained=True"):
+        FewShotClassifier.from_checkpoint(bare)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(bare.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"^Checkpoint .*truncated\.ckpt is truncated or corrupt"):
+        FewShotClassifier.from_checkpoint(truncated)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_classifier_runs_on_the_device_it_is_given(checkpoint, folders, no_training_data):
