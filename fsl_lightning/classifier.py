@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 import yaml
@@ -35,7 +35,11 @@ from fsl_lightning.errors import UserError
 from fsl_lightning.methods import FewShotMethod
 
 #: an image: a file (decoded as the dataset decodes its own), or a tensor [C, H, W] (uint8 pixels, or floats in [0, 1])
-Image = Union[str, Path, Tensor]
+Image = str | Path | Tensor
+#: query images: a folder (every image under it), an image file, a list of images, or a tensor [N, C, H, W]
+Queries = str | Path | Sequence[Image] | Tensor
+#: support images: a folder with one sub-folder of images per class, or ``{class name: images}``
+Support = str | Path | Mapping[str, Sequence[Image] | Tensor]
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,9 @@ class FewShotClassifier:
         self.support: SupportSet | None = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> FewShotClassifier:
+    def from_checkpoint(
+        cls, checkpoint: str | Path, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> FewShotClassifier:
         """The method and its trained weights from a checkpoint of ``python -m fsl_lightning fit``, with the data
         settings it was trained with (image size, channels, decoding); no training data needed."""
         saved = read_checkpoint(Path(checkpoint))  # read once: settings and weights
@@ -125,45 +131,48 @@ class FewShotClassifier:
         """What :attr:`Prediction.score` means: the method's ``score_name`` (``probability``, ``distance``...)."""
         return self.method.score_name
 
-    def fit_support(self, support: str | Path | Mapping[str, Sequence[Image] | Tensor]) -> FewShotClassifier:
+    def fit_support(self, support: Support) -> FewShotClassifier:
         """Sets the classes to choose from: a folder with one sub-folder of images per class (as ``predict``'s
         ``data.predict_support_dir``), or ``{class name: images}``. Returns the classifier."""
         if isinstance(support, (str, Path)):
             images, labels, class_names = read_support_folder(support, self.dataset.decode_image)
         else:
             images, labels, class_names = self._labelled_images(support)
-        self.support = SupportSet(self._as_input(images).to(self.device), labels.to(self.device), class_names)
+        images = self._as_input(images, "support").to(self.device)  # stored once, on the device
+        self.support = SupportSet(images, labels.to(self.device), class_names)
         return self
 
-    def predict(self, queries: str | Path | Sequence[Image] | Tensor) -> list[Prediction]:
+    def predict(self, queries: Queries) -> list[Prediction]:
         """Classifies ``queries``: a folder (every image under it, as ``predict``'s ``data.predict_query_dir``),
         an image file, a list of images, or a tensor [N, C, H, W]."""
         score_name = self.score_name
         return [Prediction(row["query_file"], row["predicted_class"], row[score_name]) for row in self._rows(queries)]
 
-    def predict_to_csv(self, queries: str | Path | Sequence[Image] | Tensor, path: str | Path) -> Path:
+    def predict_to_csv(self, queries: Queries, path: str | Path) -> Path:
         """Classifies ``queries`` into the CSV that ``python -m fsl_lightning predict`` writes; returns its path."""
         write_predictions_csv(self._rows(queries), self.score_name, path)
         return Path(path)
 
-    def _rows(self, queries: str | Path | Sequence[Image] | Tensor) -> list[dict[str, Any]]:
+    def _rows(self, queries: Queries) -> list[dict[str, Any]]:
         """``predict_step``'s rows for the queries, batch by batch as in the CLI's ``predict``."""
         if self.support is None:
             raise UserError("Call fit_support(<support folder or {class name: images}>) before predict.")
         images, files = self._query_images(queries)
         support = self.support
-        batches = prediction_batches(support.images, support.labels, support.class_names, images, files, self.batch_size)
+        batches = prediction_batches(
+            support.images, support.labels, support.class_names, images, files, self.batch_size
+        )
         rows = []
         with torch.inference_mode():  # as Lightning's predict loop
-            for index, batch in enumerate(batches):
-                batch = move_data_to_device(batch, self.device)
+            for index, on_host in enumerate(batches):
+                batch = move_data_to_device(on_host, self.device)
                 rows += self.method.predict_step({**batch, "episode": prediction_episode(batch)}, index)
         return rows
 
-    def _query_images(self, queries: str | Path | Sequence[Image] | Tensor) -> tuple[Tensor, list[str | None]]:
+    def _query_images(self, queries: Queries) -> tuple[Tensor, list[str | None]]:
         if isinstance(queries, (str, Path)) and Path(queries).is_dir():
             images, files = read_query_folder(queries, self.dataset.decode_image)
-            return self._as_input(images), files
+            return self._as_input(images, "query"), files
         if isinstance(queries, (str, Path)):
             queries = [queries]
         return self._images(queries, "query")
@@ -196,7 +205,7 @@ class FewShotClassifier:
             raise UserError(f"No image file {path}.")
         return self.dataset.decode_image(path, str(path))
 
-    def _as_input(self, images: Tensor, role: str = "") -> Tensor:
+    def _as_input(self, images: Tensor, role: str) -> Tensor:
         """Images [N, C, H, W] as the model's float input, after checking they have the shape it was trained on."""
         channels, size = self.dataset.channels, getattr(self.dataset, "image_size", None)
         shape_fits = images.dim() == 4 and images.shape[1] == channels

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omniglot_folders import support_and_query_folders
 from torch import nn
 
 from fsl_lightning.backbones import Conv4
@@ -17,7 +18,6 @@ from fsl_lightning.cli import main
 from fsl_lightning.data import Omniglot
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import NearestNeighbour, ProtoNet
-from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,8 @@ def test_predictions_of_files_and_of_tensors_agree_with_the_folders(checkpoint, 
 
     by_class = {folder.name: sorted(folder.iterdir()) for folder in sorted(support.iterdir())}
     assert classifier.fit_support(by_class).predict(queries) == from_folder
-    decoded = {name: [classifier.dataset.decode_image(path, str(path)) for path in paths] for name, paths in by_class.items()}
+    decode = classifier.dataset.decode_image
+    decoded = {name: [decode(path, str(path)) for path in paths] for name, paths in by_class.items()}
     assert classifier.fit_support(decoded).predict(queries) == from_folder
 
 
