@@ -44,7 +44,7 @@ def newest_last_checkpoint(root: Path) -> Path:
 def best_checkpoint_of_run(checkpoint: Path) -> Path:
     """The best checkpoint that the ModelCheckpoint of ``checkpoint``'s run had recorded when it saved ``checkpoint``."""
     recorded = [
-        state.get("best_model_path") for key, state in _load(checkpoint).get("callbacks", {}).items()
+        state.get("best_model_path") for key, state in read_checkpoint(checkpoint).get("callbacks", {}).items()
         if key.startswith("ModelCheckpoint") and state.get("monitor")
     ]
     best = next((Path(path) for path in recorded if path), None)
@@ -66,7 +66,11 @@ def best_checkpoint_of_run(checkpoint: Path) -> Path:
 def training_config(checkpoint: Path) -> dict[str, Any]:
     """The ``model`` and ``data`` sections of the config that trained ``checkpoint`` (LightningCLI saves both as
     hyperparameters); sections the checkpoint lacks (a run outside the CLI, an older checkpoint) are left out."""
-    saved = _load(checkpoint)
+    return training_config_in(read_checkpoint(checkpoint))
+
+
+def training_config_in(saved: dict[str, Any]) -> dict[str, Any]:
+    """:func:`training_config` of a checkpoint already read (:func:`read_checkpoint`)."""
     config = {}
     model = dict(saved.get("hyper_parameters") or {})
     if "_class_path" in model:
@@ -79,7 +83,8 @@ def training_config(checkpoint: Path) -> dict[str, Any]:
     return config
 
 
-def _load(checkpoint: Path) -> dict[str, Any]:
-    # Plain data only (no pickled objects), read without the weights' storage: cheap even for a large model.
+def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's contents on the CPU; a truncated or corrupt file is a one-line error naming it."""
+    # Plain data only (no pickled objects), memory-mapped: reading the settings alone does not read the weights.
     with unreadable_checkpoint_reported(checkpoint):
         return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)

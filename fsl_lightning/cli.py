@@ -170,10 +170,10 @@ class FewShotCLI(LightningCLI):
         self.trainer.logger = None  # predict logs nothing: no run folder beside the predictions it writes
 
     def _refuse_untrained_weights(self) -> None:
-        if self.model.needs_trained_weights and not self.config_init[self.subcommand].get("ckpt_path"):
-            raise UserError(
-                f"{type(self.model).__name__} has no trained weights to {self.subcommand} with: pass "
-                "--ckpt_path <file.ckpt>, or --ckpt_path last (or best) for the newest run of this experiment."
+        if not self.config_init[self.subcommand].get("ckpt_path"):
+            self.model.refuse_untrained_weights(
+                self.subcommand,
+                "pass --ckpt_path <file.ckpt>, or --ckpt_path last (or best) for the newest run of this experiment",
             )
 
     def after_fit(self) -> None:

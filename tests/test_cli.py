@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
+from omniglot_folders import support_and_query_folders
 
 from fsl_lightning.cli import main
 
@@ -64,7 +64,7 @@ def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_pa
     _, _, best = fitted
     # 20 unseen characters, one support image each, all 19 other drawings as queries: enough queries that the
     # accuracy is not a coin toss over a few hard characters (this checkpoint scores about 0.78; chance is 0.05).
-    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
+    support, queries, truth = support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
     csv_path = tmp_path / "predictions.csv"
     main([
         "predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -102,25 +102,6 @@ def test_every_experiment_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
-
-
-def _support_and_query_folders(data_root, tmp_path, characters, queries_per_class):
-    """Real Omniglot evaluation characters as a user would lay them out: drawer 01 is the support image."""
-    support, queries = tmp_path / "support", tmp_path / "queries"
-    truth = {}
-    with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as archive:
-        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
-        for class_index, character in enumerate(sorted({n.rsplit("/", 1)[0] for n in names})[:: 131][:characters]):
-            label = f"class_{class_index}"
-            files = [n for n in names if n.startswith(character + "/")][: 1 + queries_per_class]
-            (support / label).mkdir(parents=True)
-            (support / label / "example.png").write_bytes(archive.read(files[0]))
-            for number, name in enumerate(files[1:]):
-                target = queries / f"{label}_{number}.png"
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(archive.read(name))
-                truth[str(target)] = label
-    return support, queries, truth
 
 
 def test_two_process_ddp_test_equals_the_single_device_result(fitted, tmp_path):
@@ -196,7 +177,7 @@ def test_predict_needs_only_the_checkpoint_and_the_folders_and_writes_only_its_c
     fitted, tmp_path, data_root, monkeypatch
 ):
     _, _, best = fitted
-    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
+    support, queries, truth = support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
     empty_data_root, cwd = tmp_path / "no_data", tmp_path / "cwd"
     empty_data_root.mkdir(), cwd.mkdir()
     monkeypatch.setenv("FSL_DATA_ROOT", str(empty_data_root))
@@ -210,7 +191,7 @@ def test_predict_needs_only_the_checkpoint_and_the_folders_and_writes_only_its_c
 
 def test_predict_with_the_experiment_logger_creates_no_run_folder(fitted, tmp_path, data_root):
     _, _, best = fitted
-    support, queries, _ = _support_and_query_folders(data_root, tmp_path, characters=5, queries_per_class=1)
+    support, queries, _ = support_and_query_folders(data_root, tmp_path, characters=5, queries_per_class=1)
     logs = tmp_path / "logs"
     main(["predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={logs}", "--ckpt_path",
           best, f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
@@ -238,7 +219,7 @@ def test_test_from_the_checkpoint_alone_writes_nothing_into_the_current_director
 def test_predict_with_a_config_of_another_protocol_prepares_images_as_in_training(fitted, tmp_path, data_root):
     """Trained at 28x28 (Vinyals); the 20-way config with Lake's protocol would give 105x105 images."""
     _, _, best = fitted
-    support, queries, truth = _support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
+    support, queries, truth = support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
     csv_path = tmp_path / "predictions.csv"
     with pytest.warns(UserWarning, match=r"data\.dataset\.init_args\.protocol: 'vinyals' -> 'lake'"):
         cli = main([

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -25,11 +26,16 @@ class PredictionCSVWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         rows = [row for batch in predictions for row in batch]
-        score_name = pl_module.score_name
-        self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.output_path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**row, score_name: f"{row[score_name]:.6f}"})
+        write_predictions_csv(rows, pl_module.score_name, self.output_path)
         pl_module.print(f"Wrote {len(rows)} predictions to {self.output_path}")
+
+
+def write_predictions_csv(rows: Iterable[dict[str, Any]], score_name: str, path: str | Path) -> None:
+    """The rows of ``predict_step`` as ``predict``'s CSV (also written by the Python API, ``FewShotClassifier``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, score_name: f"{row[score_name]:.6f}"})

@@ -15,6 +15,8 @@ from fsl_lightning.built_by_cli import built_by_cli
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset
 from fsl_lightning.data.folders import check_class_names, read_query_folder, read_support_folder
+from fsl_lightning.data.images import as_model_input
+from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, prediction_batches, prediction_episode
 from fsl_lightning.data.sampler import (
     DeviceEpisodeSampler,
     EpisodeStream,
@@ -90,7 +92,7 @@ class EpisodicDataModule(L.LightningDataModule):
         eval_seed: int = 0,
         predict_support_dir: str | None = None,
         predict_query_dir: str | None = None,
-        predict_batch_size: int = 256,
+        predict_batch_size: int = PREDICT_BATCH_SIZE,
         predict_class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -172,16 +174,7 @@ class EpisodicDataModule(L.LightningDataModule):
             support, labels, class_names = self._zero_shot_support(queries)
         else:
             support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.decode_image)
-        batches = [
-            {
-                "support_images": support,
-                "support_labels": labels,
-                "query_images": queries[start : start + self.predict_batch_size],
-                "query_files": files[start : start + self.predict_batch_size],
-                "class_names": class_names,
-            }
-            for start in range(0, len(files), self.predict_batch_size)
-        ]
+        batches = prediction_batches(support, labels, class_names, queries, files, self.predict_batch_size)
         return DataLoader(batches, batch_size=None)
 
     def _zero_shot_support(self, queries: Tensor) -> tuple[Tensor, Tensor, list[str]]:
@@ -200,7 +193,7 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Episode | LabelledBatch | dict:
         if isinstance(batch, dict):  # predict: the user's images, with file names for the output
-            return {**batch, "episode": _predict_episode(batch)}
+            return {**batch, "episode": prediction_episode(batch)}
         split = self._current_split()
         if split == "train":
             self._train_batches_done = self._batches_done() + 1
@@ -218,7 +211,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None
     ) -> Episode | LabelledBatch:
         """Gathers the images of the given indices from the resident split and builds the batch."""
-        images = _to_float(self._resident_images(split, image_indices.device)[image_indices])
+        images = as_model_input(self._resident_images(split, image_indices.device)[image_indices])
         if split == "train" and self.augmentation is not None:
             images = self._augmented(images)
         if split == "train" and self.pretrain_batch_size:
@@ -351,19 +344,3 @@ def check_image_shape(trained: dict[str, int | None] | None, used: dict[str, int
 
 def _describe(shape: dict[str, int | None]) -> str:
     return f"channels={shape['channels']}, image_size={shape['image_size']}"
-
-
-def _to_float(images: Tensor) -> Tensor:
-    return images.float().div_(255.0)
-
-
-def _predict_episode(batch: dict) -> Episode:
-    support_labels = batch["support_labels"]
-    queries = batch["query_images"]
-    return Episode(
-        support_images=_to_float(batch["support_images"]),
-        support_labels=support_labels,
-        query_images=_to_float(queries),
-        query_labels=torch.full((len(queries),), -1, device=queries.device),
-        class_ids=torch.arange(len(batch["class_names"]), device=queries.device),
-    )

@@ -50,3 +50,11 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
         return images
     resized = F.interpolate(images.float(), size=(size, size), mode="area")
     return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def as_model_input(images: Tensor) -> Tensor:
+    """Images as every model sees them: uint8 pixels become floats in [0, 1] (divided by 255); float images are
+    taken as already converted and returned as they are (no copy)."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()

@@ -131,6 +131,13 @@ class FewShotMethod(L.LightningModule):
             for file, label, score in zip(batch["query_files"], predicted.tolist(), scores.tolist())
         ]
 
+    def refuse_untrained_weights(self, action: str, how_to_load: str) -> None:
+        """Stops ``action`` (``test``, ``predict``...) of a method that needs trained weights and was given none
+        (the CLI without ``--ckpt_path``, the Python API without a checkpoint): a fresh network gives confident
+        nonsense. ``how_to_load`` says how to pass trained weights."""
+        if self.needs_trained_weights:
+            raise UserError(f"{type(self).__name__} has no trained weights to {action} with: {how_to_load}.")
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:

@@ -1,0 +1,234 @@
+"""Prediction from Python: load a model once, fit a support set, then classify as many query sets as wanted.
+
+    clf = FewShotClassifier.from_checkpoint("outputs/.../checkpoints/last.ckpt")
+    clf.fit_support("my_support/")                       # one sub-folder of images per class
+    for prediction in clf.predict("my_queries/"):         # a folder, a list of files, or an image tensor
+        print(prediction.file, prediction.class_name, prediction.score)
+    clf.predict_to_csv("other_queries/", "predictions.csv")  # the CSV that `python -m fsl_lightning predict` writes
+
+The same code as the CLI's ``predict`` reads the folders, decodes the images (the dataset's ``decode_image``),
+batches the queries and scores them (the method's ``predict_step``), so the two give the same predictions and
+scores; here the imports and the model load are paid once, not once per folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.cli import LightningArgumentParser
+from torch import Tensor
+
+from fsl_lightning.callbacks.prediction_writer import write_predictions_csv
+from fsl_lightning.checkpoint_files import read_checkpoint, training_config_in
+from fsl_lightning.data import EpisodicDataModule, FewShotDataset
+from fsl_lightning.data.datamodule import check_image_shape
+from fsl_lightning.data.folders import read_query_folder, read_support_folder
+from fsl_lightning.data.images import as_model_input
+from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, prediction_batches, prediction_episode
+from fsl_lightning.errors import UserError
+from fsl_lightning.methods import FewShotMethod
+
+#: an image: a file (decoded as the dataset decodes its own), or a tensor [C, H, W] (uint8 pixels, or floats in [0, 1])
+Image = str | Path | Tensor
+#: query images: a folder (every image under it), an image file, a list of images, or a tensor [N, C, H, W]
+Queries = str | Path | Sequence[Image] | Tensor
+#: support images: a folder with one sub-folder of images per class, or ``{class name: images}``
+Support = str | Path | Mapping[str, Sequence[Image] | Tensor]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One query: its file (``None`` for an image given as a tensor), the predicted class, and that class's score,
+    which means what :attr:`FewShotClassifier.score_name` says (a probability, a distance...)."""
+
+    file: str | None
+    class_name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """The labelled images that queries are classified against, as model input on the classifier's device."""
+
+    images: Tensor  # float [M, C, H, W]
+    labels: Tensor  # long [M]
+    class_names: list[str]
+
+
+class FewShotClassifier:
+    """A few-shot method ready to classify images: evaluation mode, no gradients, on ``device`` (the CPU by default).
+
+    Build it with :meth:`from_checkpoint` (a model trained with ``fit``), :meth:`from_config` (a method with nothing
+    to train, such as 1-NN), or directly from a method and the dataset whose image decoding it expects. A method
+    that needs trained weights is refused unless ``trained=True`` says its weights are trained (as the CLI refuses
+    one without ``--ckpt_path``).
+
+    Args:
+        method: the few-shot method.
+        dataset: decodes image files (``decode_image``) into the images the method was trained on.
+        device: where the method runs.
+        trained: whether ``method`` holds trained weights.
+        batch_size: query images scored together (as ``data.predict_batch_size`` in the CLI: methods that adapt
+            to the whole episode score a query together with its batch).
+    """
+
+    def __init__(
+        self,
+        method: FewShotMethod,
+        dataset: FewShotDataset,
+        device: str | torch.device = "cpu",
+        trained: bool = False,
+        batch_size: int = PREDICT_BATCH_SIZE,
+    ) -> None:
+        if not trained:
+            method.refuse_untrained_weights(
+                "predict", "use FewShotClassifier.from_checkpoint(<file.ckpt>), or pass trained=True for a method "
+                "whose weights you trained yourself"
+            )
+        self.device = torch.device(device)
+        self.method = method.to(self.device).eval()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.support: SupportSet | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | Path, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> FewShotClassifier:
+        """The method and its trained weights from a checkpoint of ``python -m fsl_lightning fit``, with the data
+        settings it was trained with (image size, channels, decoding); no training data needed."""
+        saved = read_checkpoint(Path(checkpoint))  # read once: settings and weights
+        config = training_config_in(saved)
+        if "model" not in config or "data" not in config:
+            raise UserError(
+                f"{checkpoint} does not hold the settings of its training (a checkpoint written outside "
+                "`python -m fsl_lightning fit`?): build the method, load its weights and pass it with its dataset, "
+                "FewShotClassifier(method, dataset, trained=True)."
+            )
+        method, datamodule = _built(config, str(checkpoint))
+        check_image_shape(saved.get(type(datamodule).__qualname__, {}).get("image_shape"), datamodule.image_shape)
+        method.on_load_checkpoint(saved)  # as Lightning restores a model: some methods build their heads here
+        method.load_state_dict(saved["state_dict"], strict=method.strict_loading)
+        return cls(method, datamodule.dataset, device=device, trained=True, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> FewShotClassifier:
+        """The method and dataset of a config file's ``model`` and ``data`` sections, untrained: for methods with
+        nothing to train (``NearestNeighbour``, frozen pretrained features); others are refused."""
+        with open(config) as handle:
+            sections = yaml.safe_load(handle) or {}
+        method, datamodule = _built(sections, str(config))
+        return cls(method, datamodule.dataset, device=device, **kwargs)
+
+    @property
+    def score_name(self) -> str:
+        """What :attr:`Prediction.score` means: the method's ``score_name`` (``probability``, ``distance``...)."""
+        return self.method.score_name
+
+    def fit_support(self, support: Support) -> FewShotClassifier:
+        """Sets the classes to choose from: a folder with one sub-folder of images per class (as ``predict``'s
+        ``data.predict_support_dir``), or ``{class name: images}``. Returns the classifier."""
+        if isinstance(support, (str, Path)):
+            images, labels, class_names = read_support_folder(support, self.dataset.decode_image)
+        else:
+            images, labels, class_names = self._labelled_images(support)
+        images = self._as_input(images, "support").to(self.device)  # stored once, on the device
+        self.support = SupportSet(images, labels.to(self.device), class_names)
+        return self
+
+    def predict(self, queries: Queries) -> list[Prediction]:
+        """Classifies ``queries``: a folder (every image under it, as ``predict``'s ``data.predict_query_dir``),
+        an image file, a list of images, or a tensor [N, C, H, W]."""
+        score_name = self.score_name
+        return [Prediction(row["query_file"], row["predicted_class"], row[score_name]) for row in self._rows(queries)]
+
+    def predict_to_csv(self, queries: Queries, path: str | Path) -> Path:
+        """Classifies ``queries`` into the CSV that ``python -m fsl_lightning predict`` writes; returns its path."""
+        write_predictions_csv(self._rows(queries), self.score_name, path)
+        return Path(path)
+
+    def _rows(self, queries: Queries) -> list[dict[str, Any]]:
+        """``predict_step``'s rows for the queries, batch by batch as in the CLI's ``predict``."""
+        if self.support is None:
+            raise UserError("Call fit_support(<support folder or {class name: images}>) before predict.")
+        images, files = self._query_images(queries)
+        support = self.support
+        batches = prediction_batches(
+            support.images, support.labels, support.class_names, images, files, self.batch_size
+        )
+        rows = []
+        with torch.inference_mode():  # as Lightning's predict loop
+            for index, on_host in enumerate(batches):
+                batch = move_data_to_device(on_host, self.device)
+                rows += self.method.predict_step({**batch, "episode": prediction_episode(batch)}, index)
+        return rows
+
+    def _query_images(self, queries: Queries) -> tuple[Tensor, list[str | None]]:
+        if isinstance(queries, (str, Path)) and Path(queries).is_dir():
+            images, files = read_query_folder(queries, self.dataset.decode_image)
+            return self._as_input(images, "query"), files
+        if isinstance(queries, (str, Path)):
+            queries = [queries]
+        return self._images(queries, "query")
+
+    def _labelled_images(self, support: Mapping[str, Sequence[Image] | Tensor]) -> tuple[Tensor, Tensor, list[str]]:
+        class_names = [str(name) for name in support]
+        if len(class_names) < 2:
+            raise UserError(f"fit_support needs at least 2 classes to choose from, got {len(class_names)}.")
+        images, labels = [], []
+        for label, images_of_class in enumerate(support.values()):
+            class_images, _ = self._images(images_of_class, f"support class {class_names[label]!r}")
+            images.append(class_images)
+            labels += [label] * len(class_images)
+        return torch.cat(images), torch.tensor(labels), class_names
+
+    def _images(self, images: Sequence[Image] | Tensor, role: str) -> tuple[Tensor, list[str | None]]:
+        """Model input [N, C, H, W] of files and tensors, with the file of each (``None`` for a tensor)."""
+        if isinstance(images, Tensor):
+            batch = images.unsqueeze(0) if images.dim() == 3 else images
+            return self._as_input(batch, role), [None] * len(batch)
+        if not images:
+            raise UserError(f"No {role} images given.")
+        tensors = [self._decoded(image) if isinstance(image, (str, Path)) else image for image in images]
+        files = [str(image) if isinstance(image, (str, Path)) else None for image in images]
+        return torch.cat([self._as_input(tensor.unsqueeze(0), role) for tensor in tensors]), files
+
+    def _decoded(self, file: str | Path) -> Tensor:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise UserError(f"No image file {path}.")
+        return self.dataset.decode_image(path, str(path))
+
+    def _as_input(self, images: Tensor, role: str) -> Tensor:
+        """Images [N, C, H, W] as the model's float input, after checking they have the shape it was trained on."""
+        channels, size = self.dataset.channels, getattr(self.dataset, "image_size", None)
+        shape_fits = images.dim() == 4 and images.shape[1] == channels
+        shape_fits = shape_fits and (size is None or tuple(images.shape[2:]) == (size, size))
+        if not shape_fits or not (images.dtype == torch.uint8 or images.is_floating_point()):
+            wanted = f"[N, {channels}, {size}, {size}]" if size else f"[N, {channels}, H, W]"
+            raise UserError(
+                f"The {role} images are {images.dtype} {list(images.shape)}; the model takes {wanted} (uint8, or "
+                "floats in [0, 1]): pass image files to have them decoded and resized as in training."
+            )
+        return as_model_input(images)
+
+
+def _built(config: dict, source: str) -> tuple[FewShotMethod, EpisodicDataModule]:
+    """The method and data module of a config's ``model`` and ``data`` sections, parsed as the CLI parses them."""
+    if "model" not in config or "data" not in config:
+        raise UserError(f"{source} needs a `model` and a `data` section (as the configs under experiments/).")
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(FewShotMethod, "model", subclass_mode=True)
+    parser.add_lightning_class_args(EpisodicDataModule, "data", subclass_mode=False)
+    try:
+        parsed = parser.parse_object({"model": config["model"], "data": config["data"]})
+    except Exception as error:  # jsonargparse's message lists every type it tried: its first line says what is wrong
+        raise UserError(f"{source}: the model or data settings do not parse: {str(error).splitlines()[0]}") from error
+    built = parser.instantiate_classes(parsed)
+    return built.model, built.data
