@@ -12,10 +12,11 @@ ProtoNet      0.844 / 0.821 / 0.851        untrained 0.571; cosine in place of  
                                            the squared distance 0.721;          scores; NOT a distance left
                                            distance not squared 0.893           unsquared (better at this budget)
 MatchingNet   0.739 / 0.730 / 0.740        untrained 0.573; probabilities as    0.715: untrained weights, a double
-                                           logits (double softmax) 0.703;       softmax (thin margin); NOT the
-                                           softmax over the queries 0.740;      other two, which learn as well
-                                           cosine normalised over the batch     (at 1 shot the cross-entropy
-                                           0.755                                renormalises over the classes)
+                                           logits (double softmax) 0.703,       softmax (seeds 0 / 1 / 2; thin
+                                           0.680 / 0.706 on seeds 1 / 2;        margin); NOT the other two, which
+                                           softmax over the queries 0.740;      learn as well (at 1 shot the
+                                           cosine normalised over the batch     cross-entropy renormalises over
+                                           0.755                                the classes)
 RelationNet   0.785 / 0.752 / 0.778        untrained 0.200; scores read back    0.70: untrained weights, scores on
                                            class-major (wrong pairs) 0.205      the wrong (query, class) pairs
 ============  ===========================  ===================================  ====================================
