@@ -85,7 +85,8 @@ def untrained_and_trained_accuracy(build, omniglot, seed: int = 0, train_steps: 
 
 def _check_bar(name: str, result: dict) -> None:
     bar = BARS[name]
-    assert result["untrained"] < bar, f"{name} untrained reaches {result['untrained']:.3f}: the bar {bar} tests nothing"
+    untrained = result["untrained"]
+    assert untrained < bar, f"{name} untrained reaches {untrained:.3f}: the bar {bar} tests nothing"
     assert result["trained"] > bar, f"{name} reached {result['trained']:.3f}, under the bar {bar} (see docstring)"
 
 
