@@ -5,21 +5,16 @@ Omniglot, Vinyals split, 28x28; trained on 5-way 1-shot episodes with 5 queries 
 seed 0; tested on 300 fixed 5-way 1-shot episodes with 5 queries per class. Bars and the runs that set them (test
 accuracy, CPU, 1 thread; ``python benchmarks/family_bars.py metric`` prints the table):
 
-============  ===========================  ===================================  ====================================
-method        correct, seeds 0 / 1 / 2     broken variants (seed 0)             bar: fails
-============  ===========================  ===================================  ====================================
-ProtoNet      0.844 / 0.821 / 0.851        untrained 0.571; cosine in place of  0.79: untrained weights, cosine
-                                           the squared distance 0.721;          scores; NOT a distance left
-                                           distance not squared 0.893           unsquared (better at this budget)
-MatchingNet   0.739 / 0.730 / 0.740        untrained 0.573; probabilities as    0.715: untrained weights, a double
-                                           logits (double softmax) 0.703,       softmax (seeds 0 / 1 / 2; thin
-                                           0.680 / 0.706 on seeds 1 / 2;        margin); NOT the other two, which
-                                           softmax over the queries 0.740;      learn as well (at 1 shot the
-                                           cosine normalised over the batch     cross-entropy renormalises over
-                                           0.755                                the classes)
-RelationNet   0.785 / 0.752 / 0.778        untrained 0.200; scores read back    0.70: untrained weights, scores on
-                                           class-major (wrong pairs) 0.205      the wrong (query, class) pairs
-============  ===========================  ===================================  ====================================
+* ProtoNet     0.844 / 0.821 / 0.851 (seeds 0 / 1 / 2). Broken (seed 0): untrained 0.571; cosine similarity in
+  place of the squared distance 0.721; distance not squared 0.893. Bar 0.79 fails the first two, NOT an unsquared
+  distance, which learns faster at this budget.
+* MatchingNet  0.739 / 0.730 / 0.740. Broken: untrained 0.573; attention probabilities, not their logs, as logits
+  (a double softmax) 0.703 / 0.680 / 0.706 (seeds 0 / 1 / 2); attention softmax over the queries 0.740; "cosine"
+  normalised over the batch 0.755. Bar 0.715 fails the first two (thin margin: 0.015 to the nearest run on
+  each side), NOT the last two, which learn as well at this budget (and dropping the attention softmax altogether
+  gives exactly the same loss at 1 shot, so no 1-shot bar can see it).
+* RelationNet  0.785 / 0.752 / 0.778. Broken: untrained 0.200; scores read back class-major, so on the wrong
+  (query, class) pairs, 0.205. Bar 0.70 fails both.
 
 Each test also checks that the same network left untrained stays under its bar, on the same episodes. About 40 s
 per test on an idle core (RelationNet about 55 s).
