@@ -16,8 +16,8 @@ accuracy, CPU, 1 thread; ``python benchmarks/family_bars.py metric`` prints the 
 * RelationNet  0.785 / 0.752 / 0.778. Broken: untrained 0.200; scores read back class-major, so on the wrong
   (query, class) pairs, 0.205. Bar 0.70 fails both.
 
-Each test also checks that the same network left untrained stays under its bar, on the same episodes. About 40 s
-per test on an idle core (RelationNet about 55 s).
+Each test also checks that the same network left untrained stays under its bar, on the same episodes. About 35 s
+per test (1 thread, lightly loaded machine).
 """
 
 from __future__ import annotations
