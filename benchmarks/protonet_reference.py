@@ -6,6 +6,7 @@ which reuses the project's torch and packages through a ``.pth`` file, so no sec
 
     python benchmarks/protonet_reference.py setup                          # once: the peer venv with easyfsl 1.5
     python benchmarks/protonet_reference.py ours --episodes 500
+    python benchmarks/protonet_reference.py ours --episodes 500 --distance euclidean   # easyfsl's distance
     benchmarks/.peers-venv/bin/python benchmarks/protonet_reference.py easyfsl --episodes 500
     benchmarks/.peers-venv/bin/python benchmarks/protonet_reference.py evaluate
 
@@ -65,18 +66,20 @@ def setup_peers() -> None:
 # ---------------------------------------------------------------- this project's ProtoNet, through its CLI
 
 
-def fit_ours(episodes: int, seed: int, out: Path) -> None:
+def fit_ours(episodes: int, seed: int, out: Path, distance: str) -> None:
     from fsl_lightning.cli import main
 
     arguments = [
         "fit", "--config", str(CONFIG.relative_to(REPO)), f"--trainer.max_steps={episodes}", f"--seed_everything={seed}",
+        *([f"--model.init_args.distance={distance}"] if distance != "squared_euclidean" else []),
         "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
         f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
     ]
     started = time.perf_counter()
     cli = main(arguments)
     seconds = time.perf_counter() - started
-    save_result(out, "ours", cli.model.backbone.state_dict(), seconds, "python -m fsl_lightning " + shlex.join(arguments))
+    name = "ours" if distance == "squared_euclidean" else f"ours-{distance}"
+    save_result(out, name, cli.model.backbone.state_dict(), seconds, "python -m fsl_lightning " + shlex.join(arguments))
 
 
 # ---------------------------------------------------------------- easyfsl
@@ -165,7 +168,7 @@ def evaluate(out: Path, seed: int) -> None:
           f"easyfsl TaskSampler, {TEST_EPISODES} test tasks | training time | command |")
     print("|---|---|---|---|---|---|")
     results = {}
-    for name in ("ours", "easyfsl"):
+    for name in ("ours", "ours-euclidean", "easyfsl"):
         if (out / f"{name}.json").exists():
             state = torch.load(out / f"{name}.pt")
             results[name] = (accuracy_on_our_episodes(out / f"{name}.pt", CONFIG, ()), accuracy_on_easyfsl_tasks(state, seed),
@@ -184,12 +187,13 @@ if __name__ == "__main__":
     sub.add_parser("setup")
     for name in ("ours", "easyfsl"):
         sub.add_parser(name).add_argument("--episodes", type=int, default=500)
+    sub.choices["ours"].add_argument("--distance", choices=("squared_euclidean", "euclidean"), default="squared_euclidean")
     sub.add_parser("evaluate")
     arguments = parser.parse_args()
     if arguments.command == "setup":
         setup_peers()
     elif arguments.command == "ours":
-        fit_ours(arguments.episodes, arguments.seed, arguments.out)
+        fit_ours(arguments.episodes, arguments.seed, arguments.out, arguments.distance)
     elif arguments.command == "easyfsl":
         fit_easyfsl(arguments.episodes, arguments.seed, arguments.out)
     else:

@@ -41,6 +41,11 @@ def test_protonet_logits_are_negative_distances_to_prototypes():
     logits = ProtoNet(backbone=Flatten()).episode_logits(episode)
     expected = -torch.tensor([[1.0, 9 + 9], [9 + 9, 1.0]])
     assert torch.allclose(logits, expected)
+    # the named departure (easyfsl's choice): the plain distance, same ranking
+    plain = ProtoNet(backbone=Flatten(), distance="euclidean").episode_logits(episode)
+    assert torch.allclose(plain, -torch.tensor([[1.0, 18**0.5], [18**0.5, 1.0]]))
+    with pytest.raises(ValueError, match="Unknown distance 'cosine'"):
+        ProtoNet(backbone=Flatten(), distance="cosine")
 
 
 def test_confidence_interval_is_1_96_standard_errors():
