@@ -12,16 +12,10 @@ import os
 import sys
 
 from lightning.pytorch.callbacks import Callback
-
-MARKER = "first training step done; imported:"
-WATCHED = ("open_clip", "timm", "wandb", "learn2learn", "torchvision")
-
-
-def imported(names=WATCHED) -> list[str]:
-    return [name for name in names if name in sys.modules]
+from startup import MARKER, WATCHED
 
 
 class ExitAfterFirstStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        print(MARKER, json.dumps(imported()), flush=True)
+        print(MARKER, json.dumps([name for name in WATCHED if name in sys.modules]), flush=True)
         os._exit(0)  # no teardown, no checkpoint: only the start-up is measured
