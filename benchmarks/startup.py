@@ -10,12 +10,12 @@ rotated order from round to round, so that the load of a shared machine falls on
   with what it imports itself (torchmetrics, which imports torchvision, torch._dynamo and scipy.signal);
 * for each source tree (this checkout, and every ``--code`` one, put first on PYTHONPATH):
   ``python -m fsl_lightning --help``, and
-  ``python -m fsl_lightning fit --config experiments/omniglot/protonet_5w1s.yaml`` ended right after its first
-  training step (``first_step.ExitAfterFirstStep``), run from a scratch folder that takes its outputs.
+  ``python -m fsl_lightning fit --config experiments/omniglot/protonet_5w1s.yaml`` ended as its first training
+  step begins (``first_step.ExitAtFirstStep``), run from a scratch folder that takes its outputs.
 
 Prints, per command, the median wall time, the medians over rounds of its ratios to that round's ``import torch``
 and to that round's floor, the median peak memory, and which of open_clip, timm, wandb, learn2learn and torchvision
-it imported. The fit time includes Lightning's validation sanity check and the first 60-way training step itself.
+it imported. The fit time includes Lightning's validation sanity check (two episodes), not the first step's compute.
 Needs real Omniglot under $FSL_DATA_ROOT.
 """
 
@@ -91,12 +91,12 @@ def commands_for(code: Path, label: str, python: str) -> list[Command]:
     fit_argv = [
         "fit", "--config", str(code / CONFIG), "--trainer.max_steps=1", "--test_after_fit=false",
         "--trainer.logger.init_args.save_dir=outputs",
-        "--trainer.callbacks+=first_step.ExitAfterFirstStep",
+        "--trainer.callbacks+=first_step.ExitAtFirstStep",
     ]
     probe = [python, "-c", RUN_CLI + REPORT_IMPORTS]
     return [
         Command(f"--help [{label}]", [python, "-m", "fsl_lightning", *help_argv], pythonpath, [*probe, *help_argv]),
-        Command(f"fit to 1st step [{label}]", [python, "-m", "fsl_lightning", *fit_argv], pythonpath),
+        Command(f"fit to its 1st step [{label}]", [python, "-m", "fsl_lightning", *fit_argv], pythonpath),
     ]
 
 
