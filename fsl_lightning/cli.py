@@ -80,11 +80,11 @@ class FewShotCLI(LightningCLI):
             super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        check_options(self.subcommand, self.config[self.subcommand])
-        trainer = self.config[self.subcommand].trainer
-        if self.subcommand in ("validate", "test") and trainer.logger in (None, True):
-            trainer.logger = False  # Lightning's default logger would write ./lightning_logs into the current directory
-        if "WandbLogger" in str(self.config[self.subcommand].trainer.logger):
+        config = self.config[self.subcommand] if self.subcommand else self.config  # no subcommand with run=False
+        check_options(self.subcommand, config)
+        if self.subcommand in ("validate", "test") and config.trainer.logger in (None, True):
+            config.trainer.logger = False  # Lightning's default logger would write ./lightning_logs into the cwd
+        if "WandbLogger" in str(config.trainer.logger):
             reason = choose_wandb_mode()
             if reason:
                 print(f"W&B runs offline: {reason}. Upload the run later with `wandb sync <run folder>`.")
@@ -106,10 +106,10 @@ class FewShotCLI(LightningCLI):
         if named is not None:  # a file on the command line: its settings make a config file optional
             self._default_to_training_config(*named)
         super().parse_arguments(parser, args)
-        subcommand = self.config.subcommand
-        ckpt_path = self.config[subcommand].get("ckpt_path")
-        if subcommand not in EVALUATION_SUBCOMMANDS or not ckpt_path:
+        subcommand = self.config.get("subcommand")  # none with run=False
+        if subcommand not in EVALUATION_SUBCOMMANDS or not self.config[subcommand].get("ckpt_path"):
             return
+        ckpt_path = self.config[subcommand].ckpt_path
         checkpoint = Path(ckpt_path)
         if ckpt_path in ALIASES:
             checkpoint = resolve_checkpoint_alias(ckpt_path, _experiment_root_of_config(self.config[subcommand]))
@@ -207,13 +207,13 @@ def experiment_root(logger, default_root_dir: str | Path) -> Path:
     return Path(getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None) or default_root_dir)
 
 
-def check_options(subcommand: str, config) -> None:
+def check_options(subcommand: str | None, config) -> None:
     """User mistakes that are best caught before anything is built, where the message can name the option."""
     for option, episodes in (("train", "Training episodes"), ("evaluation", "Evaluation episodes")):
         spec = config.data.get(option)
         if spec is not None:  # EpisodeSpec would refuse these too, but could not say which option to change
             check_episode_numbers(spec.way, spec.shot, spec.query, episodes, f"data.{option}")
-    if config.get("weights_from") and subcommand != "fit":
+    if config.get("weights_from") and subcommand not in ("fit", None):  # None: built with run=False
         raise UserError(f"--weights_from starts a new fit; for {subcommand}, pass the checkpoint with --ckpt_path.")
     if config.get("weights_from") and config.get("ckpt_path"):
         raise UserError(

@@ -104,6 +104,13 @@ def test_every_experiment_config_parses(config, capsys):
     assert "class_path" in capsys.readouterr().out
 
 
+def test_the_cli_builds_without_running_for_use_from_python(tmp_path):
+    from fsl_lightning.cli import FewShotCLI
+
+    cli = FewShotCLI(args=["--config", CONFIG, f"--trainer.logger.init_args.save_dir={tmp_path}"], run=False)
+    assert type(cli.model).__name__ == "ProtoNet" and cli.trainer.max_steps == 20000
+
+
 def test_two_process_ddp_test_equals_the_single_device_result(fitted, tmp_path):
     """Test episodes are shared out between ranks and gathered: same mean and CI as on one device.
 
