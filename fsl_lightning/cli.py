@@ -259,6 +259,8 @@ def _named_checkpoint(args) -> tuple[str, Path] | None:
         key, equals, value = arg.partition("=")
         if key == "--ckpt_path":
             value = value if equals else (args[index + 1] if index + 1 < len(args) else "")
+            if value and value not in ALIASES and not Path(value).is_file():  # before the parser asks for a config
+                raise UserError(f"--ckpt_path {value}: no such file. Pass a .ckpt file, or last or best.")
             return (args[0], Path(value)) if Path(value).is_file() else None
     return None
 

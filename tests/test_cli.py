@@ -104,6 +104,11 @@ def test_every_experiment_config_parses(config, capsys):
     assert "class_path" in capsys.readouterr().out
 
 
+def test_a_missing_checkpoint_file_is_named_even_without_a_config(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --ckpt_path .*nothere\.ckpt: no such file"):
+        main(["test", "--ckpt_path", str(tmp_path / "nothere.ckpt")])
+
+
 def test_the_cli_builds_without_running_for_use_from_python(tmp_path):
     from fsl_lightning.cli import FewShotCLI
 
