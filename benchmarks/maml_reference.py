@@ -56,7 +56,6 @@ from pathlib import Path
 import torch
 from reference_results import save_result
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "omniglot" / "maml_5w1s.yaml"
@@ -258,14 +257,15 @@ def check_same_network(network) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-class LoadBackbone(Callback):
-    """Puts saved backbone weights into the CLI-built method before it tests."""
+def backbone_checkpoint(weights: Path, folder: str) -> Path:
+    """A checkpoint holding saved backbone weights, for ``test --ckpt_path`` (which refuses to test a method that
+    needs training without trained weights)."""
+    import lightning
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        pl_module.backbone.load_state_dict(torch.load(self.path))
+    path = Path(folder) / "weights.ckpt"
+    state = {f"backbone.{key}": value for key, value in torch.load(weights).items()}
+    torch.save({"state_dict": state, "pytorch-lightning_version": lightning.__version__}, path)
+    return path
 
 
 def accuracy_on_our_episodes(weights: Path, config: Path = CONFIG, overrides: tuple[str, ...] = (
@@ -278,8 +278,7 @@ def accuracy_on_our_episodes(weights: Path, config: Path = CONFIG, overrides: tu
         cli = main([
             "test", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={run_folder}",
-            f"--data.test_episodes={TEST_EPISODES}", *overrides,
-            "--trainer.callbacks+=maml_reference.LoadBackbone", f"--trainer.callbacks.path={weights}",
+            f"--data.test_episodes={TEST_EPISODES}", *overrides, "--ckpt_path", str(backbone_checkpoint(weights, run_folder)),
         ])
     return cli.model.last_accuracy["test"].per_episode.cpu()
 
