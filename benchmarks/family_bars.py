@@ -38,6 +38,7 @@ from fsl_lightning.methods.functional import (  # noqa: E402
 from fsl_lightning.methods.matchingnet import MatchingNet  # noqa: E402
 from fsl_lightning.methods.protonet import ProtoNet  # noqa: E402
 from fsl_lightning.methods.relationnet import RelationNet, concatenate_pairs  # noqa: E402
+from fsl_lightning.methods.siamese import Siamese  # noqa: E402
 
 
 # ----- broken variants of the metric family ---------------------------------------------------------------------
@@ -102,6 +103,13 @@ class RelationNetShuffledPairs(RelationNet):
         return self.relation(concatenate_pairs(classes, queries)).view(episode.way, len(queries)).T
 
 
+class SiameseSignedDifference(Siamese):
+    """Bug: the weighted distance of eq. 1 on the signed difference h1 - h2, not its absolute value."""
+
+    def pair_logits(self, first: Tensor, second: Tensor) -> Tensor:
+        return self.head(first - second).squeeze(-1)
+
+
 METRIC = {
     "ProtoNet": (metric.protonet, {
         "distance not squared": ProtoNetEuclidean, "cosine in place of distance": ProtoNetCosine,
@@ -112,6 +120,7 @@ METRIC = {
         "probabilities as logits": MatchingNetProbabilitiesAsLogits,
     }),
     "RelationNet": (metric.relationnet, {"relation scores read class-major": RelationNetShuffledPairs}),
+    "Siamese": (metric.siamese, {"signed difference, no absolute value": SiameseSignedDifference}),
 }
 
 
