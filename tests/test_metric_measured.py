@@ -95,23 +95,8 @@ def _check_bar(name: str, result: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_protonet_on_omniglot_reaches_its_bar(omniglot):
-    _check_bar("ProtoNet", untrained_and_trained_accuracy(protonet, omniglot))
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
-def test_matchingnet_on_omniglot_reaches_its_bar(omniglot):
-    _check_bar("MatchingNet", untrained_and_trained_accuracy(matchingnet, omniglot))
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
-def test_relationnet_on_omniglot_reaches_its_bar(omniglot):
-    _check_bar("RelationNet", untrained_and_trained_accuracy(relationnet, omniglot))
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
-def test_siamese_on_omniglot_reaches_its_bar(omniglot):
-    _check_bar("Siamese", untrained_and_trained_accuracy(siamese, omniglot))
+@pytest.mark.parametrize("name, build", [
+    ("ProtoNet", protonet), ("MatchingNet", matchingnet), ("RelationNet", relationnet), ("Siamese", siamese),
+])
+def test_method_on_omniglot_reaches_its_bar(name, build, omniglot):
+    _check_bar(name, untrained_and_trained_accuracy(build, omniglot))
