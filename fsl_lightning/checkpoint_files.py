@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning import LightningModule
 
 from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
 from fsl_lightning.errors import UserError
@@ -81,6 +82,13 @@ def training_config_in(saved: dict[str, Any]) -> dict[str, Any]:
     if data.pop("_instantiator", None):
         config["data"] = {key: value for key, value in data.items() if not key.startswith("predict_")}
     return config
+
+
+def restore_weights(model: LightningModule, saved: dict[str, Any], strict: bool = True) -> None:
+    """Puts the weights of a checkpoint already read into ``model`` as Lightning restores a model: its
+    ``on_load_checkpoint`` first (some methods build their heads there, others drop caches), then the state dict."""
+    model.on_load_checkpoint(saved)
+    model.load_state_dict(saved["state_dict"], strict=strict)
 
 
 def read_checkpoint(checkpoint: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor
 
 from fsl_lightning.callbacks.prediction_writer import write_predictions_csv
-from fsl_lightning.checkpoint_files import read_checkpoint, training_config_in
+from fsl_lightning.checkpoint_files import read_checkpoint, restore_weights, training_config_in
 from fsl_lightning.data import EpisodicDataModule, FewShotDataset
 from fsl_lightning.data.datamodule import check_image_shape
 from fsl_lightning.data.folders import read_query_folder, read_support_folder
@@ -113,8 +113,7 @@ class FewShotClassifier:
             )
         method, datamodule = _built(config, str(checkpoint))
         check_image_shape(saved.get(type(datamodule).__qualname__, {}).get("image_shape"), datamodule.image_shape)
-        method.on_load_checkpoint(saved)  # as Lightning restores a model: some methods build their heads here
-        method.load_state_dict(saved["state_dict"], strict=method.strict_loading)
+        restore_weights(method, saved, strict=method.strict_loading)
         return cls(method, datamodule.dataset, device=device, trained=True, **kwargs)
 
     @classmethod

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 
+from fsl_lightning.checkpoint_files import restore_weights
+from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
 from fsl_lightning.errors import UserError
 
 
@@ -19,10 +21,10 @@ def load_weights(model: LightningModule, checkpoint_file: Path) -> None:
     """Loads the weights of ``checkpoint_file`` into ``model``, as Lightning restores a model, and nothing else."""
     if not checkpoint_file.is_file():
         raise UserError(f"--weights_from: no checkpoint file {checkpoint_file}. Pass a .ckpt file, `last` or `best`.")
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    model.on_load_checkpoint(checkpoint)  # as in Lightning's restore: methods drop caches of the old weights here
+    with unreadable_checkpoint_reported(checkpoint_file):  # a truncated file: one line naming it
+        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        restore_weights(model, checkpoint)
     except RuntimeError as error:
         reason = " ".join(str(error).split())  # PyTorch lists the mismatched keys over many lines
         raise UserError(
