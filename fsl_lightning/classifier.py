@@ -7,8 +7,9 @@
     clf.predict_to_csv("other_queries/", "predictions.csv")  # the CSV that `python -m fsl_lightning predict` writes
 
 The same code as the CLI's ``predict`` reads the folders, decodes the images (the dataset's ``decode_image``),
-batches the queries and scores them (the method's ``predict_step``), so the two give the same predictions and
-scores; here the imports and the model load are paid once, not once per folder.
+fits the support set (the method's ``fit_support``, once), batches the queries and scores them (``score``,
+``prediction_rows``), so the two give the same predictions and scores; here the imports, the model load and the
+fit of a support set are paid once, however many queries follow.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor
 
@@ -30,7 +30,8 @@ from fsl_lightning.data import EpisodicDataModule, FewShotDataset
 from fsl_lightning.data.datamodule import check_image_shape
 from fsl_lightning.data.folders import read_query_folder, read_support_folder
 from fsl_lightning.data.images import as_model_input
-from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, prediction_batches, prediction_episode
+from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, query_slices
+from fsl_lightning.episode import SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import FewShotMethod
 
@@ -53,12 +54,12 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class SupportSet:
-    """The labelled images that queries are classified against, as model input on the classifier's device."""
+class FittedSupport:
+    """A support set as the method fitted it (``state`` of its ``fit_support``, on the classifier's device) and the
+    names of its classes."""
 
-    images: Tensor  # float [M, C, H, W]
-    labels: Tensor  # long [M]
-    class_names: list[str]
+    state: Any
+    class_names: tuple[str, ...]
 
 
 class FewShotClassifier:
@@ -74,8 +75,8 @@ class FewShotClassifier:
         dataset: decodes image files (``decode_image``) into the images the method was trained on.
         device: where the method runs.
         trained: whether ``method`` holds trained weights.
-        batch_size: query images scored together (as ``data.predict_batch_size`` in the CLI: methods that adapt
-            to the whole episode score a query together with its batch).
+        batch_size: query images scored together (as ``data.predict_batch_size`` in the CLI: transductive methods
+            score a query together with its batch).
     """
 
     def __init__(
@@ -95,7 +96,7 @@ class FewShotClassifier:
         self.method = method.to(self.device).eval()
         self.dataset = dataset
         self.batch_size = batch_size
-        self.support: SupportSet | None = None
+        self.support: FittedSupport | None = None
 
     @classmethod
     def from_checkpoint(
@@ -130,15 +131,26 @@ class FewShotClassifier:
         """What :attr:`Prediction.score` means: the method's ``score_name`` (``probability``, ``distance``...)."""
         return self.method.score_name
 
-    def fit_support(self, support: Support) -> FewShotClassifier:
-        """Sets the classes to choose from: a folder with one sub-folder of images per class (as ``predict``'s
-        ``data.predict_support_dir``), or ``{class name: images}``. Returns the classifier."""
-        if isinstance(support, (str, Path)):
+    def fit_support(
+        self,
+        support: Support | Tensor,
+        labels: Tensor | Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> FewShotClassifier:
+        """Fits the classes to choose from, once for all the queries that follow: a folder with one sub-folder of
+        images per class (as ``predict``'s ``data.predict_support_dir``), ``{class name: images}``, or an image
+        tensor [N, C, H, W] with its ``labels`` [N] in ``0..way-1`` (and ``class_names``, default ``"0"``,
+        ``"1"``...). Returns the classifier."""
+        if isinstance(support, Tensor):
+            images, labels, class_names = self._labelled_tensor(support, labels, class_names)
+        elif isinstance(support, (str, Path)):
             images, labels, class_names = read_support_folder(support, self.dataset.decode_image)
         else:
             images, labels, class_names = self._labelled_images(support)
-        images = self._as_input(images, "support").to(self.device)  # stored once, on the device
-        self.support = SupportSet(images, labels.to(self.device), class_names)
+        images = self._as_input(images, "support").to(self.device)
+        support_set = SupportSet(images, labels.to(self.device), len(class_names), class_names=tuple(class_names))
+        with torch.inference_mode():  # as Lightning's predict loop
+            self.support = FittedSupport(self.method.fit_support(support_set), support_set.class_names)
         return self
 
     def predict(self, queries: Queries) -> list[Prediction]:
@@ -153,19 +165,16 @@ class FewShotClassifier:
         return Path(path)
 
     def _rows(self, queries: Queries) -> list[dict[str, Any]]:
-        """``predict_step``'s rows for the queries, batch by batch as in the CLI's ``predict``."""
+        """``predict_step``'s rows for the queries, scored against the fitted support set batch by batch, as in the
+        CLI's ``predict``."""
         if self.support is None:
             raise UserError("Call fit_support(<support folder or {class name: images}>) before predict.")
         images, files = self._query_images(queries)
-        support = self.support
-        batches = prediction_batches(
-            support.images, support.labels, support.class_names, images, files, self.batch_size
-        )
         rows = []
         with torch.inference_mode():  # as Lightning's predict loop
-            for index, on_host in enumerate(batches):
-                batch = move_data_to_device(on_host, self.device)
-                rows += self.method.predict_step({**batch, "episode": prediction_episode(batch)}, index)
+            for batch_images, batch_files in query_slices(images, files, self.batch_size):
+                logits = self.method.score(self.support.state, as_model_input(batch_images.to(self.device)))
+                rows += self.method.prediction_rows(logits, batch_files, self.support.class_names)
         return rows
 
     def _query_images(self, queries: Queries) -> tuple[Tensor, list[str | None]]:
@@ -186,6 +195,23 @@ class FewShotClassifier:
             images.append(class_images)
             labels += [label] * len(class_images)
         return torch.cat(images), torch.tensor(labels), class_names
+
+    def _labelled_tensor(
+        self, images: Tensor, labels: Tensor | Sequence[int] | None, class_names: Sequence[str] | None
+    ) -> tuple[Tensor, Tensor, list[str]]:
+        if labels is None:
+            raise UserError("fit_support(images) needs the label of each image: fit_support(images, labels=[0, 1, ...]).")
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+        way = int(labels.max()) + 1 if len(labels) else 0
+        if len(labels) != len(images) or labels.min() < 0 or len(labels.unique()) != way or way < 2:
+            raise UserError(
+                f"fit_support got {len(images)} images and labels {labels.tolist()}: give one label per image, "
+                "numbered 0..way-1 with every class present, and at least 2 classes."
+            )
+        class_names = [str(label) for label in range(way)] if class_names is None else [str(n) for n in class_names]
+        if len(class_names) != way:
+            raise UserError(f"fit_support got {len(class_names)} class names for {way} classes: give one per label.")
+        return images, labels, class_names
 
     def _images(self, images: Sequence[Image] | Tensor, role: str) -> tuple[Tensor, list[str | None]]:
         """Model input [N, C, H, W] of files and tensors, with the file of each (``None`` for a tensor)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -90,6 +91,45 @@ class Episode:
 
     def to(self, device: torch.device | str) -> Episode:
         return self.map(lambda tensor: tensor.to(device))
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """What a method fits before it sees any query (:meth:`FewShotMethod.fit_support`): the labelled support images
+    of one task and what some methods need beside them. Built from an episode (:meth:`of`) in training and
+    evaluation, from the user's folder in ``predict`` and :class:`~fsl_lightning.classifier.FewShotClassifier`.
+
+    Fields:
+        images: [S, C, H, W] float model input (S may be 0: zero-shot ``predict`` from class names).
+        labels: [S] long in ``0..way-1``.
+        way: the number of classes to choose from.
+        class_ids: [way] the dataset's class of each label (evaluation episodes; CLIP names them from the split).
+        indices: [S] where the images sit in the evaluated split, for methods that look up cached split features;
+            ``None`` for images that are not from a split.
+        seed: :attr:`Episode.seed`, for any randomness of the fit (a probe's initialisation).
+        class_names: the name of each label, for methods that read names (CLIP's text classifier) in ``predict``.
+    """
+
+    images: Tensor
+    labels: Tensor
+    way: int
+    class_ids: Tensor | None = None
+    indices: Tensor | None = None
+    seed: int | None = None
+    class_names: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, episode: Episode, class_names: Sequence[str] | None = None) -> SupportSet:
+        """The support side of one episode (not a meta-batch)."""
+        return cls(
+            images=episode.support_images,
+            labels=episode.support_labels,
+            way=episode.way,
+            class_ids=episode.class_ids,
+            indices=episode.support_indices,
+            seed=episode.seed,
+            class_names=None if class_names is None else tuple(class_names),
+        )
 
 
 def _apply_to_tensor(function: Callable[[Tensor], Tensor], value: Any) -> Any:

@@ -7,15 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from omniglot_folders import support_and_query_folders
 from torch import nn
 
 from fsl_lightning.backbones import Conv4
+from fsl_lightning.callbacks.prediction_writer import PredictionCSVWriter
 from fsl_lightning.classifier import FewShotClassifier, Prediction
 from fsl_lightning.cli import main
-from fsl_lightning.data import Omniglot
+from fsl_lightning.data import EpisodicDataModule, Omniglot
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import NearestNeighbour, ProtoNet
 
@@ -92,6 +94,51 @@ def test_predictions_of_files_and_of_tensors_agree_with_the_folders(checkpoint, 
     decode = classifier.dataset.decode_image
     decoded = {name: [decode(path, str(path)) for path in paths] for name, paths in by_class.items()}
     assert classifier.fit_support(decoded).predict(queries) == from_folder
+    names, images = list(decoded), torch.stack([images[0] for images in decoded.values()])  # one image per class
+    labels = list(range(len(names)))
+    assert classifier.fit_support(images, labels, class_names=names).predict(queries) == from_folder
+
+
+class CountsEmbeddedImages:
+    """The number of images that went through a module (a forward pre-hook on the real backbone)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.images = 0
+        module.register_forward_pre_hook(self._count)
+
+    def _count(self, module: nn.Module, inputs: tuple) -> None:
+        self.images += len(inputs[0])
+
+
+def test_the_api_fits_the_support_set_once_and_scores_query_batches_against_it(checkpoint, folders,
+                                                                               no_training_data):
+    support, queries = folders  # 6 support images, 18 queries
+    classifier = FewShotClassifier.from_checkpoint(checkpoint, batch_size=4)
+    embedded = CountsEmbeddedImages(classifier.method.backbone)
+    classifier.fit_support(support)
+    assert embedded.images == 6
+    in_batches = classifier.predict(queries)  # 5 batches: the queries only, no support image again
+    assert embedded.images == 6 + 18
+    classifier.predict(sorted(queries.iterdir())[:3])
+    assert embedded.images == 6 + 18 + 3
+    at_once = FewShotClassifier.from_checkpoint(checkpoint).fit_support(support).predict(queries)
+    assert [p.class_name for p in in_batches] == [p.class_name for p in at_once]
+    assert [p.score for p in in_batches] == pytest.approx([p.score for p in at_once], abs=1e-6)
+
+
+def test_predict_fits_the_support_folder_once_for_all_its_batches(checkpoint, folders, tmp_path, no_training_data):
+    support, queries = folders
+    method = FewShotClassifier.from_checkpoint(checkpoint).method
+    embedded = CountsEmbeddedImages(method.backbone)
+    datamodule = EpisodicDataModule(Omniglot(protocol="vinyals"), predict_support_dir=str(support),
+                                    predict_query_dir=str(queries), predict_batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[PredictionCSVWriter(str(tmp_path / "cli.csv"))])
+    trainer.predict(method, datamodule=datamodule, return_predictions=False)
+    assert embedded.images == 6 + 18  # not 6 per batch of 4 queries
+    FewShotClassifier.from_checkpoint(checkpoint, batch_size=4).fit_support(support).predict_to_csv(
+        queries, tmp_path / "api.csv")
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "api.csv").read_text()
 
 
 def test_nearest_neighbour_needs_no_checkpoint_and_gives_the_cli_distances(folders, tmp_path, no_training_data):
@@ -129,6 +176,13 @@ def test_user_mistakes_get_one_line_saying_what_to_do(checkpoint, folders, no_tr
         classifier.predict([queries / "missing.png"])
     with pytest.raises(UserError, match=r"^fit_support needs at least 2 classes to choose from, got 1"):
         classifier.fit_support({"only": [next(queries.iterdir())]})
+    pixels = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    with pytest.raises(UserError, match=r"^fit_support\(images\) needs the label of each image"):
+        classifier.fit_support(pixels)
+    with pytest.raises(UserError, match=r"^fit_support got 3 images and labels \[0, 2, 2\]: give one label per"):
+        classifier.fit_support(pixels, [0, 2, 2])
+    with pytest.raises(UserError, match=r"^fit_support got 1 class names for 2 classes"):
+        classifier.fit_support(pixels, [0, 1, 1], class_names=["a"])
 
 
 def test_a_checkpoint_without_its_training_settings_or_a_truncated_one_is_named(tmp_path):

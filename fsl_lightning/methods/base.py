@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -14,12 +16,21 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from fsl_lightning.built_by_cli import built_by_cli
-from fsl_lightning.episode import Episode
+from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
 
 class FewShotMethod(L.LightningModule):
-    """Base class of every method: subclasses implement :meth:`episode_logits` (or override the loss).
+    """Base class of every method: subclasses implement :meth:`fit_support` and :meth:`score` (and may override the
+    loss); :meth:`episode_logits` composes them for training and evaluation.
+
+    ``fit_support(SupportSet) -> state`` fits one support set (the state is a small typed object of the method's
+    family: prototypes, adapted fast weights, a fitted probe, support embeddings...), and ``score(state,
+    query_images) -> logits [Q, way]`` scores queries against it. Both are pure, nothing is kept on the module
+    between calls, so batches of episodes, DDP and ``torch.func`` keep working, and ``predict`` and
+    :class:`~fsl_lightning.classifier.FewShotClassifier` fit a support set once and score its queries in batches.
+    A method that is not :attr:`transductive` scores each query alone: its queries scored in parts give the
+    logits of the queries scored together.
 
     Args:
         backbone: the embedding network (any ``nn.Module``, e.g. ``fsl_lightning.backbones.Conv4``).
@@ -40,6 +51,9 @@ class FewShotMethod(L.LightningModule):
     #: whether ``validate``, ``test`` and ``predict`` need trained weights (``--ckpt_path``); ``False`` for
     #: methods with nothing to train (1-NN, a frozen pretrained backbone), which evaluate as they are built
     needs_trained_weights: bool = True
+    #: whether :meth:`score` reads the queries it is given together (each query's logits depend on the others), so
+    #: that its numbers assume all the queries of an episode arrive at once
+    transductive: bool = False
 
     def __init__(
         self,
@@ -59,6 +73,7 @@ class FewShotMethod(L.LightningModule):
         self.val_accuracy = EpisodeAccuracy(nan_strategy="disable")
         self.test_accuracy = EpisodeAccuracy(nan_strategy="disable")
         self.last_accuracy: dict[str, AccuracySummary] = {}
+        self._predict_support_state: Any = None  # the user's support set, fitted once per predict run
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -71,8 +86,20 @@ class FewShotMethod(L.LightningModule):
             )
 
     @abstractmethod
+    def fit_support(self, support: SupportSet) -> Any:
+        """Fits the support set: the state that :meth:`score` scores queries against. Pure: keeps nothing on the
+        module."""
+
+    @abstractmethod
+    def score(self, state: Any, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        """Class scores [Q, way] of query images [Q, C, H, W] against a fitted support set (``state`` of
+        :meth:`fit_support`). ``query_indices`` [Q], where the queries sit in the evaluated split, lets methods
+        on frozen features look their features up; ``None`` for images that are not from a split."""
+
     def episode_logits(self, episode: Episode) -> Tensor:
-        """Class scores of the queries, [num_queries, way], from the support set of the same episode."""
+        """Class scores of the queries, [num_queries, way], from the support set of the same episode: the support
+        set fitted, then all the episode's queries scored at once."""
+        return self.score(self.fit_support(SupportSet.of(episode)), episode.query_images, episode.query_indices)
 
     def episode_loss(self, episode: Episode, logits: Tensor) -> Tensor:
         """Cross-entropy over the queries; methods with another objective override this."""
@@ -120,15 +147,32 @@ class FewShotMethod(L.LightningModule):
         return logits.float().softmax(dim=-1)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
-        """Classifies the user's query images against their support folder: file, predicted class and the
-        predicted class's score (:meth:`prediction_scores`, in a column named :attr:`score_name`)."""
-        logits = self.episode_logits(batch["episode"])
+        """Classifies a batch of the user's query images against their support folder: file, predicted class and
+        the predicted class's score (:meth:`prediction_rows`).
+
+        Every batch of a predict loader carries the same support set
+        (:func:`~fsl_lightning.data.predict_batches.prediction_batches`): it is fitted at the loader's first batch
+        and its state kept for the following ones, until the predict run ends.
+        """
+        episode = batch["episode"]
+        if batch_idx == 0 or self._predict_support_state is None:
+            self._predict_support_state = self.fit_support(SupportSet.of(episode, batch["class_names"]))
+        logits = self.score(self._predict_support_state, episode.query_images, episode.query_indices)
+        return self.prediction_rows(logits, batch["query_files"], batch["class_names"])
+
+    def on_predict_end(self) -> None:
+        self._predict_support_state = None
+
+    def prediction_rows(
+        self, logits: Tensor, query_files: Sequence[str | None], class_names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """One row per query: its file, the predicted class and that class's score (:meth:`prediction_scores`, in
+        a column named :attr:`score_name`); the rows of ``predict``'s CSV."""
         predicted = logits.argmax(dim=-1)
         scores = self.prediction_scores(logits).gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
-        names = batch["class_names"]
         return [
-            {"query_file": file, "predicted_class": names[label], self.score_name: score}
-            for file, label, score in zip(batch["query_files"], predicted.tolist(), scores.tolist())
+            {"query_file": file, "predicted_class": class_names[label], self.score_name: score}
+            for file, label, score in zip(query_files, predicted.tolist(), scores.tolist())
         ]
 
     def refuse_untrained_weights(self, action: str, how_to_load: str) -> None:
@@ -164,3 +208,57 @@ class FewShotMethod(L.LightningModule):
         return multiclass_accuracy(
             logits.argmax(dim=-1), episode.query_labels, num_classes=episode.way, average="micro", validate_args=False
         )
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """A fitted support set of the prototype family (ProtoNet, nearest centroid): one vector per class, [way, D]."""
+
+    prototypes: Tensor
+
+
+@dataclass(frozen=True)
+class LabelledFeatures:
+    """A support set kept as it is, in feature space: features [S, ...], labels [S] in ``0..way-1`` and the way
+    (the state of methods that compare each query with every support item: MatchingNet, Siamese, 1-NN)."""
+
+    features: Tensor
+    labels: Tensor
+    way: int
+
+
+class EmbeddingMethod(FewShotMethod):
+    """A method that fits and scores in the backbone's feature space: :meth:`fit_support` embeds the support
+    images (:meth:`embed`) and fits their features (:meth:`fit_features`); :meth:`score` embeds the queries and
+    scores their features (:meth:`score_features`).
+
+    :meth:`episode_logits`, used in training and evaluation, embeds support and queries in ONE backbone batch, as
+    the papers' code does: in training mode batch norm then normalises with the statistics of the whole episode,
+    which separate calls for each side do not reproduce. In eval mode (running statistics) an image's features do
+    not depend on its batch, so ``score(fit_support(support), queries)`` gives the episode's logits, up to the
+    floating-point rounding of batched convolutions (tests/test_support_split.py checks every method).
+    """
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Features of images [B, C, H, W] (here the backbone's output)."""
+        return self.backbone(images)
+
+    @abstractmethod
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> Any:
+        """The state fitted on the support set's features (its labels, way and seed are in ``support``)."""
+
+    @abstractmethod
+    def score_features(self, state: Any, query_features: Tensor) -> Tensor:
+        """Class scores [Q, way] of the queries' features against a fitted state."""
+
+    def fit_support(self, support: SupportSet) -> Any:
+        return self.fit_features(self.embed(support.images), support)
+
+    def score(self, state: Any, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        return self.score_features(state, self.embed(query_images))
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        features = self.embed(torch.cat([episode.support_images, episode.query_images]))
+        num_support = len(episode.support_images)
+        state = self.fit_features(features[:num_support], SupportSet.of(episode))
+        return self.score_features(state, features[num_support:])

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsl_lightning.episode import Episode
+from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, NearestCentroid
 from fsl_lightning.methods.frozen_features import FrozenFeatureMethod
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
@@ -104,6 +105,23 @@ def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> Tensor:
     return (top == labels.unsqueeze(-1)).any(dim=-1).float().mean()
 
 
+# ----- fitted support sets --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ZeroShotClassifier:
+    """CLIPZeroShot's fitted support set: the unit text-classifier weights of its classes, [way, D]."""
+
+    class_weights: Tensor
+
+
+@dataclass(frozen=True)
+class MixedClassifier(ZeroShotClassifier):
+    """CLIPFewShot's fitted support set: the text classifier, the episode classifier fitted on the support features
+    (``None`` for zero-shot ``predict`` from class names alone) and the weight ``w`` of the few-shot one."""
+
+    few_shot: Any
+    mix_weight: float
+
+
 # ----- the methods ----------------------------------------------------------------------------------------------------
 class CLIPZeroShot(FrozenFeatureMethod):
     """CLIP zero-shot classification: queries against the text classifier of the episode's class names.
@@ -140,12 +158,14 @@ class CLIPZeroShot(FrozenFeatureMethod):
         self.val_top5 = EpisodeAccuracy(nan_strategy="disable")
         self.test_top5 = EpisodeAccuracy(nan_strategy="disable")
         self._class_weights: dict[tuple[str, ...], Tensor] = {}
-        self._predict_class_names: list[str] | None = None
 
     # ----- classification ---------------------------------------------------------------------------------------
-    def episode_logits(self, episode: Episode) -> Tensor:
-        queries = self.features(episode.query_images, episode.query_indices)
-        return self.zero_shot_logits(queries, self.episode_class_weights(episode))
+    def fit_support(self, support: SupportSet) -> ZeroShotClassifier:
+        """The text classifier of the support set's classes (its images are not used)."""
+        return ZeroShotClassifier(self.support_class_weights(support))
+
+    def score(self, state: ZeroShotClassifier, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        return self.zero_shot_logits(self.features(query_images, query_indices), state.class_weights)
 
     def zero_shot_logits(self, image_features: Tensor, class_weights: Tensor) -> Tensor:
         return zero_shot_logits(image_features, class_weights, self.backbone.logit_scale.detach().float())
@@ -165,26 +185,20 @@ class CLIPZeroShot(FrozenFeatureMethod):
         super().clear_feature_cache()
         self._class_weights.clear()
 
-    def episode_class_weights(self, episode: Episode) -> Tensor:
-        """Text-classifier weights [way, D] of the episode's classes, in the order of its labels."""
-        if self._predict_class_names is not None:
-            return self.class_weights(self._predict_class_names)
+    def support_class_weights(self, support: SupportSet) -> Tensor:
+        """Text-classifier weights [way, D] of the support set's classes, in the order of its labels: named by
+        ``support.class_names`` (``predict``), else by the evaluated split's names of ``support.class_ids``."""
+        if support.class_names is not None:
+            return self.class_weights(support.class_names)
         split = self.evaluated_split()
         if split is None:
             raise ValueError(
                 f"{type(self).__name__} needs the class names of an episode: evaluate it with a data module "
                 "(`validate`, `test`) or `predict` with a support folder or data.predict_class_names."
             )
-        return self.class_weights(self.trainer.datamodule.splits[split].class_names)[episode.class_ids]
+        return self.class_weights(self.trainer.datamodule.splits[split].class_names)[support.class_ids]
 
     # ----- Lightning hooks ----------------------------------------------------------------------------------------
-    def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
-        self._predict_class_names = list(batch["class_names"])
-        try:
-            return super().predict_step(batch, batch_idx)
-        finally:
-            self._predict_class_names = None
-
     def _evaluate(self, episode: Episode, metric: EpisodeAccuracy, stage: str) -> None:
         logits = self.episode_logits(episode)
         queries = len(episode.query_labels)
@@ -252,14 +266,27 @@ class CLIPFewShot(CLIPZeroShot):
         #: the weight chosen on validation episodes (when ``mix_weight`` is null)
         self.chosen_mix_weight: float | None = None
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        queries = self.features(episode.query_images, episode.query_indices)
-        zero_shot = self.zero_shot_logits(queries, self.episode_class_weights(episode))
-        if len(episode.support_labels) == 0:  # predict from class names alone
+    @property
+    def transductive(self) -> bool:
+        return self.episode_classifier.transductive
+
+    def fit_support(self, support: SupportSet) -> MixedClassifier:
+        """The text classifier of the classes and, unless the support set is empty (``predict`` from class names
+        alone: zero-shot), the episode classifier fitted on the support features, with the mix weight."""
+        zero_shot = self.support_class_weights(support)
+        if len(support.labels) == 0:
+            return MixedClassifier(zero_shot, few_shot=None, mix_weight=0.0)
+        features = self.features(support.images, support.indices)
+        few_shot = self.episode_classifier.fit(features, support.labels, support.way, seed=support.seed)
+        return MixedClassifier(zero_shot, few_shot, self.current_mix_weight())
+
+    def score(self, state: MixedClassifier, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        queries = self.features(query_images, query_indices)
+        zero_shot = self.zero_shot_logits(queries, state.class_weights)
+        if state.few_shot is None:
             return zero_shot
-        support = self.features(episode.support_images, episode.support_indices)
-        few_shot = self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
-        return mix_log_probabilities(zero_shot, few_shot, self.current_mix_weight())
+        few_shot = self.episode_classifier.score(state.few_shot, queries)
+        return mix_log_probabilities(zero_shot, few_shot, state.mix_weight)
 
     def current_mix_weight(self) -> float:
         if self.mix_weight is not None:

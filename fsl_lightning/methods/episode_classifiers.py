@@ -12,14 +12,19 @@ the global RNG: the same episode gives the same logits after ``fit``, from a che
 
 from __future__ import annotations
 
+import contextlib
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fsl_lightning.adaptation.context import gradients_enabled
+from fsl_lightning.methods.base import Prototypes
 from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix
 
 #: the seed of episodes that carry none (training batches, ``predict``), so that those are deterministic too
@@ -45,26 +50,103 @@ def weight_normalised_cosine(features: Tensor, direction: Tensor, gain: Tensor, 
 
 
 class EpisodeClassifier(ABC):
-    """Fits a classifier on the support features and scores the queries."""
+    """Fits a classifier on the support features and scores the queries.
+
+    ``classifier(support, support_labels, queries, way, seed)`` does both at once; :meth:`fit` and :meth:`score`
+    split them (fit a support set once, score queries as they come). A subclass implements either
+    :meth:`fit_features` and :meth:`score_features` (the fit kept in a small state) or :meth:`fit_predict` alone:
+    then the fit waits for the queries (:class:`SupportFeatures`), and a classifier that reads all the queries
+    together (transductive) sets :attr:`transductive`.
+    """
+
+    #: whether the logits of a query depend on the other queries scored with it
+    transductive: bool = False
 
     def __call__(
         self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, seed: int | None = None
     ) -> Tensor:
-        # Fitting works on fp32 copies made outside inference mode: features from Lightning's evaluation loops
-        # are inference tensors, which autograd refuses to save.
-        generator = torch.Generator().manual_seed(UNSEEDED_EPISODE_SEED if seed is None else seed)
-        with gradients_enabled(), torch.autocast(support.device.type, enabled=False):
-            support = support.detach().float().clone()
-            queries = queries.detach().float().clone()
-            support_labels = support_labels.clone()
-            return self.fit_predict(support, support_labels, queries, way, generator)
+        return self.score(self.fit(support, support_labels, way, seed), queries)
 
-    @abstractmethod
+    def fit(self, support: Tensor, support_labels: Tensor, way: int, seed: int | None = None) -> Any:
+        """The classifier fitted on support features [S, D] with labels [S] in ``0..way-1``; ``seed`` drives any
+        randomness of the fit (``None``: :data:`UNSEEDED_EPISODE_SEED`)."""
+        seed = UNSEEDED_EPISODE_SEED if seed is None else seed
+        with _fitting(support):
+            support, support_labels = _fp32_copy(support), support_labels.clone()
+            if self._fits_with_the_queries():
+                return SupportFeatures(support, support_labels, way, seed)
+            return self.fit_features(support, support_labels, way, episode_generator(seed))
+
+    def score(self, state: Any, queries: Tensor) -> Tensor:
+        """Logits [Q, way] of query features [Q, D] under a fitted classifier (``state`` of :meth:`fit`)."""
+        with _fitting(queries):
+            queries = _fp32_copy(queries)
+            if isinstance(state, SupportFeatures):
+                generator = episode_generator(state.seed)
+                return self.fit_predict(state.support, state.labels, queries, state.way, generator)
+            return self.score_features(state, queries)
+
+    def fit_features(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> Any:
+        """The fitted state from fp32 support features [S, D] (outside inference mode, autograd on); any randomness
+        comes from ``generator`` (CPU)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither fit_features nor fit_predict.")
+
+    def score_features(self, state: Any, queries: Tensor) -> Tensor:
+        """Logits [Q, way] of fp32 query features [Q, D] under the state of :meth:`fit_features`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither score_features nor fit_predict.")
+
     def fit_predict(
         self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
     ) -> Tensor:
         """support [S, D], support_labels [S] in ``0..way-1``, queries [Q, D] -> logits [Q, way]; any randomness
-        comes from ``generator`` (CPU)."""
+        comes from ``generator`` (CPU). The one-step alternative to :meth:`fit_features` + :meth:`score_features`."""
+        return self.score_features(self.fit_features(support, support_labels, way, generator), queries)
+
+    def _fits_with_the_queries(self) -> bool:
+        """Whether this class's most specific fitting code is a one-step :meth:`fit_predict` (written for, or
+        overriding, a fit that has to see the queries), rather than :meth:`fit_features`."""
+        def owner(name: str) -> type:
+            return next(cls for cls in type(self).__mro__ if name in vars(cls))
+
+        one_step = owner("fit_predict")
+        return one_step is not EpisodeClassifier and issubclass(one_step, owner("fit_features"))
+
+
+@dataclass(frozen=True)
+class SupportFeatures:
+    """The state of a classifier that fits only when it sees the queries (:meth:`EpisodeClassifier.fit_predict`):
+    the fp32 support features [S, D], their labels [S], the way and the episode's seed."""
+
+    support: Tensor
+    labels: Tensor
+    way: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class LinearWeights:
+    """A fitted probe: its parameters (e.g. weight [way, D] and bias [way]) and the way."""
+
+    parameters: tuple[Tensor, ...]
+    way: int
+
+
+def episode_generator(seed: int) -> torch.Generator:
+    """The CPU generator that all of an episode's random draws come from."""
+    return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _fitting(features: Tensor) -> Iterator[None]:
+    """Autograd on, even inside Lightning's inference-mode evaluation loops, and fp32 maths under mixed precision."""
+    with gradients_enabled(), torch.autocast(features.device.type, enabled=False):
+        yield
+
+
+def _fp32_copy(features: Tensor) -> Tensor:
+    # Fitting works on fp32 copies made outside inference mode: features from Lightning's evaluation loops are
+    # inference tensors, which autograd refuses to save.
+    return features.detach().float().clone()
 
 
 class LinearProbe(EpisodeClassifier):
@@ -83,9 +165,9 @@ class LinearProbe(EpisodeClassifier):
         self.epochs, self.batch_size = epochs, batch_size
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
 
-    def fit_predict(
-        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
-    ) -> Tensor:
+    def fit_features(
+        self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
+    ) -> LinearWeights:
         initial = self.initial_parameters(support.shape[1], way, generator)
         parameters = [tensor.to(support.device).requires_grad_() for tensor in initial]
         optimiser = torch.optim.SGD(parameters, self.lr, self.momentum, self.dampening, self.weight_decay)
@@ -94,8 +176,11 @@ class LinearProbe(EpisodeClassifier):
             optimiser.zero_grad(set_to_none=True)
             F.cross_entropy(self.scores(parameters, support[batch], way), support_labels[batch]).backward()
             optimiser.step()
+        return LinearWeights(tuple(parameter.detach() for parameter in parameters), way)
+
+    def score_features(self, state: LinearWeights, queries: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.scores(parameters, queries, way)
+            return self.scores(list(state.parameters), queries, state.way)
 
     def mini_batches(self, count: int, generator: torch.Generator) -> list[Tensor]:
         """Support indices of every step: a fresh permutation per epoch, cut into chunks of ``batch_size``."""
@@ -158,15 +243,20 @@ class LogisticRegression(EpisodeClassifier):
             raise ValueError(f"newton_steps must be at least 1, got {newton_steps}.")
         self.C, self.normalize, self.newton_steps = C, normalize, newton_steps
 
-    def fit_predict(
-        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
-    ) -> Tensor:
+    def fit_features(
+        self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
+    ) -> LinearWeights:
         if self.normalize:
-            support, queries = F.normalize(support, dim=-1), F.normalize(queries, dim=-1)
+            support = F.normalize(support, dim=-1)
         support64 = support.double()
         gram = support64 @ support64.T  # [S, S]
         coefficients = self.fit_coefficients(gram, support_labels, way)
-        weights, bias = coefficients[:, :-1] @ support64, coefficients[:, -1]  # W = B X
+        return LinearWeights((coefficients[:, :-1] @ support64, coefficients[:, -1]), way)  # W = B X, b (float64)
+
+    def score_features(self, state: LinearWeights, queries: Tensor) -> Tensor:
+        if self.normalize:
+            queries = F.normalize(queries, dim=-1)
+        weights, bias = state.parameters
         return (queries.double() @ weights.T + bias).to(queries.dtype)
 
     def fit_coefficients(self, gram: Tensor, labels: Tensor, way: int) -> Tensor:
@@ -200,11 +290,14 @@ class NearestCentroid(EpisodeClassifier):
     def __init__(self, scale: float = 10.0) -> None:
         self.scale = scale
 
-    def fit_predict(
-        self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
-    ) -> Tensor:
-        prototypes = class_prototypes(F.normalize(support, dim=-1), support_labels, way)
-        return self.scale * cosine_similarity_matrix(queries, prototypes)
+    def fit_features(
+        self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
+    ) -> Prototypes:
+        """The class means of the L2-normalised support features."""
+        return Prototypes(class_prototypes(F.normalize(support, dim=-1), support_labels, way))
+
+    def score_features(self, state: Prototypes, queries: Tensor) -> Tensor:
+        return self.scale * cosine_similarity_matrix(queries, state.prototypes)
 
 
 def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> Tensor:

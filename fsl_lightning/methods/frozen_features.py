@@ -22,7 +22,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch import Tensor, nn
 
 from fsl_lightning.data.decoded_cache import save_atomically
-from fsl_lightning.episode import Episode
+from fsl_lightning.episode import SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
@@ -39,8 +39,8 @@ FINGERPRINT_SAMPLE_BYTES = 1 << 22
 class FrozenFeatureMethod(FewShotMethod):
     """Base of the methods that evaluate a fixed backbone: nothing to train, features looked up per episode.
 
-    Subclasses implement :meth:`episode_logits` with :meth:`features`; :meth:`image_features` is the backbone
-    call (override it for models with several outputs). ``fit`` is refused: fine-tune a backbone with
+    Subclasses implement :meth:`fit_support` and :meth:`score` with :meth:`features`; :meth:`image_features` is the
+    backbone call (override it for models with several outputs). ``fit`` is refused: fine-tune a backbone with
     :class:`~fsl_lightning.methods.Transfer` instead.
 
     Args:
@@ -178,10 +178,17 @@ class FrozenFeatures(FrozenFeatureMethod):
         super().__init__(backbone, feature_batch_size, feature_cache_dir)
         self.episode_classifier = episode_classifier or LogisticRegression()
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        support = self.features(episode.support_images, episode.support_indices)
-        queries = self.features(episode.query_images, episode.query_indices)
-        return self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
+    @property
+    def transductive(self) -> bool:
+        return self.episode_classifier.transductive
+
+    def fit_support(self, support: SupportSet) -> Any:
+        """The episode classifier fitted on the support features (the episode's seed drives its randomness)."""
+        features = self.features(support.images, support.indices)
+        return self.episode_classifier.fit(features, support.labels, support.way, seed=support.seed)
+
+    def score(self, state: Any, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        return self.episode_classifier.score(state, self.features(query_images, query_indices))
 
 
 @contextlib.contextmanager

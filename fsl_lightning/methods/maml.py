@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from fsl_lightning.adaptation import (
+    AdaptedParams,
     InnerLR,
     build_engine,
     gradients_enabled,
@@ -18,11 +20,12 @@ from fsl_lightning.adaptation import (
     usable_in_autograd,
 )
 from fsl_lightning.backbones.plain_batchnorm import (
+    PlainBatchNorm2d,
     recording_running_statistics,
     replace_torch_batch_norm,
     tracks_running_statistics,
 )
-from fsl_lightning.episode import Episode
+from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import FewShotMethod
 
 
@@ -33,8 +36,12 @@ def as_meta_batch(episode: Episode) -> Episode:
     return episode.map(lambda tensor: tensor.unsqueeze(0))
 
 
-def _usable_in_autograd(episode: Episode) -> Episode:
-    return episode.map(usable_in_autograd)
+@dataclass(frozen=True)
+class AdaptedWeights:
+    """A support set fitted by the MAML family: the inner learner's adapted (fast) weights, by parameter name, each
+    with a leading task dimension of 1 (the engines' layout)."""
+
+    weights: AdaptedParams
 
 
 class MAML(FewShotMethod):
@@ -125,7 +132,7 @@ class MAML(FewShotMethod):
 
     def adapted_query_logits(self, batch: Episode, steps: int, first_order: bool) -> Tensor:
         """Adapts to each task's support set and scores its queries: meta-batch -> logits [T, Q, way]."""
-        self._check_way(batch)
+        self._check_way(batch.way)
         with inner_precision(self.device.type, self.inner_loop_fp32):
             learner = self.inner_learner()
             support = self.inner_inputs(batch.support_images)
@@ -155,12 +162,29 @@ class MAML(FewShotMethod):
             with recording_running_statistics(self.backbone):
                 self.backbone(images)
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        """One episode (validation / test / predict): adapt with ``test_inner_steps``, then [Q, way]."""
-        with gradients_enabled():
-            batch = as_meta_batch(_usable_in_autograd(episode))
-            logits = self.adapted_query_logits(batch, self.test_inner_steps, first_order=True)
-        return logits[0].detach()
+    @property
+    def transductive(self) -> bool:
+        """Whether batch norm normalises the queries with their own batch statistics (``batch_norm: batch``, the
+        paper's), so that a query's logits depend on the queries scored with it."""
+        return any(isinstance(m, PlainBatchNorm2d) and not m.running_statistics for m in self.backbone.modules())
+
+    def fit_support(self, support: SupportSet) -> AdaptedWeights:
+        """The learner adapted to one support set with ``test_inner_steps`` (validation / test / predict; first-order
+        maths: no meta-gradient is needed)."""
+        self._check_way(support.way)
+        with gradients_enabled(), inner_precision(self.device.type, self.inner_loop_fp32):
+            images = self.inner_inputs(usable_in_autograd(support.images).unsqueeze(0))  # a meta-batch of one task
+            labels = usable_in_autograd(support.labels).unsqueeze(0)
+            weights = self.engine.adapt(
+                self.inner_learner(), images, labels, self.test_inner_steps, self.inner_rates(), True
+            )
+        return AdaptedWeights({name: weight.detach() for name, weight in weights.items()})
+
+    def score(self, state: AdaptedWeights, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        """The queries' logits [Q, way] under the adapted weights."""
+        with torch.no_grad(), inner_precision(self.device.type, self.inner_loop_fp32):
+            queries = self.inner_inputs(query_images.unsqueeze(0))
+            return self.engine.logits(self.inner_learner(), state.weights, queries)[0]
 
     def _log_training(self, loss: Tensor, logits: Tensor, batch: Episode) -> None:
         accuracy = (logits.detach().argmax(dim=-1) == batch.query_labels).float().mean()
@@ -169,34 +193,20 @@ class MAML(FewShotMethod):
         self.log("train/loss", loss.detach(), batch_size=queries)
         self.log("train/acc", self.train_accuracy, batch_size=queries)
 
-    def _check_way(self, batch: Episode) -> None:
+    def _check_way(self, episode_way: int) -> None:
         """Shapes only (no host sync): a head of another width would silently mis-score the episode."""
         way = getattr(self.backbone, "way", None)
-        if way is not None and batch.way != way:
+        if way is not None and episode_way != way:
             raise ValueError(
-                f"The backbone outputs {way} classes but the episode has way={batch.way}: MAML-like methods need "
+                f"The backbone outputs {way} classes but the episode has way={episode_way}: MAML-like methods need "
                 "the same way at training and test (set the backbone's way and the data module's way alike)."
             )
 
 
 class FOMAML(MAML):
     """First-order MAML (Finn et al. 2017, section 5.2): the inner gradients are treated as constants, so the
-    meta-gradient is the query gradient at the adapted parameters. Same arguments as :class:`MAML`."""
+    meta-gradient is the query gradient at the adapted parameters. Same arguments as :class:`MAML`, with
+    ``first_order`` true by default."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
-        test_inner_steps: int = 3,
-        first_order: bool = True,
-        engine: Literal["vmap", "learn2learn"] = "vmap",
-        inner_loop_fp32: bool = True,
-    ) -> None:
-        super().__init__(
-            backbone, optimizer, lr_scheduler, scheduler_interval, inner_lr, inner_steps, test_inner_steps,
-            first_order, engine, inner_loop_fp32,
-        )
+    def __init__(self, *args: Any, first_order: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, first_order=first_order, **kwargs)

@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from fsl_lightning.episode import Episode
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.episode import SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import attention_class_log_probabilities, cosine_similarity_matrix
 
 
@@ -61,12 +61,13 @@ class QueryAttentionEmbedding(nn.Module):
         return hidden
 
 
-class MatchingNet(FewShotMethod):
+class MatchingNet(EmbeddingMethod):
     """Softmax attention over cosine similarities to the support set, summed per class (eq. 1-2).
 
     ``P(y = k | x) = sum_{i: y_i = k} softmax_i(cos(f(x), g(x_i)))``; the logits are ``log P``, so the
-    base class's cross-entropy is exactly the paper's negative log-likelihood. Support and queries go
-    through the backbone in one batch.
+    base class's cross-entropy is exactly the paper's negative log-likelihood. :meth:`fit_support` keeps g(S)
+    (:class:`~fsl_lightning.methods.base.LabelledFeatures`); in training and evaluation support and queries go
+    through the backbone in one batch (:class:`~fsl_lightning.methods.base.EmbeddingMethod`).
 
     Args:
         backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
@@ -92,29 +93,29 @@ class MatchingNet(FewShotMethod):
         self.support_context = SupportContextEmbedding(embedding_dim) if fce else None
         self.query_attention = QueryAttentionEmbedding(embedding_dim, fce_read_steps) if fce else None
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
-        embeddings = self.backbone(torch.cat([episode.support_images, episode.query_images]))
-        support, queries = self.contextual_embeddings(embeddings[:num_support], embeddings[num_support:])
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> LabelledFeatures:
+        """g(S): the support embeddings themselves, or their full-context versions with ``fce`` (the bidirectional
+        LSTM reads the whole support set)."""
+        if self.support_context is not None:
+            self._check_embedding_size(support_features)
+            support_features = self.support_context(support_features)
+        return LabelledFeatures(support_features, support.labels, support.way)
+
+    def score_features(self, state: LabelledFeatures, query_features: Tensor) -> Tensor:
+        """f(Q) (with ``fce``: the attention LSTM, each query on its own, over g(S)), then attention over g(S)."""
+        if self.query_attention is not None:
+            query_features = self.query_attention(query_features, state.features)
         # Similarities and log-sum-exp in fp32: under bf16 the attention weights of near-equal cosines tie.
-        similarities = cosine_similarity_matrix(queries.float(), support.float())
-        return attention_class_log_probabilities(similarities, episode.support_labels, episode.way)
+        similarities = cosine_similarity_matrix(query_features.float(), state.features.float())
+        return attention_class_log_probabilities(similarities, state.labels, state.way)
 
-    def contextual_embeddings(self, support: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
-        """(g(S), f(Q)): the backbone embeddings themselves, or their full-context versions with ``fce``.
-
-        support [S, D], queries [Q, D] -> the same shapes.
-        """
-        if self.support_context is None:
-            return support, queries
+    def _check_embedding_size(self, support: Tensor) -> None:
         if support.dim() != 2 or support.shape[-1] != self.embedding_dim:
             raise ValueError(
                 f"Full-context embeddings were built for embeddings of size embedding_dim={self.embedding_dim}, "
                 f"but the backbone gives {tuple(support.shape[1:])}: set embedding_dim to the backbone's flat "
                 "output size (64 for Conv4 on 28x28 images, 1600 on 84x84)."
             )
-        support = self.support_context(support)
-        return support, self.query_attention(queries, support)
 
 
 __all__ = ["MatchingNet", "QueryAttentionEmbedding", "SupportContextEmbedding"]

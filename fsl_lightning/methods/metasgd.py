@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.adaptation import InnerLR
@@ -37,32 +36,23 @@ class MetaSGD(MAML):
     ``first_order`` still gives the rates a gradient (through ``-grad``).
 
     Args:
-        inner_lr: the initial rate of every entry, used only when ``initial_rate_range`` is ``None``.
+        inner_lr: (:class:`~fsl_lightning.methods.maml.MAML`'s) the initial rate of every entry, used only when
+            ``initial_rate_range`` is ``None``.
         initial_rate_range: (low, high) of the uniform initial rates; ``None`` starts every rate at ``inner_lr``
             (a departure: the first meta-iterations are then exactly MAML's).
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
+        *args: Any,
         test_inner_steps: int = 1,
-        first_order: bool = False,
-        engine: Literal["vmap", "learn2learn"] = "vmap",
-        inner_loop_fp32: bool = True,
         initial_rate_range: tuple[float, float] | None = (0.005, 0.1),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone, optimizer, lr_scheduler, scheduler_interval, inner_lr, inner_steps, test_inner_steps,
-            first_order, engine, inner_loop_fp32,
-        )
+        super().__init__(*args, test_inner_steps=test_inner_steps, **kwargs)
         self.inner_lrs = nn.ParameterDict(
-            {_key(name): nn.Parameter(_initial_rates(p, inner_lr, initial_rate_range))
-             for name, p in backbone.named_parameters()}
+            {_key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))
+             for name, p in self.backbone.named_parameters()}
         )
 
     def inner_rates(self) -> InnerLR:

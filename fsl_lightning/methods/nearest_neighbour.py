@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from fsl_lightning.episode import Episode
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.episode import SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import nearest_in_class, squared_euclidean_distance
 
 
-class NearestNeighbour(FewShotMethod):
+class NearestNeighbour(EmbeddingMethod):
     """Each query takes the class of its nearest support image in Euclidean distance; nothing is trained.
 
     With ``backbone: torch.nn.Flatten`` the distance is in pixel space (the baseline of Lake et al.; our
     measurements are in BENCHMARKS.md); any other backbone gives nearest neighbour on its (fixed) embeddings.
-    logits [Q, way] = minus the distance to the nearest support image of each class.
+    logits [Q, way] = minus the distance to the nearest support image of each class; :meth:`fit_support` keeps the
+    support embeddings (:class:`~fsl_lightning.methods.base.LabelledFeatures`).
 
     There are no parameters to fit: evaluate with ``python -m fsl_lightning test --config <yaml>`` (no
     checkpoint). ``fit`` stops at once with an error saying so (see :meth:`configure_optimizers`).
@@ -27,13 +27,16 @@ class NearestNeighbour(FewShotMethod):
     score_name = "distance"
     needs_trained_weights = False
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
+    def embed(self, images: Tensor) -> Tensor:
         # fp32 distances: in bf16, near-equal pixel distances would tie
-        embeddings = self.backbone(torch.cat([episode.support_images, episode.query_images])).float()
-        support, queries = embeddings[:num_support], embeddings[num_support:]
-        distances = squared_euclidean_distance(queries, support).sqrt()
-        return -nearest_in_class(distances, episode.support_labels, episode.way)
+        return self.backbone(images).float()
+
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> LabelledFeatures:
+        return LabelledFeatures(support_features, support.labels, support.way)
+
+    def score_features(self, state: LabelledFeatures, query_features: Tensor) -> Tensor:
+        distances = squared_euclidean_distance(query_features, state.features).sqrt()
+        return -nearest_in_class(distances, state.labels, state.way)
 
     def prediction_scores(self, logits: Tensor) -> Tensor:
         """Euclidean distance to the nearest support image of each class (>= 0, smaller is closer):

@@ -7,16 +7,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from fsl_lightning.episode import Episode
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.episode import SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
 
 
-class ProtoNet(FewShotMethod):
+class ProtoNet(EmbeddingMethod):
     """Each class is the mean of its support embeddings; a query scores ``-||f(q) - prototype||^2``.
 
-    Support and query images go through the backbone in one batch (batch norm sees the whole episode,
-    as in the paper's code). Training and test way/shot are independent (set in the data module).
+    :meth:`fit_support` keeps the prototypes (:class:`~fsl_lightning.methods.base.Prototypes`), :meth:`score`
+    measures queries against them. In training and evaluation support and query images go through the backbone in
+    one batch (batch norm sees the whole episode, as in the paper's code; see
+    :class:`~fsl_lightning.methods.base.EmbeddingMethod`). Training and test way/shot are independent (set in the
+    data module).
 
     Args:
         distance: ``squared_euclidean`` (the paper's, default) or ``euclidean``, a named departure: scores
@@ -33,13 +36,14 @@ class ProtoNet(FewShotMethod):
             raise ValueError(f"Unknown distance {distance!r}: use 'squared_euclidean' (the paper's) or 'euclidean'.")
         self.distance = distance
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
-        embeddings = self.backbone(torch.cat([episode.support_images, episode.query_images]))
+    def embed(self, images: Tensor) -> Tensor:
         # Distances in fp32 even under mixed precision: bf16 differences of near-equal embeddings lose the ranking.
-        embeddings = embeddings.float()
-        support, queries = embeddings[:num_support], embeddings[num_support:]
-        prototypes = class_prototypes(support, episode.support_labels, episode.way)
+        return self.backbone(images).float()
+
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> Prototypes:
+        return Prototypes(class_prototypes(support_features, support.labels, support.way))
+
+    def score_features(self, state: Prototypes, query_features: Tensor) -> Tensor:
         if self.distance == "euclidean":
-            return -torch.cdist(queries, prototypes)
-        return -squared_euclidean_distance(queries, prototypes)
+            return -torch.cdist(query_features, state.prototypes)
+        return -squared_euclidean_distance(query_features, state.prototypes)

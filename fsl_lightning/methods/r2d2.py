@@ -4,6 +4,7 @@ solvers"): a ridge-regression head solved in closed form for each episode, diffe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from fsl_lightning.episode import Episode
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.episode import SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod
 
 
 def ridge_regression_weights(features: Tensor, targets: Tensor, regulariser: Tensor | float) -> Tensor:
@@ -27,12 +28,14 @@ def ridge_regression_weights(features: Tensor, targets: Tensor, regulariser: Ten
     return features.T @ torch.linalg.solve(gram + regulariser * identity, targets)
 
 
-class R2D2(FewShotMethod):
+class R2D2(EmbeddingMethod):
     """Ridge regression from the support features to one-hot labels, solved in closed form per episode;
     query logits ``scale * (x W) + bias`` with a learned scale and bias calibrating them for the
     cross-entropy, and a learned regulariser lambda (all three meta-learned with the backbone, as Bertinetto
     et al. do: they treat lambda, the scale and the bias as hyper-parameters learned by the outer loop).
     Features get a constant 1 appended, so that the regression has an intercept (as in the paper).
+    :meth:`fit_support` solves for W (:class:`RidgeWeights`); in training and evaluation support and queries go
+    through the backbone in one batch (:class:`~fsl_lightning.methods.base.EmbeddingMethod`).
 
     Args:
         backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`; the backbone's
@@ -61,13 +64,22 @@ class R2D2(FewShotMethod):
         self.scale = nn.Parameter(torch.tensor(float(initial_scale)))
         self.bias = nn.Parameter(torch.tensor(0.0))
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
-        features = self.backbone(torch.cat([episode.support_images, episode.query_images])).flatten(1).float()
-        features = F.pad(features, (0, 1), value=1.0)  # the intercept column
-        support, queries = features[:num_support], features[num_support:]
-        targets = F.one_hot(episode.support_labels, episode.way).float()
+    def embed(self, images: Tensor) -> Tensor:
+        features = self.backbone(images).flatten(1).float()
+        return F.pad(features, (0, 1), value=1.0)  # the intercept column
+
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> RidgeWeights:
+        targets = F.one_hot(support.labels, support.way).float()
         # The solve stays in fp32 under mixed precision: a bf16 Gram matrix is far too ill-conditioned.
-        with torch.autocast(features.device.type, enabled=False):
-            weights = ridge_regression_weights(support, targets, self.log_lambda.exp())
-        return self.scale * (queries @ weights) + self.bias
+        with torch.autocast(support_features.device.type, enabled=False):
+            return RidgeWeights(ridge_regression_weights(support_features, targets, self.log_lambda.exp()))
+
+    def score_features(self, state: RidgeWeights, query_features: Tensor) -> Tensor:
+        return self.scale * (query_features @ state.weights) + self.bias
+
+
+@dataclass(frozen=True)
+class RidgeWeights:
+    """A fitted support set of R2D2: the closed-form ridge-regression weights W [D + 1, way] (intercept row last)."""
+
+    weights: Tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -10,8 +11,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.conv4 import conv_block
-from fsl_lightning.episode import Episode
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.episode import Episode, SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod
 from fsl_lightning.methods.functional import class_sums
 
 
@@ -52,12 +53,14 @@ class RelationModule(nn.Module):
         return self.classifier(self.convolutions(pairs)).squeeze(-1).sigmoid()
 
 
-class RelationNet(FewShotMethod):
+class RelationNet(EmbeddingMethod):
     """Learned comparison: a relation module scores each (class, query) pair of feature maps (eq. 1-3).
 
     The class map is the sum of its support feature maps (eq. 2, K > 1), concatenated on channels with
     each query's map; scores are regressed to one-hot targets with a mean squared error (eq. 3), and the
-    scores themselves are the logits for accuracy. The backbone must return feature maps
+    scores themselves are the logits for accuracy. :meth:`fit_support` keeps the class maps
+    (:class:`ClassFeatureMaps`); in training and evaluation support and queries go through the backbone in one
+    batch (:class:`~fsl_lightning.methods.base.EmbeddingMethod`). The backbone must return feature maps
     [B, C, s, s] with s >= 4 (``fsl_lightning.backbones.relation_conv4.RelationConv4``: 5x5 on 28x28 images; ``Conv4``
     with ``flatten: false`` keeps only 1x1 maps there, 5x5 on 84x84 images).
 
@@ -83,13 +86,17 @@ class RelationNet(FewShotMethod):
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         self.relation = RelationModule(feature_channels, feature_size, hidden_channels, hidden_units)
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
-        features = self.backbone(torch.cat([episode.support_images, episode.query_images]))
+    def embed(self, images: Tensor) -> Tensor:
+        features = self.backbone(images)
         self._check_feature_maps(features)
-        classes = class_sums(features[:num_support], episode.support_labels, episode.way)  # [way, C, s, s]
-        queries = features[num_support:]
-        return self.relation(concatenate_pairs(classes, queries)).view(len(queries), episode.way)
+        return features
+
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> ClassFeatureMaps:
+        return ClassFeatureMaps(class_sums(support_features, support.labels, support.way))  # [way, C, s, s]
+
+    def score_features(self, state: ClassFeatureMaps, query_features: Tensor) -> Tensor:
+        way = len(state.maps)
+        return self.relation(concatenate_pairs(state.maps, query_features)).view(len(query_features), way)
 
     def episode_loss(self, episode: Episode, logits: Tensor) -> Tensor:
         """Mean squared error of the relation scores to the one-hot query labels (eq. 3)."""
@@ -110,6 +117,13 @@ class RelationNet(FewShotMethod):
                 "maps of side 4 or more (RelationConv4; Conv4 with flatten: false on 84x84 images) and set "
                 "feature_size to its output side."
             )
+
+
+@dataclass(frozen=True)
+class ClassFeatureMaps:
+    """A fitted support set of RelationNet: the sum of each class's support feature maps, [way, C, s, s] (eq. 2)."""
+
+    maps: Tensor
 
 
 def concatenate_pairs(classes: Tensor, queries: Tensor) -> Tensor:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.adaptation import AdaptedParams, inner_precision
@@ -32,25 +32,24 @@ class Reptile(MAML):
     0, as in the paper, with ``LinearLR``). The paper's inner optimiser is Adam; this one uses plain SGD.
     Evaluation adapts on the support set with ``test_inner_steps`` as MAML does, and so does the logged training
     accuracy (with ``inner_steps``, see :meth:`training_step`). Arguments as
-    :class:`~fsl_lightning.methods.maml.MAML` (``first_order`` is ignored: Reptile is first order).
+    :class:`~fsl_lightning.methods.maml.MAML`, with Reptile's defaults (SGD outer optimiser, inner lr 0.1, 5 inner
+    steps, 10 at test); ``first_order`` is ignored: Reptile is first order.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.SGD,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         inner_lr: float = 0.1,
         inner_steps: int = 5,
         test_inner_steps: int = 10,
         first_order: bool = True,
-        engine: Literal["vmap", "learn2learn"] = "vmap",
-        inner_loop_fp32: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            backbone, optimizer, lr_scheduler, scheduler_interval, inner_lr, inner_steps, test_inner_steps,
-            True, engine, inner_loop_fp32,
+            backbone, optimizer, *args, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
+            first_order=True, **kwargs,
         )
 
     def reptile_loss(self, batch: Episode) -> Tensor:

@@ -10,12 +10,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.data.pairs import balanced_pairs, random_affine
-from fsl_lightning.episode import Episode
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.episode import Episode, SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import class_log_mean_exp
 
 
-class Siamese(FewShotMethod):
+class Siamese(EmbeddingMethod):
     """Twin embeddings with shared weights; ``p(same) = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)`` (eq. 1).
 
     Training is verification, not episode classification: the images of each training episode (support
@@ -26,7 +26,8 @@ class Siamese(FewShotMethod):
     N-way K-shot classification (section 4.2): each query is scored against every support image; a class
     gets the mean ``p(same)`` of its support images (K = 1: its one image, the paper's rule). The logits are
     the log of that mean, so the argmax is the paper's highest score and ``val/loss``/``test/loss`` are the
-    cross-entropy of the normalised scores.
+    cross-entropy of the normalised scores. :meth:`fit_support` keeps the support embeddings
+    (:class:`~fsl_lightning.methods.base.LabelledFeatures`).
 
     Args:
         backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`. The paper's twin is
@@ -57,13 +58,13 @@ class Siamese(FewShotMethod):
         """Logit of p(same) for pairs of embeddings: first and second [..., D] -> [...]."""
         return self.head((first - second).abs()).squeeze(-1)
 
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
-        embeddings = self._embed(torch.cat([episode.support_images, episode.query_images]))
-        support, queries = embeddings[:num_support], embeddings[num_support:]
-        logits = self.pair_logits(queries.unsqueeze(1), support.unsqueeze(0))  # [Q, S]
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> LabelledFeatures:
+        return LabelledFeatures(support_features, support.labels, support.way)
+
+    def score_features(self, state: LabelledFeatures, query_features: Tensor) -> Tensor:
+        logits = self.pair_logits(query_features.unsqueeze(1), state.features.unsqueeze(0))  # [Q, S]
         # log p(same) in log space (logsigmoid), so that very unlikely matches still rank
-        return class_log_mean_exp(F.logsigmoid(logits.float()), episode.support_labels, episode.way)
+        return class_log_mean_exp(F.logsigmoid(logits.float()), state.labels, state.way)
 
     def prediction_scores(self, logits: Tensor) -> Tensor:
         """p(same) of each query and class (eq. 1; for K > 1 the mean over the class's support images), each in
@@ -92,14 +93,14 @@ class Siamese(FewShotMethod):
         """
         first, second, same = balanced_pairs(labels)
         if self.distort:
-            views = self._embed(torch.cat([random_affine(images), random_affine(images)]))
+            views = self.embed(torch.cat([random_affine(images), random_affine(images)]))
             first_embeddings, second_embeddings = views[: len(images)][first], views[len(images) :][second]
         else:  # one forward pass per image: an undistorted image has the same embedding in every pair
-            embeddings = self._embed(images)
+            embeddings = self.embed(images)
             first_embeddings, second_embeddings = embeddings[first], embeddings[second]
         return self.pair_logits(first_embeddings, second_embeddings), same
 
-    def _embed(self, images: Tensor) -> Tensor:
+    def embed(self, images: Tensor) -> Tensor:
         embeddings = self.backbone(images)
         if embeddings.dim() != 2 or embeddings.shape[-1] != self.embedding_dim:
             raise ValueError(

@@ -4,7 +4,8 @@ The two stages of Chen et al. 2019 ("A Closer Look") and Tian et al. 2020 ("Reth
 LightningModule: ``fit`` is stage 1 (standard mini-batches over the training classes, from a data module with
 ``pretrain_batch_size``; validated on few-shot episodes of the validation classes), and every evaluation
 (``validate``, ``test``, ``predict``, the validation during ``fit``) is stage 2: the backbone embeds the
-episode and an :mod:`~fsl_lightning.methods.episode_classifiers` classifier is fitted on its support set.
+episode and an :mod:`~fsl_lightning.methods.episode_classifiers` classifier is fitted on its support set (the
+fitted classifier is the state of :meth:`~fsl_lightning.methods.base.FewShotMethod.fit_support`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.data.datasets.base import ClassImages
-from fsl_lightning.episode import Episode, LabelledBatch
+from fsl_lightning.episode import LabelledBatch, SupportSet
 from fsl_lightning.errors import UserError
-from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.base import EmbeddingMethod
 from fsl_lightning.methods.episode_classifiers import (
     EpisodeClassifier,
     LogisticRegression,
@@ -51,7 +52,7 @@ class CosineClassifier(nn.Module):
         return weight_normalised_cosine(features, self.direction, self.gain, self.scale)
 
 
-class Transfer(FewShotMethod):
+class Transfer(EmbeddingMethod):
     """Supervised pre-training over the base classes, an episode classifier on frozen features at test.
 
     Used as it is, this is transfer learning: e.g. a torchvision backbone with ImageNet weights
@@ -190,13 +191,21 @@ class Transfer(FewShotMethod):
         ) * t * t
 
     # ----- stage 2: episodes on frozen features -----------------------------------------------------------------
-    def episode_logits(self, episode: Episode) -> Tensor:
-        num_support = len(episode.support_images)
+    @property
+    def transductive(self) -> bool:
+        return self.episode_classifier.transductive
+
+    def embed(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            features = self.backbone(torch.cat([episode.support_images, episode.query_images])).float()
-        support, queries = features[:num_support], features[num_support:]
-        # the episode's own seed drives any randomness of the fit (probe initialisation, mini-batch order)
-        return self.episode_classifier(support, episode.support_labels, queries, episode.way, seed=episode.seed)
+            return self.backbone(images).float()
+
+    def fit_features(self, support_features: Tensor, support: SupportSet) -> Any:
+        """The episode classifier fitted on the support features; the episode's own seed drives any randomness of
+        the fit (probe initialisation, mini-batch order)."""
+        return self.episode_classifier.fit(support_features, support.labels, support.way, seed=support.seed)
+
+    def score_features(self, state: Any, query_features: Tensor) -> Tensor:
+        return self.episode_classifier.score(state, query_features)
 
     # ----- helpers ----------------------------------------------------------------------------------------------
     def _load_teacher(self) -> nn.Module:
