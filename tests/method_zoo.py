@@ -60,7 +60,9 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "FOMAML": lambda: FOMAML(_maml_backbone("running"), test_inner_steps=2),
     "MetaSGD": lambda: MetaSGD(_maml_backbone("running")),
     "ANIL": lambda: ANIL(_maml_backbone(), test_inner_steps=2),
-    "Reptile": lambda: Reptile(_maml_backbone("running"), inner_steps=2, test_inner_steps=2),
+    # the inner loop the outputs were recorded with (inner_optimizer="adam", the default since, is tested in test_reptile)
+    "Reptile": lambda: Reptile(_maml_backbone("running"), inner_steps=2, test_inner_steps=2, inner_optimizer="sgd",
+                               inner_lr=0.1, inner_batch_size=None, test_inner_batch_size=None),
     "R2D2": lambda: R2D2(Conv4(1, 16)),
     "Transfer": lambda: Transfer(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "Baseline": lambda: Baseline(Conv4(1, 16), num_base_classes=8, feature_dim=16),

@@ -57,7 +57,8 @@ METHODS = {
     "anil": lambda: ANIL(backbone(), adam, inner_lr=0.4, inner_steps=1, test_inner_steps=3),
     # Reptile learns more slowly per meta-iteration (no query objective): 5x the iterations (each is cheaper: first
     # order), and its update direction theta - mean(phi) fed to Adam, as Nichol et al. 2018 (section 3) allow.
-    "reptile": lambda: Reptile(backbone(), adam, inner_lr=0.1, inner_steps=5, test_inner_steps=10),
+    "reptile": lambda: Reptile(backbone(), adam, inner_lr=0.1, inner_steps=5, test_inner_steps=10, inner_optimizer="sgd",
+                               inner_batch_size=None, test_inner_batch_size=None),
 }
 STEPS_OF = {"reptile": 5 * STEPS}
 

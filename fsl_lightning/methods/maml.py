@@ -137,8 +137,13 @@ class MAML(FewShotMethod):
             learner = self.inner_learner()
             support = self.inner_inputs(batch.support_images)
             queries = self.inner_inputs(batch.query_images)
-            params = self.engine.adapt(learner, support, batch.support_labels, steps, self.inner_rates(), first_order)
+            params = self.adapt_tasks(support, batch.support_labels, steps, first_order, batch.seed)
             return self.engine.logits(learner, params, queries)
+
+    def adapt_tasks(self, inputs: Tensor, labels: Tensor, steps: int, first_order: bool, seed: int | None) -> AdaptedParams:
+        """The inner learner adapted to each task's labelled inputs [T, N, ...] with ``steps`` SGD steps through the
+        engine (``seed``, the episode's, is for inner loops that draw random numbers: Reptile's mini-batches)."""
+        return self.engine.adapt(self.inner_learner(), inputs, labels, steps, self.inner_rates(), first_order)
 
     def meta_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
         """Mean query cross-entropy over the tasks of a meta-batch, and the query logits [T, Q, way]."""
@@ -175,9 +180,7 @@ class MAML(FewShotMethod):
         with gradients_enabled(), inner_precision(self.device.type, self.inner_loop_fp32):
             images = self.inner_inputs(usable_in_autograd(support.images).unsqueeze(0))  # a meta-batch of one task
             labels = usable_in_autograd(support.labels).unsqueeze(0)
-            weights = self.engine.adapt(
-                self.inner_learner(), images, labels, self.test_inner_steps, self.inner_rates(), True
-            )
+            weights = self.adapt_tasks(images, labels, self.test_inner_steps, True, support.seed)
         return AdaptedWeights({name: weight.detach() for name, weight in weights.items()})
 
     def score(self, state: AdaptedWeights, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
