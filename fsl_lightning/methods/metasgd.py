@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from fsl_lightning.adaptation import InnerLR
+from fsl_lightning.adaptation import EngineName, InnerLR
 from fsl_lightning.methods.maml import MAML
 
 
@@ -52,7 +52,7 @@ class MetaSGD(MAML):
         inner_steps: int = 1,
         test_inner_steps: int = 1,
         first_order: bool = False,
-        engine: Literal["vmap", "learn2learn"] = "vmap",
+        engine: EngineName = "auto",
         inner_loop_fp32: bool = True,
         initial_rate_range: tuple[float, float] | None = (0.005, 0.1),
     ) -> None:

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from fsl_lightning.adaptation import AdaptedParams, inner_precision
+from fsl_lightning.adaptation import AdaptedParams, EngineName, inner_precision
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.maml import MAML, as_meta_batch
 
@@ -45,7 +45,7 @@ class Reptile(MAML):
         inner_steps: int = 5,
         test_inner_steps: int = 10,
         first_order: bool = True,
-        engine: Literal["vmap", "learn2learn"] = "vmap",
+        engine: EngineName = "auto",
         inner_loop_fp32: bool = True,
     ) -> None:
         super().__init__(
