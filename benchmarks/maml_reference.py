@@ -335,7 +335,7 @@ if __name__ == "__main__":
         command = sub.add_parser(name)
         command.add_argument("--iterations", type=int, default=300)
         command.add_argument("--tasks", type=int, default=8, help="tasks per meta-batch")
-    sub.choices["ours"].add_argument("--engine", choices=("vmap", "learn2learn"), default="vmap")
+    sub.choices["ours"].add_argument("--engine", choices=("auto", "loop", "vmap", "learn2learn"), default="vmap")
     sub.choices["l2l"].add_argument("--init", choices=("ours", "l2l"), default="ours")
     sub.add_parser("evaluate")
     arguments = parser.parse_args()

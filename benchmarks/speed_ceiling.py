@@ -47,7 +47,7 @@ def measure(workload: str, steps: int, warmup: int, extra: list[str], out: Path)
         torch.cuda.reset_peak_memory_stats()
     _, timing, _, cli = run_fit(EXPERIMENTS / config, out / workload, [*timing_args, *overrides, *extra], return_cli=True)
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
-    ours = timing["episodes_per_s"]
+    ours = timing["steps_per_s"]  # batches/s, as the ceiling (meta-iterations for MAML)
     ceiling = model_step_ceiling(cli, steps, warmup)
     notes = [f"peak {peak:.0f} MiB"]
     if workload == "protonet_conv4":

@@ -63,9 +63,9 @@ def throughput(steps: int, precision: str, episodes: int, out: Path, extra: list
         torch.cuda.reset_peak_memory_stats()
     _, timing, _ = run_fit(EXPERIMENTS / "rfs_simple_5w1s.yaml", out / "stage1", stage1)
     batch = 64
-    images_per_s = timing["episodes_per_s"] * batch
+    images_per_s = timing["steps_per_s"] * batch
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
-    share = _data_share(1.0 / timing["episodes_per_s"], batch)
+    share = _data_share(1.0 / timing["steps_per_s"], batch)
     evaluation = [f"--trainer.precision={precision}", f"--data.test_episodes={episodes}", *extra]
     rfs_eval = _episodes_per_s(EXPERIMENTS / "rfs_simple_5w1s.yaml", out, evaluation, episodes)
     proto_eval = _episodes_per_s(EXPERIMENTS / "protonet_5w1s.yaml", out, evaluation, episodes)

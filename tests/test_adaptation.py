@@ -1,4 +1,4 @@
-"""The two adaptation engines give the same, exact meta-gradients (float64, against finite differences).
+"""The adaptation engines give the same, exact meta-gradients (float64, against finite differences).
 
 The model is a tiny MAMLConv4 (2 filters, 16x16 inputs, 3-way) so that central finite differences over every
 parameter are cheap; it keeps the parts that matter: convolutions, plain batch norm with batch statistics,
@@ -14,15 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsl_lightning.adaptation import build_engine
+from fsl_lightning.adaptation import LoopInnerLoop, VmapInnerLoop, build_engine
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4
-from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
+from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d, native_batch_norm
 from fsl_lightning.episode import Episode
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods.anil import ANIL
 from fsl_lightning.methods.maml import MAML
 from fsl_lightning.methods.metasgd import MetaSGD
 
-ENGINES = ("learn2learn", "vmap")
+ENGINES = ("learn2learn", "vmap", "loop")
+REFERENCE = "learn2learn"  # every other engine is compared with it
+OTHERS = tuple(name for name in ENGINES if name != REFERENCE)
 WAY, SHOT, QUERY, TASKS, SIDE = 3, 2, 2, 3, 16
 INNER_LR = 0.3
 
@@ -145,16 +148,17 @@ def test_engines_agree_on_adapted_weights_logits_and_meta_gradient(steps, first_
         name: engine.adapt(model, batch.support_images, batch.support_labels, steps, INNER_LR, first_order)
         for name, engine in inner.items()
     }
-    for name in dict(model.named_parameters()):
-        torch.testing.assert_close(adapted["vmap"][name], adapted["learn2learn"][name], rtol=1e-12, atol=1e-12)
     logits = {name: inner[name].logits(model, adapted[name], batch.query_images) for name in ENGINES}
-    torch.testing.assert_close(logits["vmap"], logits["learn2learn"], rtol=1e-12, atol=1e-12)
     params = list(model.parameters())
     grads = {
         name: analytic_gradient(lambda name=name: engine_meta_loss(name, model, batch, steps, first_order), params)
         for name in ENGINES
     }
-    assert_gradients_close(grads["vmap"], grads["learn2learn"], rtol=1e-10, atol=1e-12)
+    for engine in OTHERS:
+        for name in dict(model.named_parameters()):
+            torch.testing.assert_close(adapted[engine][name], adapted[REFERENCE][name], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(logits[engine], logits[REFERENCE], rtol=1e-12, atol=1e-12)
+        assert_gradients_close(grads[engine], grads[REFERENCE], rtol=1e-10, atol=1e-12)
 
 
 def test_adaptation_actually_changes_the_weights_and_lowers_the_support_loss():
@@ -203,19 +207,79 @@ def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights(
     assert_gradients_close(exact, [g.sum(dim=0) for g in per_task], rtol=1e-5, atol=1e-7)
 
 
+def fused_batch_norm_calls(compute: Callable[[], Tensor]) -> int:
+    """How many times torch's batch-norm operator (``F.batch_norm``) ran while computing ``compute()`` and its
+    gradient: plain-op batch norm never calls it."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        compute().backward()
+    return sum(event.count for event in profile.key_averages() if event.key == "aten::batch_norm")
+
+
+def test_the_loop_engine_runs_torch_fused_batch_norm_and_the_vmap_engine_plain_ops():
+    """The loop engine's exactness above is then that of torch's kernel, not of the plain ops it replaces; and it
+    leaves the modules as it found them (the vmap engine and the running-statistics pass need the plain ops)."""
+    model, batch = tiny_model(), meta_batch()
+    calls = {name: fused_batch_norm_calls(lambda name=name: engine_meta_loss(name, model, batch, 1, False))
+             for name in ("loop", "vmap")}
+    # 4 norms x 3 tasks x (support forward, query forward)
+    assert calls == {"loop": 4 * TASKS * 2, "vmap": 0}
+    assert not any(getattr(module, "native", False) for module in model.modules())
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_native_batch_norm_computes_what_the_plain_ops_compute(mode):
+    """Batch statistics (and, in eval mode with running averages, the averages) with both kernels: same values,
+    same first and second derivatives."""
+    torch.manual_seed(0)
+    norm = getattr(PlainBatchNorm2d(3, running_statistics=True).double(), mode)()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+    inputs = torch.randn(5, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+
+    def derivatives() -> list[Tensor]:
+        outputs = norm(inputs)
+        first = torch.autograd.grad((outputs * upstream).sum(), [inputs, norm.weight], create_graph=True)
+        second = torch.autograd.grad(first[0].pow(2).sum() + first[1].pow(2).sum(), [inputs, norm.weight, norm.bias],
+                                     allow_unused=True, materialize_grads=True)
+        return [outputs, *first, *second]
+
+    plain = derivatives()
+    with native_batch_norm(norm):
+        fused = derivatives()
+    assert_gradients_close(fused, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_runs_the_loop_engine_on_the_cpu_and_vmap_on_accelerators():
+    auto = build_engine("auto")
+    assert isinstance(auto.engine_for(torch.device("cpu")), LoopInnerLoop)
+    for accelerator in ("cuda", "mps", "xpu"):  # today's GPU behaviour, kept: not measured on this machine
+        assert isinstance(auto.engine_for(torch.device(accelerator)), VmapInnerLoop)
+    model, batch = tiny_model(), meta_batch()
+    assert fused_batch_norm_calls(lambda: engine_meta_loss("auto", model, batch, 1, False)) > 0
+    assert MAML(tiny_model()).engine.name == "auto"  # the methods' default
+
+
+def test_an_unknown_engine_is_refused_with_the_choices():
+    with pytest.raises(UserError, match="auto, learn2learn, loop, vmap"):
+        build_engine("loops")
+
+
 # --- method level: every parameter the meta-optimiser updates ---------------------------------------------------
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("method_class", [MAML, ANIL, MetaSGD])
-def test_methods_have_the_same_meta_gradient_in_both_engines(method_class, steps, first_order):
+def test_methods_have_the_same_meta_gradient_in_every_engine(method_class, steps, first_order):
     batch = meta_batch()
     grads = {}
     for engine in ENGINES:
         method = tiny_method(method_class, engine, steps, first_order)
         grads[engine] = analytic_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
-    assert_gradients_close(grads["vmap"], grads["learn2learn"], rtol=1e-10, atol=1e-12)
+    for engine in OTHERS:
+        assert_gradients_close(grads[engine], grads[REFERENCE], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -223,10 +287,11 @@ def test_methods_have_the_same_meta_gradient_in_both_engines(method_class, steps
 def test_second_order_method_meta_gradient_matches_finite_differences(method_class, steps):
     """ANIL: the body's gradient through the features; Meta-SGD: the gradient of the learned rates too.
 
-    On the vmap engine; the learn2learn engine equals it to 1e-10 (test above), hence matches too.
+    On the loop engine (the CPU default, with torch's fused batch norm); the other engines equal it to 1e-10
+    (test above), hence match too.
     """
     batch = meta_batch()
-    method = tiny_method(method_class, "vmap", steps, first_order=False)
+    method = tiny_method(method_class, "loop", steps, first_order=False)
     params = list(method.parameters())
     exact = analytic_gradient(lambda: method.meta_loss(batch)[0], params)
     numeric = finite_difference_gradient(lambda: method.meta_loss(batch)[0], params)

@@ -18,7 +18,7 @@ SHORT_RUN = [
 ]
 
 
-@pytest.mark.parametrize("engine", ["vmap", "learn2learn"])
+@pytest.mark.parametrize("engine", ["auto", "vmap", "learn2learn"])
 def test_maml_config_fits_then_tests_from_its_checkpoint(engine, tmp_path):
     config = str(REPO / "experiments" / "omniglot" / "maml_5w1s.yaml")
     common = [*SHORT_RUN, f"--model.init_args.engine={engine}", f"--trainer.logger.init_args.save_dir={tmp_path}"]

@@ -57,16 +57,17 @@ def torch_batch_norm_net(seed: int = 0, **kwargs) -> TorchBatchNormNet:
 
 @pytest.mark.parametrize("track_running_stats", [False, True])
 def test_second_order_meta_gradient_with_torch_batch_norm_is_exact_in_both_engines(track_running_stats):
-    """2 inner steps, float64: vmap == learn2learn == central finite differences (before the fix vmap was off by
-    ~2e-3 without running statistics, and raised an in-place error with them)."""
+    """2 inner steps, float64: vmap == loop == learn2learn == central finite differences (before the fix vmap was
+    off by ~2e-3 without running statistics, and raised an in-place error with them)."""
     batch = meta_batch()
     gradients = {}
-    for engine in ("vmap", "learn2learn"):
+    for engine in ("vmap", "loop", "learn2learn"):
         method = MAML(torch_batch_norm_net(track_running_stats=track_running_stats), inner_lr=0.3, inner_steps=2,
                       engine=engine)
         gradients[engine] = analytic_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
     numeric = finite_difference_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
-    assert_gradients_close(gradients["vmap"], gradients["learn2learn"], rtol=1e-10, atol=1e-12)
+    for engine in ("vmap", "loop"):
+        assert_gradients_close(gradients[engine], gradients["learn2learn"], rtol=1e-10, atol=1e-12)
     assert_gradients_close(gradients["vmap"], numeric, rtol=1e-5, atol=1e-7)
 
 

@@ -51,7 +51,7 @@ def _episode(tasks=2, way=5, shot=1, query=3):
     )
 
 
-@pytest.mark.parametrize("engine", ["vmap", "learn2learn"])
+@pytest.mark.parametrize("engine", ["vmap", "loop", "learn2learn"])
 def test_maml_records_averages_after_each_step_and_evaluates_with_them(engine):
     torch.manual_seed(0)
     method = MAML(MAMLConv4(way=5, batch_norm="running"), engine=engine, test_inner_steps=2)
@@ -64,15 +64,17 @@ def test_maml_records_averages_after_each_step_and_evaluates_with_them(engine):
     assert logits.shape == (15, 5) and torch.isfinite(logits).all()
 
 
-def test_both_engines_agree_in_evaluation_with_running_averages():
+def test_the_engines_agree_in_evaluation_with_running_averages():
     torch.manual_seed(0)
     backbone = MAMLConv4(way=5, batch_norm="running")
     vmap_method = MAML(backbone, engine="vmap", test_inner_steps=2)
     vmap_method.on_train_batch_end(None, _episode(), 0)
     l2l_method = MAML(backbone, engine="learn2learn", test_inner_steps=2)
+    loop_method = MAML(backbone, engine="loop", test_inner_steps=2)  # torch's fused kernel, on the running averages
     episode = _episode().task(1)
-    vmap_method.eval(), l2l_method.eval()
+    vmap_method.eval(), l2l_method.eval(), loop_method.eval()
     assert torch.allclose(vmap_method.episode_logits(episode), l2l_method.episode_logits(episode), atol=1e-5)
+    assert torch.allclose(loop_method.episode_logits(episode), l2l_method.episode_logits(episode), atol=1e-5)
     # queries are normalised alone: a query's logits do not depend on the other queries
     single = Episode(episode.support_images, episode.support_labels, episode.query_images[:1], episode.query_labels[:1],
                      episode.class_ids)

@@ -1,28 +1,40 @@
-"""Inner-loop (task adaptation) engines for optimisation-based meta-learning, one interface, two implementations.
+"""Inner-loop (task adaptation) engines for optimisation-based meta-learning, one interface, three implementations.
 
+``"loop"``: plain autograd task by task, torch's fused batch norm (the fastest exact engine on a CPU).
+``"vmap"``: ``torch.func`` vectorised over the tasks of a meta-batch (batched: the GPU's).
 ``"learn2learn"``: learn2learn functional clones, task by task (the reference).
-``"vmap"``: ``torch.func`` vectorised over the tasks of a meta-batch (the fast one).
+``"auto"`` (the default of the methods): ``loop`` on the CPU, ``vmap`` on other devices.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+from fsl_lightning.adaptation.auto_engine import DeviceInnerLoop
 from fsl_lightning.adaptation.base import AdaptedParams, InnerLoop, InnerLR, support_loss
 from fsl_lightning.adaptation.context import gradients_enabled, inner_precision, usable_in_autograd
 from fsl_lightning.adaptation.learn2learn_engine import Learn2LearnInnerLoop
+from fsl_lightning.adaptation.loop_engine import LoopInnerLoop
 from fsl_lightning.adaptation.vmap_engine import VmapInnerLoop
+from fsl_lightning.errors import UserError
 
-ENGINES: dict[str, type[InnerLoop]] = {"learn2learn": Learn2LearnInnerLoop, "vmap": VmapInnerLoop}
+ENGINES: dict[str, type[InnerLoop]] = {
+    "auto": DeviceInnerLoop, "loop": LoopInnerLoop, "vmap": VmapInnerLoop, "learn2learn": Learn2LearnInnerLoop,
+}
+#: the ``engine`` argument of the MAML-family methods
+EngineName = Literal["auto", "loop", "vmap", "learn2learn"]
 
 
 def build_engine(name: str) -> InnerLoop:
-    """The engine called ``name`` (``"learn2learn"`` or ``"vmap"``)."""
+    """The engine called ``name`` (a key of :data:`ENGINES`)."""
     try:
         return ENGINES[name]()
     except KeyError:
-        raise ValueError(f"Unknown adaptation engine {name!r}: choose one of {', '.join(sorted(ENGINES))}.") from None
+        raise UserError(f"Unknown adaptation engine {name!r}: choose one of {', '.join(sorted(ENGINES))}.") from None
 
 
 __all__ = [
-    "ENGINES", "AdaptedParams", "InnerLR", "InnerLoop", "Learn2LearnInnerLoop", "VmapInnerLoop", "build_engine",
-    "gradients_enabled", "inner_precision", "support_loss", "usable_in_autograd",
+    "ENGINES", "AdaptedParams", "DeviceInnerLoop", "EngineName", "InnerLR", "InnerLoop", "Learn2LearnInnerLoop",
+    "LoopInnerLoop", "VmapInnerLoop", "build_engine", "gradients_enabled", "inner_precision", "support_loss",
+    "usable_in_autograd",
 ]

@@ -2,7 +2,9 @@
 
 Under ``vmap``, ``F.batch_norm`` in training mode gives silently wrong second-order gradients
 (pytorch/functorch#534): its fused double-backward is not batched correctly. Written as mean, variance and
-``rsqrt``, every derivative comes from ordinary autograd formulas and is exact in both adaptation engines.
+``rsqrt``, every derivative comes from ordinary autograd formulas and is exact in every adaptation engine.
+Outside ``vmap`` torch's fused kernel is exact too, and faster: engines that call the network task by task
+switch to it with :func:`native_batch_norm`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -48,12 +51,15 @@ class PlainBatchNorm2d(nn.Module):
         self.running_statistics = running_statistics
         self.momentum = momentum
         self.recording = False
+        self.native = False  # torch's fused kernel instead of plain ops: see native_batch_norm()
         if running_statistics:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, inputs: Tensor) -> Tensor:
         """[N, C, H, W] -> [N, C, H, W], normalised per channel over N, H and W (biased variance, as cuDNN)."""
+        if self.native and not self.recording:
+            return self._fused(inputs)
         if self.running_statistics and not self.training:
             mean, variance = self.running_mean.view(1, -1, 1, 1), self.running_var.view(1, -1, 1, 1)
         else:
@@ -65,6 +71,12 @@ class PlainBatchNorm2d(nn.Module):
         if self.weight is None:
             return normalised
         return normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def _fused(self, inputs: Tensor) -> Tensor:
+        """The same maths by ``F.batch_norm``; momentum 0 and no buffers passed in training: nothing is updated."""
+        running = self.running_statistics and not self.training
+        mean, variance = (self.running_mean, self.running_var) if running else (None, None)
+        return F.batch_norm(inputs, mean, variance, self.weight, self.bias, not running, 0.0, self.eps)
 
     @torch.no_grad()
     def _record(self, mean: Tensor, variance: Tensor, count: int) -> None:
@@ -100,6 +112,25 @@ def recording_running_statistics(module: nn.Module) -> Iterator[None]:
     finally:
         for norm in norms:
             norm.recording = False
+
+
+@contextmanager
+def native_batch_norm(module: nn.Module) -> Iterator[None]:
+    """Within this block, every :class:`PlainBatchNorm2d` of ``module`` computes with torch's fused kernel.
+
+    Same values and exact higher-order gradients when the network is called task by task (checked against finite
+    differences in tests/test_adaptation.py), but wrong second-order gradients under ``vmap``: only engines that
+    loop over tasks use it. Recording passes (:func:`recording_running_statistics`) keep the plain ops.
+    """
+    norms = [m for m in module.modules() if isinstance(m, PlainBatchNorm2d)]
+    previous = [norm.native for norm in norms]
+    for norm in norms:
+        norm.native = True
+    try:
+        yield
+    finally:
+        for norm, state in zip(norms, previous):
+            norm.native = state
 
 
 def as_plain_batch_norm(norm: nn.BatchNorm2d) -> PlainBatchNorm2d:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.adaptation import (
     AdaptedParams,
+    EngineName,
     InnerLR,
     build_engine,
     gradients_enabled,
@@ -57,8 +58,9 @@ class MAML(FewShotMethod):
     :class:`~fsl_lightning.backbones.maml_conv4.MAMLConv4`); training and test episodes must have its ``way``.
     Its ``nn.BatchNorm2d`` modules are replaced by equivalent
     :class:`~fsl_lightning.backbones.plain_batchnorm.PlainBatchNorm2d` (same weights, running averages if it
-    tracks them): torch's fused batch norm gives wrong second-order gradients under ``vmap``. Other
-    ``F.batch_norm``-based layers (BatchNorm1d/3d, SyncBatchNorm, InstanceNorm) are refused.
+    tracks them): torch's fused batch norm gives wrong second-order gradients under ``vmap`` (the ``loop``
+    engine, which does not vmap, computes them with torch's kernel again). Other ``F.batch_norm``-based layers
+    (BatchNorm1d/3d, SyncBatchNorm, InstanceNorm) are refused.
 
     Args:
         backbone: the network adapted in the inner loop.
@@ -69,7 +71,9 @@ class MAML(FewShotMethod):
         inner_steps: inner steps during meta-training.
         test_inner_steps: inner steps at validation / test / predict.
         first_order: drop the second-order terms (FOMAML).
-        engine: ``"vmap"`` (vectorised ``torch.func``) or ``"learn2learn"`` (task by task); same results.
+        engine: ``"auto"`` (``"loop"`` on the CPU, ``"vmap"`` on other devices: the fastest exact engine measured),
+            ``"loop"`` (plain autograd task by task, torch's fused batch norm), ``"vmap"`` (vectorised
+            ``torch.func``) or ``"learn2learn"`` (task by task); same meta-gradients.
         inner_loop_fp32: run adaptation and query scoring with autocast disabled (recommended; a warning is
             given when switched off).
     """
@@ -90,7 +94,7 @@ class MAML(FewShotMethod):
         inner_steps: int = 1,
         test_inner_steps: int = 3,
         first_order: bool = False,
-        engine: Literal["vmap", "learn2learn"] = "vmap",
+        engine: EngineName = "auto",
         inner_loop_fp32: bool = True,
     ) -> None:
         replaced = replace_torch_batch_norm(backbone)
