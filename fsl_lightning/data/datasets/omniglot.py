@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,6 +32,7 @@ from fsl_lightning.data.datasets.archives import ImageArchive, download_file, lo
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset, check_split_name
 from fsl_lightning.data.decoded_cache import cached
 from fsl_lightning.data.images import open_image, pil_to_uint8, resize_uint8
+from fsl_lightning.data.parallel_decode import decode_workers, map_in_processes, split_evenly
 from fsl_lightning.data.roots import DatasetNotFoundError, data_root
 
 log = logging.getLogger(__name__)
@@ -146,14 +148,44 @@ class Omniglot(FewShotDataset):
 def _decode_characters(archive: ImageArchive, part: str, image_size: int) -> dict:
     files_by_character = archive.files_by_folder(depth=2)
     _validate(archive, part, files_by_character)
-    names, groups = [], []
-    for character, files in sorted(files_by_character.items()):
-        groups.append(torch.stack([
-            decode_character_image(archive.read(f), archive.describe(f), image_size) for f in sorted(files)
-        ]))
-        names.append(character)
+    names = sorted(files_by_character)
+    images = decode_character_groups(archive, [sorted(files_by_character[name]) for name in names], image_size)
     log.info("Decoded %d Omniglot characters from %s", len(names), archive.path)
-    return {"names": names, "images": torch.stack(groups)}
+    return {"names": names, "images": images}
+
+
+def decode_character_groups(
+    archive: ImageArchive, groups: list[list[str]], image_size: int, workers: int | None = None
+) -> Tensor:
+    """The members of each group (one character's drawers, as many in every group) decoded as uint8
+    [groups, drawers, 1, image_size, image_size], by ``workers`` processes (default :func:`decode_workers`), each
+    decoding a run of groups. Pixel for pixel what :func:`decode_character_image` gives for each file."""
+    workers = decode_workers() if workers is None else workers
+    pieces = 4 * workers if workers > 1 else 1  # a few chunks per worker even out their speeds
+    jobs = [(archive.path, archive.top, chunk, image_size) for chunk in split_evenly(groups, pieces)]
+    return torch.from_numpy(np.concatenate(map_in_processes(_decode_group_run, jobs, workers)))
+
+
+def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray:
+    """One worker's share: [groups, drawers, 1, S, S] as a NumPy array (cheap to send back from a process)."""
+    path, top, groups, image_size = job
+    archive = ImageArchive(path, top)  # its own zip handle: one inherited through fork would share its file offset
+    try:
+        return torch.stack([
+            decode_character_batch([(archive.read(member), archive.describe(member)) for member in members], image_size)
+            for members in groups
+        ]).numpy()
+    finally:
+        archive.close()
+
+
+def decode_character_batch(sources: list[tuple[Path | bytes, str]], image_size: int) -> Tensor:
+    """Several Omniglot PNGs as uint8 [N, 1, image_size, image_size], resized together (the same area averages as
+    one at a time, in one call instead of N); images of differing sizes are resized one at a time."""
+    pixels = [pil_to_uint8(open_image(data, name, "L")) for data, name in sources]
+    if len({image.shape for image in pixels}) > 1:
+        return torch.stack([resize_uint8(_invert(image)[None], image_size)[0] for image in pixels])
+    return resize_uint8(_invert(torch.stack(pixels)), image_size)
 
 
 def decode_character_image(data: Path | bytes, name: str, image_size: int) -> Tensor:
