@@ -159,7 +159,7 @@ def decode_character_groups(
 ) -> Tensor:
     """The members of each group (one character's drawers, as many in every group) decoded as uint8
     [groups, drawers, 1, image_size, image_size], by ``workers`` processes (default :func:`decode_workers`), each
-    decoding a run of groups. Pixel for pixel what :func:`decode_character_image` gives for each file."""
+    decoding a run of groups with :func:`decode_character_image`, as the serial decode does."""
     workers = decode_workers() if workers is None else workers
     pieces = 4 * workers if workers > 1 else 1  # a few chunks per worker even out their speeds
     jobs = [(archive.path, archive.top, chunk, image_size) for chunk in split_evenly(groups, pieces)]
@@ -167,25 +167,20 @@ def decode_character_groups(
 
 
 def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray:
-    """One worker's share: [groups, drawers, 1, S, S] as a NumPy array (cheap to send back from a process)."""
+    """One worker's share: [groups, drawers, 1, S, S] as a NumPy array (cheap to send back from a process).
+
+    Each file is decoded and resized on its own, as the serial decode always did: resizing a character's 20 images
+    in one call engages torch's intra-op threads, which on a busy machine made a one-process decode 4x slower
+    (measured with ``benchmarks/cold_decode.py``)."""
     path, top, groups, image_size = job
     archive = ImageArchive(path, top)  # its own zip handle: one inherited through fork would share its file offset
     try:
         return torch.stack([
-            decode_character_batch([(archive.read(member), archive.describe(member)) for member in members], image_size)
+            torch.stack([decode_character_image(archive.read(m), archive.describe(m), image_size) for m in members])
             for members in groups
         ]).numpy()
     finally:
         archive.close()
-
-
-def decode_character_batch(sources: list[tuple[Path | bytes, str]], image_size: int) -> Tensor:
-    """Several Omniglot PNGs as uint8 [N, 1, image_size, image_size], resized together (the same area averages as
-    one at a time, in one call instead of N); images of differing sizes are resized one at a time."""
-    pixels = [pil_to_uint8(open_image(data, name, "L")) for data, name in sources]
-    if len({image.shape for image in pixels}) > 1:
-        return torch.stack([resize_uint8(_invert(image)[None], image_size)[0] for image in pixels])
-    return resize_uint8(_invert(torch.stack(pixels)), image_size)
 
 
 def decode_character_image(data: Path | bytes, name: str, image_size: int) -> Tensor:
