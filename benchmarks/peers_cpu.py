@@ -62,7 +62,7 @@ What differs between the systems:
   map-style dataset (a float conversion per image, then collation per episode): no file is decoded per episode,
   which favours them. learn2learn's MAML pipeline (FullOmniglot) opens and decodes each PNG, resizes it (Lanczos)
   and rotates it, for every image of every task.
-* Test: both score the same Conv4 (seeded weights; speed does not depend on them) on 1000 episodes; ours draws them
+* Test: both score the same Conv4 (seeded weights; speed does not depend on them) on as many episodes; ours draws them
   from its fixed test episodes, easyfsl from a seeded TaskSampler over the same Vinyals test classes."""
 
 
