@@ -1,8 +1,9 @@
 """Prototypical Networks side by side with a reference: easyfsl's ``PrototypicalNetworks`` and ``TaskSampler``
 against this project's ProtoNet (``experiments/omniglot/protonet_5w1s.yaml``), on the same budget.
 
-easyfsl is never a project dependency: ``setup`` installs it into ``benchmarks/.peers-venv`` (git-ignored),
-which reuses the project's torch and packages through a ``.pth`` file, so no second torch is downloaded.
+easyfsl is never a project dependency: ``setup`` installs it into ``benchmarks/.peers-venv`` (git-ignored,
+``peers_venv.py``), which reuses the project's torch and packages through a ``.pth`` file, so no second torch is
+downloaded.
 
     python benchmarks/protonet_reference.py setup                          # once: the peer venv with easyfsl 1.5
     python benchmarks/protonet_reference.py ours --episodes 500
@@ -31,7 +32,6 @@ import inspect
 import json
 import random
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,25 +42,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from maml_reference import TEST_EPISODES, accuracy_on_our_episodes, mean_ci  # noqa: E402
+from peers_venv import setup_peers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml"
-PEERS = REPO / "benchmarks" / ".peers-venv"
 TRAIN = {"way": 60, "shot": 1, "query": 5}  # the config's training episodes
 TEST = {"way": 5, "shot": 1, "query": 15}
-
-
-def setup_peers() -> None:
-    """A venv that sees the project's site-packages (torch included), plus easyfsl and pandas (which it imports)."""
-    python = PEERS / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-    project_site = next((REPO / ".venv" / "lib").glob("python3.*/site-packages"))
-    peer_site = next((PEERS / "lib").glob("python3.*/site-packages"))
-    # addsitedir (not a bare path) so that the project's own .pth files (its editable install) are read too.
-    (peer_site / "project-venv.pth").write_text(f"import site; site.addsitedir({str(project_site)!r})\n")
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "easyfsl==1.5.*"], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "pandas"], check=True)  # numpy comes from the project
 
 
 # ---------------------------------------------------------------- this project's ProtoNet, through its CLI

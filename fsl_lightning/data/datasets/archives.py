@@ -65,6 +65,11 @@ class ImageArchive:
             return str(self.path / member)
         return f"{self.path}:{self.top}/{member}"
 
+    def close(self) -> None:
+        """Closes the zip file, when one was opened."""
+        if self.__dict__.get("_zip") is not None:
+            self._zip.close()
+
     def stamp(self) -> tuple[str, int, int]:
         """Identifies this copy (path, size, modification time), so that caches notice a replaced file."""
         stat = self.path.stat()

@@ -8,7 +8,6 @@ colour jitter are applied later, on the device, to training batches (:mod:`fsl_l
 from __future__ import annotations
 
 import json
-import os
 from abc import abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages, FewShotDataset, check_split_name
 from fsl_lightning.data.decoded_cache import cached
 from fsl_lightning.data.images import IMAGE_SUFFIXES, CorruptImageError, open_image, pil_to_uint8
+from fsl_lightning.data.parallel_decode import decode_workers
 from fsl_lightning.data.roots import DatasetNotFoundError
 
 #: a source of one encoded image: file path or bytes, and a name for error messages
@@ -44,12 +44,14 @@ def decode_rgb(data: Path | bytes, name: str, image_size: int) -> Tensor:
 def decode_classes(
     class_names: Sequence[str], sources: Sequence[Sequence[ImageSource]], image_size: int
 ) -> ClassImages:
-    """Decodes every class's images (in parallel threads: PIL releases the GIL) into one split."""
+    """Decodes every class's images (in parallel threads: PIL releases the GIL while it decodes and resizes a
+    photo, the bulk of the work here, unlike Omniglot's tiny PNGs) into one split; as many threads as
+    :func:`decode_workers` allows."""
     flat = [source for class_sources in sources for source in class_sources]
     for name, class_sources in zip(class_names, sources):
         if not class_sources:
             raise ValueError(f"Class {name!r} has no images: add images to it or remove it from the class split.")
-    workers = min(32, os.cpu_count() or 1)
+    workers = decode_workers()
     with ThreadPoolExecutor(workers) as pool:
         images = list(pool.map(lambda source: decode_rgb(source[0], source[1], image_size), flat, chunksize=64))
     counts = torch.tensor([len(class_sources) for class_sources in sources])
