@@ -29,6 +29,7 @@ from fsl_lightning.methods.episode_classifiers import (
     chen_cosine_scale,
     weight_normalised_cosine,
 )
+from fsl_lightning.methods.feature_classifiers.base_features import embed_in_batches, prepare_with_base_features
 
 
 class CosineClassifier(nn.Module):
@@ -190,6 +191,23 @@ class Transfer(FewShotMethod):
         ) * t * t
 
     # ----- stage 2: episodes on frozen features -----------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_test_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_predict_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def prepare_episode_classifier(self) -> None:
+        """Gives a classifier that centres features on the base classes (SimpleShot's CL2N) the training split's
+        features under the current weights (nothing is computed for the other classifiers)."""
+        def embed(split: ClassImages) -> Tensor:
+            return embed_in_batches(self.backbone, split.images, self.device)
+
+        prepare_with_base_features(self.episode_classifier, self.trainer, embed)
+
     def episode_logits(self, episode: Episode) -> Tensor:
         num_support = len(episode.support_images)
         with torch.no_grad():
