@@ -32,6 +32,7 @@ import json
 import random
 import shlex
 import subprocess
+import sysconfig
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,9 @@ def setup_peers() -> None:
     python = PEERS / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-    project_site = next((REPO / ".venv" / "lib").glob("python3.*/site-packages"))
+    venv_sites = sorted((REPO / ".venv" / "lib").glob("python3.*/site-packages"))
+    # a git worktree has no .venv of its own: then the packages of the interpreter running this (the project's)
+    project_site = venv_sites[0] if venv_sites else Path(sysconfig.get_paths()["purelib"])
     peer_site = next((PEERS / "lib").glob("python3.*/site-packages"))
     # addsitedir (not a bare path) so that the project's own .pth files (its editable install) are read too.
     (peer_site / "project-venv.pth").write_text(f"import site; site.addsitedir({str(project_site)!r})\n")
