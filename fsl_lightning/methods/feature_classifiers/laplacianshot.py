@@ -7,14 +7,33 @@ Transductive: the queries of the episode are used together, so its accuracy assu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from fsl_lightning.methods.feature_classifiers.bd_cspn import rectified_prototypes, shift_queries
+from fsl_lightning.methods.feature_classifiers.bd_cspn import shift_queries
 from fsl_lightning.methods.feature_classifiers.feature_transforms import TransformedFeatureClassifier
-from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
+from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix, squared_euclidean_distance
 
 #: the relative change of the bound below which the updates stop (the authors' code)
 BOUND_TOLERANCE = 1e-6
+
+
+def rectified_prototypes(
+    support: Tensor, support_labels: Tensor, queries: Tensor, way: int, temperature: float
+) -> Tensor:
+    """The authors' code's prototype rectification (their ``proto_rect``, BD-CSPN's idea): every support feature and
+    (shifted) query x takes the class n of the support prototype ``P_n`` nearest in cosine, and
+    ``m_n = mean over the x of class n of w_xn x`` with ``w_x = softmax_n(temperature cos(x, P_n))`` (a softmax over
+    the classes, then a plain mean; BD-CSPN's paper normalises the weights within each class instead). A class that
+    receives no member keeps ``P_n`` (the code would drop it)."""
+    prototypes = class_prototypes(support, support_labels, way)
+    members = torch.cat([support, queries])
+    similarity = cosine_similarity_matrix(members, prototypes)  # [S + Q, way]
+    weights = (temperature * similarity).softmax(dim=-1)
+    in_class = F.one_hot(similarity.argmax(dim=-1), way).to(members.dtype)
+    counts = in_class.sum(dim=0)
+    rectified = ((in_class * weights).T @ members) / counts.clamp_min(1).unsqueeze(1)
+    return torch.where((counts > 0).unsqueeze(1), rectified, prototypes)
 
 
 def knn_affinity(features: Tensor, knn: int) -> Tensor:
@@ -63,14 +82,13 @@ class LaplacianShot(TransformedFeatureClassifier):
     affinity ``W`` of the queries (:func:`knn_affinity`). Logits are those of the last update.
 
     As the authors' code: features ``CL2N`` (centred on the base classes' mean, L2-normalised), prototypes ``m_c``
-    rectified with the queries (``rectify_prototypes``: queries shifted by the support-query mean difference and
-    pseudo-labelled, as BD-CSPN) and the shifted queries scored. The rectified prototype here is BD-CSPN's
-    (:func:`~fsl_lightning.methods.feature_classifiers.bd_cspn.rectified_prototypes`, softmax of ``10 cos`` within
-    each class); the authors' code takes a softmax over the classes and averages instead. Defaults: ``knn = 3``,
-    20 iterations, ``laplacian_weight`` (lambda) 1.0, the code's default; the paper tunes lambda on the
-    validation classes.
+    rectified with the queries (``rectify_prototypes``: queries shifted by the support-query mean difference,
+    pseudo-labelled and weighted by a softmax of ``10 cos`` over the classes, :func:`rectified_prototypes`) and the
+    shifted queries scored. Defaults: ``knn = 3``, 20 iterations, ``laplacian_weight`` (lambda) 1.0, the code's
+    default; the paper tunes lambda on the validation classes.
 
-    easyfsl 1.5's ``LaplacianShot`` rectifies with ``exp(cos)`` (eps = 1), scores the unshifted queries and takes
+    easyfsl 1.5's ``LaplacianShot`` rectifies as its BD-CSPN (weights ``exp(cos)`` normalised within each class),
+    scores the unshifted queries and takes
     lambda = 0.7.
     """
 
