@@ -21,11 +21,13 @@ import torch
 from lightning.pytorch.trainer.states import RunningStage
 from torch import Tensor, nn
 
+from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.data.decoded_cache import save_atomically
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
+from fsl_lightning.methods.feature_classifiers.base_features import prepare_with_base_features
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,27 @@ class FrozenFeatures(FrozenFeatureMethod):
     ) -> None:
         super().__init__(backbone, feature_batch_size, feature_cache_dir)
         self.episode_classifier = episode_classifier or LogisticRegression()
+
+    def on_validation_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_test_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_predict_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def prepare_episode_classifier(self) -> None:
+        """Gives a classifier that centres features on the base classes (SimpleShot's CL2N) the training split's
+        features, embedded once per backbone like the evaluated splits."""
+        prepare_with_base_features(self.episode_classifier, self.trainer, self.base_class_features)
+
+    def base_class_features(self, split: ClassImages) -> Tensor:
+        cached = self._split_features.get("train")
+        if cached is None or cached[0] is not split.images:
+            features = self._read_or_embed("train", split.images, split.class_names)
+            self._split_features["train"] = (split.images, features)
+        return self._split_features["train"][1]
 
     @property
     def transductive(self) -> bool:

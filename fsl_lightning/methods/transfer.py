@@ -30,6 +30,7 @@ from fsl_lightning.methods.episode_classifiers import (
     chen_cosine_scale,
     weight_normalised_cosine,
 )
+from fsl_lightning.methods.feature_classifiers.base_features import embed_in_batches, prepare_with_base_features
 
 
 class CosineClassifier(nn.Module):
@@ -191,6 +192,23 @@ class Transfer(EmbeddingMethod):
         ) * t * t
 
     # ----- stage 2: episodes on frozen features -----------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_test_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_predict_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def prepare_episode_classifier(self) -> None:
+        """Gives a classifier that centres features on the base classes (SimpleShot's CL2N) the training split's
+        features under the current weights (nothing is computed for the other classifiers)."""
+        def embed(split: ClassImages) -> Tensor:
+            return embed_in_batches(self.backbone, split.images, self.device)
+
+        prepare_with_base_features(self.episode_classifier, self.trainer, embed)
+
     @property
     def transductive(self) -> bool:
         return self.episode_classifier.transductive

@@ -1,0 +1,59 @@
+"""How an episode classifier receives the features of the base classes (SimpleShot's CL2N centring).
+
+A classifier that needs them says so with ``needs_base_features = True`` and takes them in
+``prepare(base_features)``; the methods that evaluate with episode classifiers (FrozenFeatures, Transfer) call
+:func:`prepare_with_base_features` when an evaluation starts, embedding the training split with the current
+backbone. Classifiers without the attribute are left alone, at no cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from fsl_lightning.data.datasets.base import ClassImages
+from fsl_lightning.data.images import as_model_input
+from fsl_lightning.errors import UserError
+
+
+def needs_base_features(classifier: object) -> bool:
+    return bool(getattr(classifier, "needs_base_features", False))
+
+
+def prepare_with_base_features(classifier: object, trainer, embed_split: Callable[[ClassImages], Tensor]) -> None:
+    """Calls ``classifier.prepare`` with ``embed_split(training split)`` if the classifier needs base features."""
+    if needs_base_features(classifier):
+        classifier.prepare(embed_split(base_class_split(trainer, type(classifier).__name__)))
+
+
+def base_class_split(trainer, classifier_name: str) -> ClassImages:
+    """The training split of the trainer's data module: the one already loaded, else loaded now (``test`` and
+    ``predict`` load only what they score)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    splits = getattr(datamodule, "splits", {})
+    if "train" in splits:
+        return splits["train"]
+    dataset = getattr(datamodule, "dataset", None)
+    if dataset is None:
+        raise UserError(
+            f"{classifier_name} centres features on the mean of the base classes, which it computes from the data "
+            "module's training split, and this data module has none: use an EpisodicDataModule with its dataset, or "
+            "set the classifier's feature_transform: L2N."
+        )
+    return dataset.load_split("train")
+
+
+@torch.no_grad()
+def embed_in_batches(backbone: nn.Module, images: Tensor, device: torch.device, batch_size: int = 256) -> Tensor:
+    """Features [M, D] (float32) of images [M, C, H, W] (uint8, or floats in [0, 1]), with the backbone in eval mode (no batch-norm
+    statistic moves), then the backbone's mode restored."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return torch.cat([
+            backbone(as_model_input(batch.to(device))).float().flatten(1) for batch in images.split(batch_size)
+        ])
+    finally:
+        backbone.train(was_training)
