@@ -27,7 +27,7 @@ from fsl_lightning.episode import SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
-from fsl_lightning.methods.feature_classifiers.base_features import prepare_with_base_features
+from fsl_lightning.methods.feature_classifiers.base_features import EpisodeClassifierHooks
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class FrozenFeatureMethod(FewShotMethod):
         return Path(self.feature_cache_dir).expanduser() / f"{type(self.backbone).__name__}-{split}-{key}.pt"
 
 
-class FrozenFeatures(FrozenFeatureMethod):
+class FrozenFeatures(EpisodeClassifierHooks, FrozenFeatureMethod):
     """A frozen pretrained backbone (DINOv2, any timm or torchvision model) and a light classifier fitted on each
     episode's support features: the standard few-shot baseline of foundation models.
 
@@ -180,30 +180,13 @@ class FrozenFeatures(FrozenFeatureMethod):
         super().__init__(backbone, feature_batch_size, feature_cache_dir)
         self.episode_classifier = episode_classifier or LogisticRegression()
 
-    def on_validation_start(self) -> None:
-        self.prepare_episode_classifier()
-
-    def on_test_start(self) -> None:
-        self.prepare_episode_classifier()
-
-    def on_predict_start(self) -> None:
-        self.prepare_episode_classifier()
-
-    def prepare_episode_classifier(self) -> None:
-        """Gives a classifier that centres features on the base classes (SimpleShot's CL2N) the training split's
-        features, embedded once per backbone like the evaluated splits."""
-        prepare_with_base_features(self.episode_classifier, self.trainer, self.base_class_features)
-
-    def base_class_features(self, split: ClassImages) -> Tensor:
+    def embed_base_split(self, split: ClassImages) -> Tensor:
+        """The training split's features, embedded once per backbone (and cached) like the evaluated splits."""
         cached = self._split_features.get("train")
         if cached is None or cached[0] is not split.images:
             features = self._read_or_embed("train", split.images, split.class_names)
             self._split_features["train"] = (split.images, features)
         return self._split_features["train"][1]
-
-    @property
-    def transductive(self) -> bool:
-        return self.episode_classifier.transductive
 
     def fit_support(self, support: SupportSet) -> Any:
         """The episode classifier fitted on the support features (the episode's seed drives its randomness)."""

@@ -30,7 +30,7 @@ from fsl_lightning.methods.episode_classifiers import (
     chen_cosine_scale,
     weight_normalised_cosine,
 )
-from fsl_lightning.methods.feature_classifiers.base_features import embed_in_batches, prepare_with_base_features
+from fsl_lightning.methods.feature_classifiers.base_features import EpisodeClassifierHooks, embed_in_batches
 
 
 class CosineClassifier(nn.Module):
@@ -53,7 +53,7 @@ class CosineClassifier(nn.Module):
         return weight_normalised_cosine(features, self.direction, self.gain, self.scale)
 
 
-class Transfer(EmbeddingMethod):
+class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     """Supervised pre-training over the base classes, an episode classifier on frozen features at test.
 
     Used as it is, this is transfer learning: e.g. a torchvision backbone with ImageNet weights
@@ -192,26 +192,9 @@ class Transfer(EmbeddingMethod):
         ) * t * t
 
     # ----- stage 2: episodes on frozen features -----------------------------------------------------------------
-    def on_validation_start(self) -> None:
-        self.prepare_episode_classifier()
-
-    def on_test_start(self) -> None:
-        self.prepare_episode_classifier()
-
-    def on_predict_start(self) -> None:
-        self.prepare_episode_classifier()
-
-    def prepare_episode_classifier(self) -> None:
-        """Gives a classifier that centres features on the base classes (SimpleShot's CL2N) the training split's
-        features under the current weights (nothing is computed for the other classifiers)."""
-        def embed(split: ClassImages) -> Tensor:
-            return embed_in_batches(self.backbone, split.images, self.device)
-
-        prepare_with_base_features(self.episode_classifier, self.trainer, embed)
-
-    @property
-    def transductive(self) -> bool:
-        return self.episode_classifier.transductive
+    def embed_base_split(self, split: ClassImages) -> Tensor:
+        """The training split's features under the current weights (for classifiers that centre on base classes)."""
+        return embed_in_batches(self.backbone, split.images, self.device)
 
     def embed(self, images: Tensor) -> Tensor:
         with torch.no_grad():

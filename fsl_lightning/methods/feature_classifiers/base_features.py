@@ -28,6 +28,32 @@ def prepare_with_base_features(classifier: object, trainer, embed_split: Callabl
         classifier.prepare(embed_split(base_class_split(trainer, type(classifier).__name__)))
 
 
+class EpisodeClassifierHooks:
+    """For methods that score episodes with ``self.episode_classifier`` (FrozenFeatures, Transfer): the classifier
+    gets the base classes' features when an evaluation starts, and its transductive flag is the method's.
+    Subclasses say how the training split is embedded (:meth:`embed_base_split`)."""
+
+    def on_validation_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_test_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def on_predict_start(self) -> None:
+        self.prepare_episode_classifier()
+
+    def prepare_episode_classifier(self) -> None:
+        prepare_with_base_features(self.episode_classifier, self.trainer, self.embed_base_split)
+
+    def embed_base_split(self, split: ClassImages) -> Tensor:
+        """Features [M, D] of the training split's images (computed only for classifiers that need them)."""
+        raise NotImplementedError
+
+    @property
+    def transductive(self) -> bool:
+        return self.episode_classifier.transductive
+
+
 def base_class_split(trainer, classifier_name: str) -> ClassImages:
     """The training split of the trainer's data module: the one already loaded, else loaded now (``test`` and
     ``predict`` load only what they score)."""
