@@ -143,8 +143,8 @@ def test_a_checkpoint_of_the_other_inner_optimiser_is_refused_in_one_line():
 
     sgd = Reptile(tiny_model(), inner_optimizer="sgd")
     adam = Reptile(tiny_model())
-    with pytest.raises(UserError, match="inner_optimizer=sgd"):
-        adam.on_load_checkpoint({"state_dict": sgd.state_dict()})
+    with pytest.raises(UserError, match=r"inner_optimizer=sgd --model\.init_args\.inner_lr=0\.1\.$"):
+        adam.on_load_checkpoint({"state_dict": sgd.state_dict(), "hyper_parameters": {"inner_lr": 0.1}})
     with pytest.raises(UserError, match="inner_optimizer=adam"):
         sgd.on_load_checkpoint({"state_dict": adam.state_dict()})
     adam.on_load_checkpoint({"state_dict": Reptile(tiny_model()).state_dict()})  # same optimiser: loads

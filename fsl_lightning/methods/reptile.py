@@ -85,10 +85,13 @@ class Reptile(MAML):
         saved = any(key.startswith("inner_adam_moments.") for key in checkpoint.get("state_dict", {}))
         if saved != (self.inner_optimizer == "adam"):
             trained_with = "adam" if saved else "sgd"
+            hparams = checkpoint.get("hyper_parameters", {})
+            settings = [f"--model.init_args.inner_optimizer={trained_with}"] + [
+                f"--model.init_args.{name}={hparams[name]}" for name in ("inner_lr", "test_inner_steps") if name in hparams
+            ]
             raise UserError(
                 f"This Reptile checkpoint was trained with inner_optimizer={trained_with}, but the model is built with "
-                f"inner_optimizer={self.inner_optimizer}: pass --model.init_args.inner_optimizer={trained_with} "
-                "(and that run's inner_lr)."
+                f"inner_optimizer={self.inner_optimizer}: pass {' '.join(settings)}."
             )
 
     def reptile_loss(self, batch: Episode) -> Tensor:
