@@ -1,16 +1,12 @@
-"""Every registered method (``fsl_lightning.methods.METHODS``) built tiny, one real episode for it, and the outputs
-its training and evaluation compute on that episode.
-
-Shared by tests/test_support_split.py and by tests/recorded/record_method_outputs.py, which recorded these outputs
-with the code before the fit_support / score split (so that the split is checked to change no number).
-"""
+"""Every registered method (``fsl_lightning.methods.METHODS``) built tiny, and one real episode for it (used by
+tests/test_support_split.py)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.backbones.clip_backbone import CLIPBackbone
@@ -23,7 +19,6 @@ from fsl_lightning.methods import (
     FrozenFeatures, MatchingNet, MetaSGD, NearestNeighbour, ProtoNet, RelationNet, Reptile, RFSDistill, RFSSimple,
     Siamese, Transfer,
 )
-from fsl_lightning.methods.maml import as_meta_batch
 
 #: 5-way 2-shot (K > 1: class means, sums and averages are exercised) with 3 queries per class
 SPEC = EpisodeSpec(way=5, shot=2, query=3)
@@ -60,7 +55,7 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "FOMAML": lambda: FOMAML(_maml_backbone("running"), test_inner_steps=2),
     "MetaSGD": lambda: MetaSGD(_maml_backbone("running")),
     "ANIL": lambda: ANIL(_maml_backbone(), test_inner_steps=2),
-    # the inner loop the outputs were recorded with (inner_optimizer="adam", the default since, is tested in test_reptile)
+    # the plain-SGD inner loop (inner_optimizer="adam", the default, is tested in test_reptile)
     "Reptile": lambda: Reptile(_maml_backbone("running"), inner_steps=2, test_inner_steps=2, inner_optimizer="sgd",
                                inner_lr=0.1, inner_batch_size=None, test_inner_batch_size=None),
     "R2D2": lambda: R2D2(Conv4(1, 16)),
@@ -94,40 +89,6 @@ def real_episode(classes, class_ids: list[int]) -> tuple[Episode, list[str]]:
     images = as_model_input(classes.images[indices])
     episode = split_support_query(images, torch.tensor(class_ids), SPEC, indices, seed=EPISODE_SEED)
     return episode, [classes.class_names[c] for c in class_ids]
-
-
-def training_outputs(name: str, method: FewShotMethod, episode: Episode) -> dict[str, Tensor]:
-    """What the method's training step computes from the episode, in training mode (no optimiser step)."""
-    method.train()
-    if name in TRAINED_ON_EPISODE_LOGITS:
-        return {"train_logits": method.episode_logits(episode).detach()}
-    if name in MAML_FAMILY:
-        batch = as_meta_batch(episode)
-        loss, logits = method.meta_loss(batch)
-        outputs = {"meta_loss": loss.detach(), "train_logits": logits.detach()}
-        if name == "Reptile":
-            outputs["reptile_loss"] = method.reptile_loss(batch).detach()
-        return outputs
-    if name == "Siamese":
-        torch.manual_seed(1)  # the balanced pairs are drawn from the global generator
-        images = torch.cat([episode.support_images, episode.query_images])
-        labels = torch.cat([episode.support_labels, episode.query_labels])
-        logits, same = method.training_pairs(images, labels)
-        return {"pair_logits": logits.detach(), "same": same}
-    return {}
-
-
-def evaluation_logits(name: str, method: FewShotMethod, episode: Episode, class_names: list[str]) -> Tensor:
-    """The episode's logits in eval mode, under inference mode as in Lightning's evaluation loops. CLIP names its
-    classes from the support set (as ``predict``: here no data module gives the split's names)."""
-    from fsl_lightning.episode import SupportSet  # not in the code the outputs were recorded with
-
-    method.eval()
-    with torch.inference_mode():
-        if name in RGB_METHODS:
-            state = method.fit_support(SupportSet.of(episode, class_names))
-            return method.score(state, episode.query_images, episode.query_indices).clone()
-        return method.episode_logits(episode).clone()
 
 
 def load_episodes() -> dict[str, tuple[Episode, list[str]]]:
