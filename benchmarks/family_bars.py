@@ -2,6 +2,7 @@
 
     python benchmarks/family_bars.py metric [--seeds 0 1 2] [--methods ProtoNet ...]
     python benchmarks/family_bars.py transfer [--seeds 0 1 2] [--methods Baseline ...]
+    python benchmarks/family_bars.py metric --variants --cpu-defaults   # correct runs only, with the CLI's CPU defaults
 
 Trains each method in exactly the setting of its test (``tests/test_metric_measured.py``,
 ``tests/test_transfer_measured.py``, imported from there) for every seed, then once (seed 0) each broken variant
@@ -27,6 +28,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import test_metric_measured as metric  # noqa: E402  (the tests hold the settings: one source of truth)
 import test_transfer_measured as transfer  # noqa: E402
+
+from fsl_lightning.callbacks import SpeedSettings  # noqa: E402
 
 from fsl_lightning.data import Omniglot  # noqa: E402
 from fsl_lightning.episode import Episode, LabelledBatch  # noqa: E402
@@ -129,18 +132,18 @@ def with_broken_variants(seeds: list[int]) -> bool:
     return not seeds or 0 in seeds
 
 
-def run_metric(methods: list[str], seeds: list[int], variants: list[str] | None = None) -> None:
+def run_metric(methods: list[str], seeds: list[int], variants: list[str] | None = None, callbacks=()) -> None:
     omniglot = Omniglot(protocol="vinyals", download=False)
     omniglot.prepare()
     print("| method | variant | seed | untrained | trained | seconds |\n|---|---|---|---|---|---|")
     for name in methods:
         build, broken = METRIC[name]
         runs = [("correct", lambda: build(), seed) for seed in seeds]
-        if with_broken_variants(seeds):
+        if with_broken_variants(seeds) and variants != []:
             runs += [(bug, lambda cls=cls: build(cls), 0) for bug, cls in broken.items() if bug in (variants or [bug])]
         for variant, make, seed in runs:
             started = time.perf_counter()
-            result = metric.untrained_and_trained_accuracy(make, omniglot, seed=seed)
+            result = metric.untrained_and_trained_accuracy(make, omniglot, seed=seed, callbacks=callbacks)
             seconds = time.perf_counter() - started
             print(f"| {name} | {variant} | {seed} | {result['untrained']:.3f} | {result['trained']:.3f} "
                   f"| {seconds:.0f} |", flush=True)
@@ -187,7 +190,7 @@ TRANSFER = {
 SHUFFLED = {Baseline: BaselineShuffledLabels, BaselinePlusPlus: BaselinePlusPlusShuffledLabels}
 
 
-def run_transfer(methods: list[str], seeds: list[int]) -> None:
+def run_transfer(methods: list[str], seeds: list[int], variants: list[str] | None = None, callbacks=()) -> None:
     omniglot = Omniglot(protocol="vinyals", download=False)
     omniglot.prepare()
     print("| pre-training | variant | evaluated as | seed | untrained | trained | seconds |")
@@ -195,14 +198,15 @@ def run_transfer(methods: list[str], seeds: list[int]) -> None:
     for name in methods:
         pretraining, evaluators, broken_probes = TRANSFER[name]
         # the broken probes only evaluate the seed-0 backbone: no pre-training of their own
-        runs = [("correct", pretraining, {**evaluators, **(broken_probes if seed == 0 else {})}, seed)
+        broken = variants != []
+        runs = [("correct", pretraining, {**evaluators, **(broken_probes if seed == 0 and broken else {})}, seed)
                 for seed in seeds]
-        if with_broken_variants(seeds):
+        if with_broken_variants(seeds) and broken:
             runs.append(("pre-training labels shuffled", SHUFFLED[pretraining], evaluators, 0))
         for variant, cls, evaluated_as, seed in runs:
             started = time.perf_counter()
             results = transfer.untrained_and_trained_accuracy(lambda cls=cls: transfer.transfer(cls), evaluated_as,
-                                                              omniglot, seed=seed)
+                                                              omniglot, seed=seed, callbacks=callbacks)
             seconds = time.perf_counter() - started
             for evaluator, result in results.items():
                 print(f"| {name} | {variant} | {evaluator} | {seed} | {result['untrained']:.3f} "
@@ -215,13 +219,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
                         help="of the correct runs; the broken variants run (seed 0) when 0 is among them or none is")
     parser.add_argument("--methods", nargs="+")
-    parser.add_argument("--variants", nargs="*", help="metric family: the broken variants to run (default all)")
+    parser.add_argument("--variants", nargs="*",
+                        help="metric family: the broken variants to run (default all); with no name, none (both families)")
+    parser.add_argument("--cpu-defaults", action="store_true",
+                        help="train and test with the CLI's speed settings (on AMX CPUs: bf16 training, channels-last)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    callbacks = (SpeedSettings(),) if args.cpu_defaults else ()
     if args.family == "metric":
-        run_metric(args.methods or list(METRIC), args.seeds, args.variants)
+        run_metric(args.methods or list(METRIC), args.seeds, args.variants, callbacks)
     else:
-        run_transfer(args.methods or list(TRANSFER), args.seeds)
+        run_transfer(args.methods or list(TRANSFER), args.seeds, args.variants, callbacks)
 
 
 if __name__ == "__main__":

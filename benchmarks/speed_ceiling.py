@@ -27,6 +27,13 @@ from fsl_lightning.callbacks import SpeedSettings
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 WORKLOADS = {
     "protonet_conv4": ("ProtoNet Conv4 Omniglot 28x28 60w5s5q", "omniglot/protonet_5w5s.yaml", []),
+    "protonet_60w1s": ("ProtoNet Conv4 Omniglot 28x28 60w1s5q", "omniglot/protonet_5w1s.yaml", []),
+    "protonet_20w1s": ("ProtoNet Conv4 Omniglot 28x28 20w1s5q", "omniglot/protonet_5w1s.yaml", ["--data.train.way=20"]),
+    "matchingnet_5w1s": ("MatchingNet Conv4 Omniglot 28x28 5w1s, its config", "omniglot/matchingnet_5w1s.yaml", []),
+    "maml_5w1s_8tasks": ("MAML 2nd order 5w1s15q, 8 tasks, 1 inner step", "omniglot/maml_5w1s.yaml",
+                         ["--model.init_args.inner_steps=1", "--data.train_tasks_per_batch=8"]),
+    "baseline_pretrain": ("Baseline ResNet12 84x84 pre-training, batches of 64 (Caltech-101)",
+                          "caltech101/baseline_5w1s.yaml", []),
     "maml_1step": ("MAML 2nd order Conv4 5w1s, 32 tasks, 1 inner step", "omniglot/maml_5w1s.yaml",
                    ["--model.init_args.inner_steps=1"]),
     "maml_5steps": ("MAML 2nd order Conv4 5w1s, 32 tasks, 5 inner steps", "omniglot/maml_5w1s.yaml",

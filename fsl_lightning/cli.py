@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import WandbLogger
 
+from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
@@ -327,6 +328,7 @@ def main(args: list[str] | None = None) -> FewShotCLI:
         else:
             args = [arg for arg in args if arg != "--print_traceback"]
     silence_library_noise()
+    keep_freed_memory_for_reuse()  # CPU steps: about 1.5x faster (fsl_lightning/cpu_memory.py)
     try:
         check_method_names(sys.argv[1:] if args is None else args)
         return FewShotCLI(args=args)

@@ -11,6 +11,7 @@ from torch import nn
 
 from fsl_lightning.backbones import MAMLConv4
 from fsl_lightning.callbacks import SpeedSettings
+from fsl_lightning.callbacks.cpu_training_precision import cpu_has_amx_bf16
 from fsl_lightning.cli import main
 from fsl_lightning.methods import MAML, ProtoNet
 
@@ -79,3 +80,65 @@ def test_speed_section_from_the_cli_compiles_and_uses_channels_last(tmp_path):
     checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert all("_orig_mod" not in key for key in checkpoint["state_dict"])
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+class RecordsAutocast(nn.Module):
+    """A Conv4 that notes, for each mode it runs in (training / evaluation), whether CPU autocast was on."""
+
+    def __init__(self):
+        super().__init__()
+        from fsl_lightning.backbones import Conv4
+
+        self.inner = Conv4(1)
+        self.autocast_by_mode: dict[str, bool] = {}
+
+    def forward(self, images):
+        mode = "train" if self.training else "eval"
+        self.autocast_by_mode[mode] = torch.is_autocast_enabled("cpu")
+        return self.inner(images)
+
+
+def _fit_and_validate(method, speed, tmp_path, datamodule, **trainer_args):
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                        num_sanity_val_steps=0, callbacks=[speed], default_root_dir=tmp_path, **trainer_args)
+    trainer.fit(method, datamodule)
+    trainer.test(method, datamodule)
+    return method
+
+
+amx_only = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="bf16 training is the default only on AMX CPUs")
+
+
+@amx_only
+def test_cpu_default_trains_in_bf16_evaluates_in_fp32_with_channels_last(small_datamodule, tmp_path):
+    method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule)
+    assert method.backbone.autocast_by_mode == {"train": True, "eval": False}
+    convolution = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@amx_only
+def test_maml_family_keeps_fp32_and_the_plain_layout_on_the_cpu(small_datamodule, tmp_path):
+    method = MAML(MAMLConv4(way=5))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[SpeedSettings()], default_root_dir=tmp_path)
+    trainer.fit(method, small_datamodule)
+    assert trainer.precision == "32-true"
+    convolution = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
+    assert convolution.weight.is_contiguous()
+
+
+def test_cpu_bf16_off_or_an_explicit_precision_wins(small_datamodule, tmp_path):
+    method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(cpu_bf16=False), tmp_path, small_datamodule)
+    assert method.backbone.autocast_by_mode == {"train": False, "eval": False}
+    method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule,
+                               precision="bf16-mixed")
+    assert method.backbone.autocast_by_mode == {"train": True, "eval": True}  # Lightning's bf16-mixed everywhere
+
+
+def test_no_bf16_default_without_amx(small_datamodule, tmp_path, monkeypatch):
+    monkeypatch.setattr("fsl_lightning.callbacks.speed.cpu_has_amx_bf16", lambda: False)
+    method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule)
+    assert method.backbone.autocast_by_mode == {"train": False, "eval": False}

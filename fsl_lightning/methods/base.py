@@ -41,6 +41,9 @@ class FewShotMethod(L.LightningModule):
 
     #: whether ``speed.tf32`` is on when the config leaves it unset (see :class:`~fsl_lightning.callbacks.SpeedSettings`)
     tf32_by_default: bool = True
+    #: whether training on the CPU defaults to bf16 autocast (on AMX CPUs) and channels-last weights (see
+    #: :class:`~fsl_lightning.callbacks.SpeedSettings`); ``False`` where reduced precision is not measured safe
+    fast_cpu_defaults: bool = True
     #: why ``speed.compile`` cannot apply to this method, or ``None`` when it can
     not_compilable_because: str | None = None
     #: whether training batches are episodes; ``False`` for the transfer family, which pre-trains on plain
