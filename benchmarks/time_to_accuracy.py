@@ -1,6 +1,7 @@
 """Issue 17, item 3: the main job's accuracy against wall-clock time, for 5-way 1-shot and 20-way 1-shot.
 
     python benchmarks/time_to_accuracy.py [--out time_to_accuracy] [-- <extra arguments for ./main.sh>]
+    python benchmarks/time_to_accuracy.py --out time_to_accuracy --reuse     # the evaluations again, no training
 
 Runs ``./main.sh`` as a newcomer would (install check, fit, test of the best checkpoint on the 1000 fixed 5-way
 1-shot test episodes), timing it from the outside, with two callbacks added: ``EpisodeThroughput`` (the wall time
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from pathlib import Path
 from fsl_lightning.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
+LOCAL_DATA = REPO.parent / "shared" / "data"  # main.sh's default data root, beside the checkout
 TWENTY_WAY = REPO / "experiments" / "omniglot" / "protonet_20w1s.yaml"
 TEST_LINE = re.compile(r"Test accuracy: ([\d.]+)% ± ([\d.]+)%")
 
@@ -72,11 +75,18 @@ def twenty_way(command: str, checkpoint: Path, out: Path) -> float | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("time_to_accuracy"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip ./main.sh and evaluate the run already in --out (its log and checkpoints)")
     parser.add_argument("extra", nargs="*", help="arguments for ./main.sh (after --)")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    wall_seconds, five_way_test = run_main_job(out, args.extra)
+    if not os.environ.get("FSL_DATA_ROOT") and LOCAL_DATA.is_dir():
+        os.environ["FSL_DATA_ROOT"] = str(LOCAL_DATA)  # as main.sh does, for the 20-way evaluations in this process
+    if args.reuse:
+        wall_seconds, five_way_test = float("nan"), test_result((out / "main_job.log").read_text())
+    else:
+        wall_seconds, five_way_test = run_main_job(out, args.extra)
     validations = json.loads((out / "throughput.json").read_text())["validations"]
     rows = []
     for validation in validations:

@@ -130,6 +130,17 @@ def test_maml_family_keeps_fp32_and_the_plain_layout_on_the_cpu(small_datamodule
     assert convolution.weight.is_contiguous()
 
 
+@amx_only
+def test_bf16_is_a_default_only_where_measured_channels_last_everywhere_but_maml(small_datamodule, tmp_path):
+    from fsl_lightning.methods import MatchingNet
+
+    method = MatchingNet(RecordsAutocast())  # bf16 lost accuracy in its short-budget runs (BENCHMARKS.md)
+    _fit_and_validate(method, SpeedSettings(), tmp_path, small_datamodule)
+    assert method.backbone.autocast_by_mode == {"train": False, "eval": False}
+    convolution = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_cpu_bf16_off_or_an_explicit_precision_wins(small_datamodule, tmp_path):
     method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(cpu_bf16=False), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": False, "eval": False}

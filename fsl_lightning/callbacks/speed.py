@@ -5,10 +5,10 @@ products and convolutions on Ampere and later GPUs) is on by default for methods
 visibly change, and off for the MAML family (``FewShotMethod.tf32_by_default = False``), whose second-order
 meta-gradients it perturbs; turning it on there warns. Global flags are restored when the run ends.
 
-On the CPU the metric and transfer families (``FewShotMethod.fast_cpu_defaults``) train by default in bf16
-autocast when the CPU has AMX units, with channels-last weights (also in evaluation): measured 2.6x faster per Conv4 step on a 2-core
-Xeon with the same test accuracy (BENCHMARKS.md); evaluation stays fp32. The MAML family keeps fp32 and the plain
-layout: its meta-gradients in bf16 are not measured.
+On the CPU, methods keep their weights channels-last by default (``FewShotMethod.cpu_channels_last_by_default``;
+not the MAML family, whose CPU engine is tuned for the plain layout), and those whose accuracy was measured unchanged
+by it (``FewShotMethod.cpu_bf16_by_default``: ProtoNet and the transfer family) train in bf16 autocast when the CPU
+has AMX units: 2.4-3.9x faster per step together on a 2-core Xeon (BENCHMARKS.md). Evaluation stays fp32.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ class SpeedSettings(Callback):
     """Args:
         tf32: allow TF32 in float32 matrix products and convolutions on CUDA; ``None``: the method's default.
         cpu_bf16: train in bf16 autocast on the CPU (validation, test and prediction stay fp32); ``None``: on for
-            methods with ``fast_cpu_defaults`` when the CPU has AMX units and ``trainer.precision`` is the default
-            fp32, off otherwise. An explicit ``trainer.precision`` always wins.
+            methods with ``cpu_bf16_by_default`` when the CPU has AMX units and ``trainer.precision`` is the
+            default fp32, off otherwise. An explicit ``trainer.precision`` always wins.
         channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
             Cores and the CPU's oneDNN kernels prefer (the same maths; only the kernels' summation order may
-            differ). ``None``: on the CPU, on for methods with ``fast_cpu_defaults`` in every stage (so that a
+            differ). ``None``: on the CPU, on for methods with ``cpu_channels_last_by_default`` in every stage (so that a
             checkpoint tested after fit and tested alone runs the same kernels), off elsewhere.
         compile: ``torch.compile`` the backbone in place (checkpoint keys unchanged); methods that cannot be
             compiled (``FewShotMethod.not_compilable_because`` set to the reason) run eagerly with a warning
@@ -87,12 +87,12 @@ class SpeedSettings(Callback):
         if self.cpu_bf16 is not None:
             return self.cpu_bf16
         default_precision = type(trainer.strategy.precision_plugin) is Precision  # trainer.precision left at fp32
-        return default_precision and getattr(pl_module, "fast_cpu_defaults", False) and cpu_has_amx_bf16()
+        return default_precision and getattr(pl_module, "cpu_bf16_by_default", False) and cpu_has_amx_bf16()
 
     def _wants_channels_last(self, pl_module: LightningModule, on_cpu: bool) -> bool:
         if self.channels_last is not None:
             return self.channels_last
-        return on_cpu and getattr(pl_module, "fast_cpu_defaults", False)
+        return on_cpu and getattr(pl_module, "cpu_channels_last_by_default", False)
 
     def _set_tf32(self, enabled: bool) -> None:
         if self._saved_flags is None:

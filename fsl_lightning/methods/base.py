@@ -41,9 +41,11 @@ class FewShotMethod(L.LightningModule):
 
     #: whether ``speed.tf32`` is on when the config leaves it unset (see :class:`~fsl_lightning.callbacks.SpeedSettings`)
     tf32_by_default: bool = True
-    #: whether training on the CPU defaults to bf16 autocast (on AMX CPUs) and channels-last weights (see
-    #: :class:`~fsl_lightning.callbacks.SpeedSettings`); ``False`` where reduced precision is not measured safe
-    fast_cpu_defaults: bool = True
+    #: whether training on an AMX CPU defaults to bf16 autocast (``speed.cpu_bf16``): only for methods whose
+    #: accuracy was measured unchanged by it (BENCHMARKS.md, "bf16 training keeps accuracy")
+    cpu_bf16_by_default: bool = False
+    #: whether the weights are kept channels-last on the CPU by default (``speed.channels_last``)
+    cpu_channels_last_by_default: bool = True
     #: why ``speed.compile`` cannot apply to this method, or ``None`` when it can
     not_compilable_because: str | None = None
     #: whether training batches are episodes; ``False`` for the transfer family, which pre-trains on plain

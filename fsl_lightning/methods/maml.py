@@ -79,7 +79,7 @@ class MAML(FewShotMethod):
     """
 
     tf32_by_default = False  # TF32 perturbs second-order meta-gradients (issue 8: opt-in, error reported)
-    fast_cpu_defaults = False  # bf16 meta-gradients are not measured; the CPU engine is tuned for the plain layout
+    cpu_channels_last_by_default = False  # the CPU engine (task loop, native batch norm) is tuned for NCHW
     not_compilable_because = (
         "its inner loop calls the backbone with swapped-in adapted weights (torch.func.functional_call or "
         "learn2learn clones), on which a compiled backbone would recompile; the vmap engine is already batched over tasks"

@@ -29,6 +29,8 @@ class ProtoNet(EmbeddingMethod):
         other arguments: see :class:`FewShotMethod`.
     """
 
+    cpu_bf16_by_default = True  # measured: same accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
+
     def __init__(self, *args: Any, distance: Literal["squared_euclidean", "euclidean"] = "squared_euclidean",
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
