@@ -43,8 +43,8 @@ def test_the_measure_with_one_neighbour_sums_each_descriptors_best_cosine():
 def test_the_measure_with_three_neighbours_pools_the_descriptors_of_all_the_class_images():
     # q1, (1,0): class 0 cosines 1, 0, 1/sqrt2, 0 -> top 3 sum 1 + 1/sqrt2; class 1: -1, 0, 0.6, -1 -> -0.4.
     # q1, (0,1): class 0 cosines 0, -1, 1/sqrt2, -1 -> 1/sqrt2 - 1; class 1: 0, 1, 0.8, 0 -> 1.8.
-    # q2, (-1,0) twice: class 0 cosines 0, 0, -1/sqrt2, 0 -> 0; class 1: 1, 0, -0.6, 1 -> 2.
-    expected = torch.tensor([[1 + 1 / ROOT2 + 1 / ROOT2 - 1, -0.4 + 1.8], [0.0, 4.0]])
+    # q2, (-1,0) twice: class 0 cosines -1, 0, -1/sqrt2, 0 -> -1/sqrt2; class 1: 1, 0, -0.6, 1 -> 2.
+    expected = torch.tensor([[1 + 1 / ROOT2 + 1 / ROOT2 - 1, -0.4 + 1.8], [-2 / ROOT2, 4.0]])
     scores = image_to_class_similarity(QUERIES, SUPPORT, LABELS, way=2, neighbours=3)
     torch.testing.assert_close(scores, expected)
 
