@@ -69,6 +69,18 @@ def test_dn4_scores_the_local_descriptors_of_the_backbones_feature_maps():
     torch.testing.assert_close(local_descriptors(support_maps)[1, 9], support_maps[1, :, 1, 2])
 
 
+def test_conv64f_is_conv4_with_two_poolings_and_leaky_relu():
+    """The reference's map sizes: 84 -> 42 -> 21 -> 21 -> 21; plain Conv4 is unchanged (four poolings, ReLU)."""
+    conv64f = Conv4(3, 8, flatten=False, pooled_blocks=2, negative_slope=0.2).eval()
+    assert conv64f(torch.zeros(1, 3, 84, 84)).shape == (1, 8, 21, 21)
+    activations = [m for m in conv64f.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(activations) == 4 and all(m.negative_slope == 0.2 for m in activations)
+    plain = Conv4(1, 8).eval()
+    assert plain(torch.zeros(1, 1, 28, 28)).shape == (1, 8)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in plain.modules()) == 4
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in plain.modules())
+
+
 def test_dn4_refuses_a_backbone_that_pools_its_features_away():
     with pytest.raises(ValueError, match="feature maps"):
         DN4(Conv4(1, 8)).embed(torch.zeros(2, 1, 28, 28))
