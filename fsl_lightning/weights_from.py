@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from lightning import LightningModule
+from torch import nn
 
 from fsl_lightning.checkpoint_files import restore_weights
 from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
@@ -32,3 +33,26 @@ def load_weights(model: LightningModule, checkpoint_file: Path) -> None:
             f"{reason}"
         ) from error
     print(f"Starting from the weights of {checkpoint_file} (fresh optimiser and learning-rate schedule)")
+
+
+def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, prefix: str = "backbone.") -> None:
+    """Loads the ``prefix``-ed weights of another run's checkpoint into ``backbone``, and nothing else: a method
+    that meta-trains from a pre-trained backbone (FEAT's ``backbone_checkpoint``) starts from a pre-training run
+    (Transfer, ProtoNet...) whose other weights (its classifier head) it does not have. Every weight of
+    ``backbone`` must be in the checkpoint, with its shape."""
+    if not checkpoint_file.is_file():
+        raise UserError(
+            f"backbone_checkpoint: no checkpoint file {checkpoint_file}. Run the pre-training config first (its "
+            "last.ckpt), or set backbone_checkpoint: null to train from scratch."
+        )
+    with unreadable_checkpoint_reported(checkpoint_file):
+        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["state_dict"]
+    wanted = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    try:
+        backbone.load_state_dict(wanted, strict=True)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())
+        raise UserError(
+            f"backbone_checkpoint {checkpoint_file}: its {prefix}* weights do not fit this backbone: {reason}"
+        ) from error
+    print(f"Starting the backbone from the weights of {checkpoint_file}")

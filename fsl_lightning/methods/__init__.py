@@ -5,6 +5,8 @@ from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.baseline import Baseline
 from fsl_lightning.methods.baseline_pp import BaselinePlusPlus
 from fsl_lightning.methods.clip import CLIPFewShot, CLIPZeroShot
+from fsl_lightning.methods.dn4 import DN4
+from fsl_lightning.methods.feat import FEAT
 from fsl_lightning.methods.frozen_features import FrozenFeatures
 from fsl_lightning.methods.maml import FOMAML, MAML
 from fsl_lightning.methods.matchingnet import MatchingNet
@@ -33,6 +35,8 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "ANIL": ANIL,
     "Reptile": Reptile,
     "R2D2": R2D2,
+    "DN4": DN4,
+    "FEAT": FEAT,
     "Transfer": Transfer,
     "Baseline": Baseline,
     "BaselinePlusPlus": BaselinePlusPlus,
@@ -45,7 +49,7 @@ METHODS: dict[str, type[FewShotMethod]] = {
 }
 
 __all__ = [
-    "ANIL", "Baseline", "BaselinePlusPlus", "CLIPFewShot", "CLIPZeroShot", "FewShotMethod", "FOMAML",
+    "ANIL", "Baseline", "BaselinePlusPlus", "CLIPFewShot", "CLIPZeroShot", "DN4", "FEAT", "FewShotMethod", "FOMAML",
     "FrozenFeatures", "MAML", "MatchingNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet", "R2D2",
     "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
 ]
