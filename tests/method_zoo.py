@@ -16,8 +16,8 @@ from fsl_lightning.data.images import as_model_input
 from fsl_lightning.episode import Episode, EpisodeSpec, split_support_query
 from fsl_lightning.methods import (
     ANIL, FOMAML, MAML, R2D2, SKD, Baseline, BaselinePlusPlus, CLIPFewShot, CLIPZeroShot, FewShotMethod,
-    FrozenFeatures, MatchingNet, MetaSGD, NearestNeighbour, ProtoNet, RelationNet, Reptile, RFSDistill, RFSSimple,
-    Siamese, Transfer,
+    FrozenFeatures, MatchingNet, MetaOptNet, MetaSGD, NearestNeighbour, ProtoNet, RelationNet, Reptile, RFSDistill,
+    RFSSimple, Siamese, Transfer,
 )
 
 #: 5-way 2-shot (K > 1: class means, sums and averages are exercised) with 3 queries per class
@@ -59,6 +59,7 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "Reptile": lambda: Reptile(_maml_backbone("running"), inner_steps=2, test_inner_steps=2, inner_optimizer="sgd",
                                inner_lr=0.1, inner_batch_size=None, test_inner_batch_size=None),
     "R2D2": lambda: R2D2(Conv4(1, 16)),
+    "MetaOptNet": lambda: MetaOptNet(Conv4(1, 16)),
     "Transfer": lambda: Transfer(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "Baseline": lambda: Baseline(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "BaselinePlusPlus": lambda: BaselinePlusPlus(Conv4(1, 16), num_base_classes=8, feature_dim=16),
@@ -71,7 +72,7 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "CLIPFewShot": lambda: CLIPFewShot(_clip(), mix_weight=0.5),
 }
 #: methods whose training step scores the episode with ``episode_logits`` in training mode
-TRAINED_ON_EPISODE_LOGITS = {"ProtoNet", "MatchingNet", "RelationNet", "R2D2"}
+TRAINED_ON_EPISODE_LOGITS = {"ProtoNet", "MatchingNet", "RelationNet", "R2D2", "MetaOptNet"}
 MAML_FAMILY = {"MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile"}
 
 
