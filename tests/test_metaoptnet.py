@@ -121,7 +121,8 @@ def test_the_reference_iteration_counts_and_its_qp_diagonal_are_the_defaults():
     assert not model.double_precision and float(model.scale) == 1.0
     features, labels = torch.eye(2, dtype=DOUBLE), torch.tensor([0, 1])
     Q = crammer_singer_dual(features, labels, 2, 0.1, 1.0)[0][0]
-    torch.testing.assert_close(Q, torch.kron(features @ features.T, torch.eye(2, dtype=DOUBLE)) + torch.eye(4, dtype=DOUBLE))
+    expected = torch.kron(features @ features.T, torch.eye(2, dtype=DOUBLE)) + torch.eye(4, dtype=DOUBLE)
+    torch.testing.assert_close(Q, expected)
 
 
 def test_training_smooths_the_labels_as_the_reference():

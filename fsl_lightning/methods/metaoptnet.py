@@ -33,7 +33,8 @@ def crammer_singer_dual(features: Tensor, labels: Tensor, way: int, c_reg: float
     identity = torch.eye(support * way, dtype=dtype, device=device)
     Q = torch.kron(features @ features.T, torch.eye(way, dtype=dtype, device=device)) + diagonal * identity
     A = torch.kron(torch.eye(support, dtype=dtype, device=device), torch.ones(1, way, dtype=dtype, device=device))
-    return Q.unsqueeze(0), -one_hot, identity.unsqueeze(0), c_reg * one_hot, A.unsqueeze(0), one_hot.new_zeros(1, support)
+    b = one_hot.new_zeros(1, support)
+    return Q.unsqueeze(0), -one_hot, identity.unsqueeze(0), c_reg * one_hot, A.unsqueeze(0), b
 
 
 class MetaOptNet(EmbeddingMethod):
