@@ -37,7 +37,7 @@ def scipy_qp(Q, p, G, h, A, b):
         lambda x: 0.5 * x @ Q @ x + p @ x, np.zeros(len(p)), jac=lambda x: Q @ x + p, method="SLSQP",
         constraints=[{"type": "ineq", "fun": lambda x: h - G @ x, "jac": lambda x: -G},
                      {"type": "eq", "fun": lambda x: A @ x - b, "jac": lambda x: A}],
-        options={"ftol": 1e-14, "maxiter": 1000},
+        options={"ftol": 1e-12, "maxiter": 1000},
     )
     assert result.success, result.message
     return torch.from_numpy(result.x)
@@ -69,7 +69,7 @@ def test_the_svm_dual_equals_scipys_and_closes_the_crammer_singer_duality_gap():
     reference = scipy_qp(*qp)
     Q, p = qp[0][0], qp[1][0]
     dual_value = lambda a: 0.5 * a @ Q @ a + p @ a  # noqa: E731
-    assert abs(dual_value(alpha[0]) - dual_value(reference)) < 1e-8
+    assert abs(dual_value(alpha[0]) - dual_value(reference)) < 1e-7
     weights = alpha.view(len(features), way).T @ features  # [way, D]
     scores = features @ weights.T  # [S, way]
     margins = scores + (1 - F.one_hot(labels, way).to(DOUBLE)) - scores.gather(1, labels[:, None])
@@ -83,7 +83,7 @@ def test_the_gradient_through_the_solver_matches_finite_differences():
     M = torch.linalg.cholesky(Q[0]).unsqueeze(0)  # Q = M M^T, perturbed through M so that it stays symmetric
     inputs = [t.clone().requires_grad_() for t in (M, p, G, h, A, b)]
     qp = lambda M, p, G, h, A, b: solve_qp(M @ M.transpose(-1, -2), p, G, h, A, b, max_iter=50)  # noqa: E731
-    assert torch.autograd.gradcheck(qp, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(qp, inputs, eps=1e-5, atol=1e-5, rtol=1e-3)
 
 
 def test_the_gradient_through_the_svm_head_matches_finite_differences():
@@ -96,7 +96,7 @@ def test_the_gradient_through_the_svm_head_matches_finite_differences():
         alpha = solve_qp(*crammer_singer_dual(features, labels, 3, 0.1, 1.0), max_iter=50).view(6, 3)
         return queries @ (alpha.T @ features).T
 
-    assert torch.autograd.gradcheck(logits, (features,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(logits, (features,), eps=1e-5, atol=1e-5, rtol=1e-3)
 
 
 def test_a_separable_2d_case_is_classified_by_the_maximum_margin_rule():
