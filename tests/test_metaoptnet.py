@@ -118,7 +118,7 @@ def test_a_separable_2d_case_is_classified_by_the_maximum_margin_rule():
 def test_the_reference_iteration_counts_and_its_qp_diagonal_are_the_defaults():
     model = MetaOptNet(torch.nn.Identity())
     assert (model.max_iter, model.test_max_iter, model.c_reg, model.qp_diagonal) == (15, 3, 0.1, 1.0)
-    assert not model.double_precision and float(model.scale) == 1.0
+    assert not model.double_precision and float(model.scale.detach()) == 1.0
     features, labels = torch.eye(2, dtype=DOUBLE), torch.tensor([0, 1])
     Q = crammer_singer_dual(features, labels, 2, 0.1, 1.0)[0][0]
     expected = torch.kron(features @ features.T, torch.eye(2, dtype=DOUBLE)) + torch.eye(4, dtype=DOUBLE)
