@@ -16,8 +16,8 @@ from fsl_lightning.data.images import as_model_input
 from fsl_lightning.episode import Episode, EpisodeSpec, split_support_query
 from fsl_lightning.methods import (
     ANIL, DN4, FEAT, FOMAML, MAML, R2D2, SKD, Baseline, BaselinePlusPlus, CLIPFewShot, CLIPZeroShot, FewShotMethod,
-    FrozenFeatures, MatchingNet, MetaSGD, NearestNeighbour, ProtoNet, RelationNet, Reptile, RFSDistill, RFSSimple,
-    Siamese, Transfer,
+    FrozenFeatures, MatchingNet, MetaOptNet, MetaSGD, NearestNeighbour, ProtoNet, RelationNet, Reptile, RFSDistill,
+    RFSSimple, Siamese, Transfer,
 )
 
 #: 5-way 2-shot (K > 1: class means, sums and averages are exercised) with 3 queries per class
@@ -62,6 +62,7 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     # DN4's Conv64F (7x7 descriptors of 28x28 images); FEAT with its Transformer over 16-d embeddings
     "DN4": lambda: DN4(Conv4(1, 16, flatten=False, pooled_blocks=2, negative_slope=0.2)),
     "FEAT": lambda: FEAT(Conv4(1, 16), feature_dim=16),
+    "MetaOptNet": lambda: MetaOptNet(Conv4(1, 16)),
     "Transfer": lambda: Transfer(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "Baseline": lambda: Baseline(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "BaselinePlusPlus": lambda: BaselinePlusPlus(Conv4(1, 16), num_base_classes=8, feature_dim=16),
@@ -74,7 +75,7 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "CLIPFewShot": lambda: CLIPFewShot(_clip(), mix_weight=0.5),
 }
 #: methods whose training step scores the episode with ``episode_logits`` in training mode
-TRAINED_ON_EPISODE_LOGITS = {"ProtoNet", "MatchingNet", "RelationNet", "R2D2", "DN4"}
+TRAINED_ON_EPISODE_LOGITS = {"ProtoNet", "MatchingNet", "RelationNet", "R2D2", "DN4", "MetaOptNet"}
 MAML_FAMILY = {"MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile"}
 
 

@@ -53,6 +53,7 @@ METHODS = {
     "RFSSimple": ("caltech101/rfs_simple_5w1s.yaml", PRETRAINING_SMALL),
     "SKD": ("caltech101/skd_5w1s.yaml", PRETRAINING_SMALL),
     "R2D2": ("caltech101/r2d2_5w1s.yaml", [*CALTECH_SMALL, "--data.train.query=2"]),
+    "MetaOptNet": ("omniglot/metaoptnet_svm_5w1s.yaml", ["--data.train_tasks_per_batch=2", "--data.train.shot=2"]),
 }
 #: methods with nothing to train: tested without a checkpoint (the first two numbers come from two `test` runs)
 UNTRAINED = {"NearestNeighbour"}

@@ -10,6 +10,7 @@ from fsl_lightning.methods.feat import FEAT
 from fsl_lightning.methods.frozen_features import FrozenFeatures
 from fsl_lightning.methods.maml import FOMAML, MAML
 from fsl_lightning.methods.matchingnet import MatchingNet
+from fsl_lightning.methods.metaoptnet import MetaOptNet
 from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
 from fsl_lightning.methods.protonet import ProtoNet
@@ -37,6 +38,7 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "R2D2": R2D2,
     "DN4": DN4,
     "FEAT": FEAT,
+    "MetaOptNet": MetaOptNet,
     "Transfer": Transfer,
     "Baseline": Baseline,
     "BaselinePlusPlus": BaselinePlusPlus,
@@ -50,6 +52,6 @@ METHODS: dict[str, type[FewShotMethod]] = {
 
 __all__ = [
     "ANIL", "Baseline", "BaselinePlusPlus", "CLIPFewShot", "CLIPZeroShot", "DN4", "FEAT", "FewShotMethod", "FOMAML",
-    "FrozenFeatures", "MAML", "MatchingNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet", "R2D2",
-    "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
+    "FrozenFeatures", "MAML", "MatchingNet", "MetaOptNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet",
+    "R2D2", "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
 ]
