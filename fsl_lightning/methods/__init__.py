@@ -8,6 +8,7 @@ from fsl_lightning.methods.clip import CLIPFewShot, CLIPZeroShot
 from fsl_lightning.methods.frozen_features import FrozenFeatures
 from fsl_lightning.methods.maml import FOMAML, MAML
 from fsl_lightning.methods.matchingnet import MatchingNet
+from fsl_lightning.methods.meta_baseline import ClassifierBaseline, MetaBaseline
 from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
 from fsl_lightning.methods.protonet import ProtoNet
@@ -39,13 +40,15 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "RFSSimple": RFSSimple,
     "RFSDistill": RFSDistill,
     "SKD": SKD,
+    "ClassifierBaseline": ClassifierBaseline,
+    "MetaBaseline": MetaBaseline,
     "FrozenFeatures": FrozenFeatures,
     "CLIPZeroShot": CLIPZeroShot,
     "CLIPFewShot": CLIPFewShot,
 }
 
 __all__ = [
-    "ANIL", "Baseline", "BaselinePlusPlus", "CLIPFewShot", "CLIPZeroShot", "FewShotMethod", "FOMAML",
-    "FrozenFeatures", "MAML", "MatchingNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet", "R2D2",
-    "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
+    "ANIL", "Baseline", "BaselinePlusPlus", "ClassifierBaseline", "CLIPFewShot", "CLIPZeroShot", "FewShotMethod",
+    "FOMAML", "FrozenFeatures", "MAML", "MatchingNet", "MetaBaseline", "MetaSGD", "METHODS", "NearestNeighbour",
+    "ProtoNet", "R2D2", "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
 ]
