@@ -15,9 +15,9 @@ from fsl_lightning.backbones.relation_conv4 import RelationConv4
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.episode import Episode, EpisodeSpec, split_support_query
 from fsl_lightning.methods import (
-    ANIL, DN4, FEAT, FOMAML, MAML, R2D2, SKD, Baseline, BaselinePlusPlus, CLIPFewShot, CLIPZeroShot, FewShotMethod,
-    FrozenFeatures, MatchingNet, MetaOptNet, MetaSGD, NearestNeighbour, ProtoNet, RelationNet, Reptile, RFSDistill,
-    RFSSimple, Siamese, Transfer,
+    ANIL, DN4, FEAT, FOMAML, MAML, R2D2, SKD, Baseline, BaselinePlusPlus, ClassifierBaseline, CLIPFewShot,
+    CLIPZeroShot, FewShotMethod, FrozenFeatures, MatchingNet, MetaBaseline, MetaOptNet, MetaSGD, NearestNeighbour,
+    ProtoNet, RelationNet, Reptile, RFSDistill, RFSSimple, Siamese, Transfer,
 )
 
 #: 5-way 2-shot (K > 1: class means, sums and averages are exercised) with 3 queries per class
@@ -70,12 +70,16 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "RFSDistill": lambda: RFSDistill(Conv4(1, 16), num_base_classes=8, feature_dim=16,
                                      teacher_checkpoint="teacher.ckpt"),  # read only when fit starts
     "SKD": lambda: SKD(Conv4(1, 16), num_base_classes=8, feature_dim=16),
+    "ClassifierBaseline": lambda: ClassifierBaseline(Conv4(1, 16), num_base_classes=8, feature_dim=16),
+    "MetaBaseline": lambda: MetaBaseline(Conv4(1, 16), classifier_baseline_checkpoint="stage1.ckpt"),  # read by fit
     "FrozenFeatures": lambda: FrozenFeatures(Conv4(1, 16)),
     "CLIPZeroShot": lambda: CLIPZeroShot(_clip()),
     "CLIPFewShot": lambda: CLIPFewShot(_clip(), mix_weight=0.5),
 }
 #: methods whose training step scores the episode with ``episode_logits`` in training mode
-TRAINED_ON_EPISODE_LOGITS = {"ProtoNet", "MatchingNet", "RelationNet", "R2D2", "DN4", "MetaOptNet"}
+TRAINED_ON_EPISODE_LOGITS = {
+    "ProtoNet", "MatchingNet", "RelationNet", "R2D2", "DN4", "MetaOptNet", "MetaBaseline",
+}
 MAML_FAMILY = {"MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile"}
 
 

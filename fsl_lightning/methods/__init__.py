@@ -10,6 +10,7 @@ from fsl_lightning.methods.feat import FEAT
 from fsl_lightning.methods.frozen_features import FrozenFeatures
 from fsl_lightning.methods.maml import FOMAML, MAML
 from fsl_lightning.methods.matchingnet import MatchingNet
+from fsl_lightning.methods.meta_baseline import ClassifierBaseline, MetaBaseline
 from fsl_lightning.methods.metaoptnet import MetaOptNet
 from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
@@ -45,13 +46,16 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "RFSSimple": RFSSimple,
     "RFSDistill": RFSDistill,
     "SKD": SKD,
+    "ClassifierBaseline": ClassifierBaseline,
+    "MetaBaseline": MetaBaseline,
     "FrozenFeatures": FrozenFeatures,
     "CLIPZeroShot": CLIPZeroShot,
     "CLIPFewShot": CLIPFewShot,
 }
 
 __all__ = [
-    "ANIL", "Baseline", "BaselinePlusPlus", "CLIPFewShot", "CLIPZeroShot", "DN4", "FEAT", "FewShotMethod", "FOMAML",
-    "FrozenFeatures", "MAML", "MatchingNet", "MetaOptNet", "MetaSGD", "METHODS", "NearestNeighbour", "ProtoNet",
-    "R2D2", "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese", "SKD", "Transfer",
+    "ANIL", "Baseline", "BaselinePlusPlus", "ClassifierBaseline", "CLIPFewShot", "CLIPZeroShot", "DN4", "FEAT",
+    "FewShotMethod", "FOMAML", "FrozenFeatures", "MAML", "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaSGD",
+    "METHODS", "NearestNeighbour", "ProtoNet", "R2D2", "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese",
+    "SKD", "Transfer",
 ]

@@ -106,6 +106,12 @@ class FewShotMethod(L.LightningModule):
         set fitted, then all the episode's queries scored at once."""
         return self.score(self.fit_support(SupportSet.of(episode)), episode.query_images, episode.query_indices)
 
+    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
+        """The logits of each task of a training batch (``tasks``: ``episode`` itself, or its T tasks); each task
+        is scored alone by default. Methods whose reference code embeds a whole meta-batch in one backbone pass
+        (batch-norm statistics over all its tasks) override this."""
+        return [self.episode_logits(task) for task in tasks]
+
     def episode_loss(self, episode: Episode, logits: Tensor) -> Tensor:
         """Cross-entropy over the queries; methods with another objective override this."""
         return F.cross_entropy(logits, episode.query_labels)
@@ -115,8 +121,7 @@ class FewShotMethod(L.LightningModule):
         (``data.train_tasks_per_batch: T``, which spreads the Trainer's per-step work over T episodes)."""
         tasks = [episode] if episode.num_tasks is None else [episode.task(t) for t in range(episode.num_tasks)]
         losses, accuracies = [], []
-        for task in tasks:
-            logits = self.episode_logits(task)
+        for task, logits in zip(tasks, self.training_logits(episode, tasks)):
             losses.append(self.episode_loss(task, logits))
             accuracies.append(self._accuracy(logits, task))
         loss = torch.stack(losses).mean()
