@@ -6,9 +6,10 @@ visibly change, and off for the MAML family (``FewShotMethod.tf32_by_default = F
 meta-gradients it perturbs; turning it on there warns. Global flags are restored when the run ends.
 
 On the CPU, methods keep their weights channels-last by default (``FewShotMethod.cpu_channels_last_by_default``;
-not the MAML family, whose CPU engine is tuned for the plain layout), and those whose accuracy was measured unchanged
-by it (``FewShotMethod.cpu_bf16_by_default``: ProtoNet and the transfer family) train in bf16 autocast when the CPU
-has AMX units: 2.4-3.9x faster per step together on a 2-core Xeon (BENCHMARKS.md). Evaluation stays fp32.
+not the MAML family, whose CPU engine is tuned for the plain layout), and those whose accuracy was measured
+unchanged by it (``FewShotMethod.cpu_bf16_by_default``: ProtoNet, Siamese, the transfer family) train in bf16
+autocast when the CPU has AMX units: 2.4-3.9x faster per step together on a 2-core Xeon (BENCHMARKS.md).
+Evaluation stays fp32.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ class Siamese(EmbeddingMethod):
 
     #: ``predict`` writes the verification probability p(same) of eq. 1 (mean over the class's support images)
     score_name = "same_class_probability"
+    cpu_bf16_by_default = True  # measured: same accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
 
     def __init__(
         self,

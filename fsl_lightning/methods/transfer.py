@@ -79,6 +79,7 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     """
 
     trains_on_episodes = False
+    cpu_bf16_by_default = True  # measured: pre-training keeps its accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
 
     def __init__(
         self,
