@@ -35,24 +35,26 @@ def load_weights(model: LightningModule, checkpoint_file: Path) -> None:
     print(f"Starting from the weights of {checkpoint_file} (fresh optimiser and learning-rate schedule)")
 
 
-def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, prefix: str = "backbone.") -> None:
+def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, option: str, how_to_make_it: str,
+                          prefix: str = "backbone.") -> None:
     """Loads the ``prefix``-ed weights of another run's checkpoint into ``backbone``, and nothing else: a method
-    that meta-trains from a pre-trained backbone (FEAT's ``backbone_checkpoint``) starts from a pre-training run
-    (Transfer, ProtoNet...) whose other weights (its classifier head) it does not have. Every weight of
-    ``backbone`` must be in the checkpoint, with its shape."""
+    that meta-trains from a pre-trained backbone (FEAT's ``backbone_checkpoint``, Meta-Baseline's stage 1) starts
+    from a pre-training run (Transfer, ProtoNet...) whose other weights (its classifier head) it does not have.
+    Every weight of ``backbone`` must be in the checkpoint, with its shape. Errors name the config ``option`` and,
+    for a missing file, say ``how_to_make_it``."""
     if not checkpoint_file.is_file():
-        raise UserError(
-            f"backbone_checkpoint: no checkpoint file {checkpoint_file}. Run the pre-training config first (its "
-            "last.ckpt), or set backbone_checkpoint: null to train from scratch."
-        )
+        raise UserError(f"{option}: no checkpoint file {checkpoint_file}. {how_to_make_it}")
     with unreadable_checkpoint_reported(checkpoint_file):
-        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False).get("state_dict", {})
     wanted = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     try:
+        if not wanted:
+            raise RuntimeError(f"it holds no {prefix}* weights")
         backbone.load_state_dict(wanted, strict=True)
     except RuntimeError as error:
-        reason = " ".join(str(error).split())
+        reason = " ".join(str(error).split())  # PyTorch lists the mismatched keys over many lines
         raise UserError(
-            f"backbone_checkpoint {checkpoint_file}: its {prefix}* weights do not fit this backbone: {reason}"
+            f"{option} {checkpoint_file}: its {prefix}* weights do not fit this backbone: pass the checkpoint of a "
+            f"run with the same backbone settings as this config ({reason})"
         ) from error
-    print(f"Starting the backbone from the weights of {checkpoint_file}")
+    print(f"Starting the backbone from the weights of {checkpoint_file} ({option})")

@@ -180,4 +180,8 @@ class FEAT(EmbeddingMethod):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit" and self.backbone_checkpoint and not self._weights_restored:
-            load_backbone_weights(self.backbone, Path(self.backbone_checkpoint).expanduser())
+            load_backbone_weights(
+                self.backbone, Path(self.backbone_checkpoint).expanduser(), "backbone_checkpoint",
+                "Run the pre-training config first (its last.ckpt), or set backbone_checkpoint: null to train from "
+                "scratch.",
+            )

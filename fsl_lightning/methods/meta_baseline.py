@@ -17,16 +17,15 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
 from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix
 from fsl_lightning.methods.transfer import Transfer
+from fsl_lightning.weights_from import load_backbone_weights
 
 #: the reference's initial (and, for the Classifier-Baseline's evaluation, fixed) temperature ``temp``
 REFERENCE_TAU = 10.0
@@ -163,24 +162,8 @@ class MetaBaseline(EmbeddingMethod):
                 "`model.init_args.classifier_baseline_checkpoint` to the last.ckpt of a ClassifierBaseline run "
                 f"(stage 1, {STAGE_ONE_CONFIG})."
             )
-        path = Path(self.classifier_baseline_checkpoint).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"classifier_baseline_checkpoint {path} does not exist: train stage 1 first ({STAGE_ONE_CONFIG}, "
-                "`fit`) and point classifier_baseline_checkpoint at its last.ckpt (edit the version if needed)."
-            )
-        with unreadable_checkpoint_reported(path):
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        prefix = "backbone."
-        weights = {k[len(prefix):]: v for k, v in saved.get("state_dict", {}).items() if k.startswith(prefix)}
-        try:
-            if not weights:
-                raise RuntimeError("it holds no backbone.* weights")
-            self.backbone.load_state_dict(weights)
-        except RuntimeError as error:
-            reason = " ".join(str(error).split())  # PyTorch lists the mismatched keys over many lines
-            raise UserError(
-                f"classifier_baseline_checkpoint {path} does not fit this backbone: pass the checkpoint of a stage-1 "
-                f"run with the same backbone settings as this config ({reason})"
-            ) from error
-        rank_zero_info(f"MetaBaseline starts from the backbone of {path} (stage 1)")
+        load_backbone_weights(
+            self.backbone, Path(self.classifier_baseline_checkpoint).expanduser(), "classifier_baseline_checkpoint",
+            f"Train stage 1 first ({STAGE_ONE_CONFIG}, `fit`) and point classifier_baseline_checkpoint at its "
+            "last.ckpt (edit the version if needed).",
+        )
