@@ -27,7 +27,7 @@ class SpeedSettings(Callback):
         tf32: allow TF32 in float32 matrix products and convolutions on CUDA; ``None``: the method's default.
         cpu_bf16: train in bf16 autocast on the CPU (validation, test and prediction stay fp32); ``None``: on for
             methods with ``cpu_bf16_by_default`` when the CPU has AMX units and ``trainer.precision`` is the
-            default fp32, off otherwise. An explicit ``trainer.precision`` always wins.
+            default fp32, off otherwise. A ``trainer.precision`` other than fp32 always wins.
         channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
             Cores and the CPU's oneDNN kernels prefer (the same maths; only the kernels' summation order may
             differ). ``None``: on the CPU, on for methods with ``cpu_channels_last_by_default`` in every stage (so that a
@@ -85,10 +85,11 @@ class SpeedSettings(Callback):
         return method_default if self.tf32 is None else self.tf32
 
     def _wants_cpu_bf16(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        if type(trainer.strategy.precision_plugin) is not Precision:  # a trainer.precision other than fp32 wins
+            return False
         if self.cpu_bf16 is not None:
             return self.cpu_bf16
-        default_precision = type(trainer.strategy.precision_plugin) is Precision  # trainer.precision left at fp32
-        return default_precision and getattr(pl_module, "cpu_bf16_by_default", False) and cpu_has_amx_bf16()
+        return getattr(pl_module, "cpu_bf16_by_default", False) and cpu_has_amx_bf16()
 
     def _wants_channels_last(self, pl_module: LightningModule, on_cpu: bool) -> bool:
         if self.channels_last is not None:
