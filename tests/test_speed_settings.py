@@ -73,7 +73,7 @@ def test_speed_section_from_the_cli_compiles_and_uses_channels_last(tmp_path):
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     ])
     backbone = cli.model.backbone
-    convolution = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
+    convolution = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)][-1]  # (the first has 1 channel)
     assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
     assert backbone._compiled_by_speed_settings and backbone._compiled_call_impl is not None
     # checkpoint keys are unchanged by compiling in place
@@ -91,10 +91,14 @@ class RecordsAutocast(nn.Module):
 
         self.inner = Conv4(1)
         self.autocast_by_mode: dict[str, bool] = {}
+        self.channels_last_by_mode: dict[str, bool] = {}
 
     def forward(self, images):
         mode = "train" if self.training else "eval"
         self.autocast_by_mode[mode] = torch.is_autocast_enabled("cpu")
+        # the last convolution: with one input channel (the first) both layouts have the same strides
+        convolution = [m for m in self.modules() if isinstance(m, nn.Conv2d)][-1]
+        self.channels_last_by_mode[mode] = convolution.weight.is_contiguous(memory_format=torch.channels_last)
         return self.inner(images)
 
 
@@ -114,20 +118,26 @@ amx_only = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="bf16 training is t
 def test_cpu_default_trains_in_bf16_evaluates_in_fp32_with_channels_last(small_datamodule, tmp_path):
     method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": True, "eval": False}
-    convolution = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
-    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    # channels-last in fit (its validation included); the test after fit runs the plain layout, as a test alone
+    assert method.backbone.channels_last_by_mode == {"train": True, "eval": False}
 
 
 @amx_only
 def test_maml_family_keeps_fp32_and_the_plain_layout_on_the_cpu(small_datamodule, tmp_path):
     method = MAML(MAMLConv4(way=5))
+    layouts = RecordsLayoutInTraining()
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[SpeedSettings()], default_root_dir=tmp_path)
+                        callbacks=[SpeedSettings(), layouts], default_root_dir=tmp_path)
     trainer.fit(method, small_datamodule)
     assert trainer.precision == "32-true"
-    convolution = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
-    assert convolution.weight.is_contiguous()
+    assert layouts.channels_last_in_training is False
+
+
+class RecordsLayoutInTraining(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        convolution = [m for m in pl_module.backbone.modules() if isinstance(m, nn.Conv2d)][-1]
+        self.channels_last_in_training = convolution.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @amx_only
@@ -137,8 +147,7 @@ def test_bf16_is_a_default_only_where_measured_channels_last_everywhere_but_maml
     method = MatchingNet(RecordsAutocast())  # bf16 lost accuracy in its short-budget runs (BENCHMARKS.md)
     _fit_and_validate(method, SpeedSettings(), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": False, "eval": False}
-    convolution = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
-    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    assert method.backbone.channels_last_by_mode["train"]
 
 
 def test_cpu_bf16_off_or_an_explicit_precision_wins(small_datamodule, tmp_path):
