@@ -112,7 +112,9 @@ def ours_fit(workload: str, steps: int, warmup: int, scratch: Path) -> dict:
         f"--trainer.callbacks.warmup_steps={warmup}", f"--trainer.callbacks.output_path={timing}",
     ]
     run_cli(arguments)
-    return {"rate": json.loads(timing.read_text())["episodes_per_s"], "steps": steps}
+    # ProtoNet: episodes/s; MAML: meta-iterations/s (optimiser steps of MAML_TASKS tasks), the peer's unit
+    rate = "episodes_per_s" if workload == "protonet" else "steps_per_s"
+    return {"rate": json.loads(timing.read_text())[rate], "steps": steps}
 
 
 def ours_test(steps: int, warmup: int, scratch: Path) -> dict:
