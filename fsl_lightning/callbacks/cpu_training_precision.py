@@ -19,7 +19,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU has the AMX tile units that make bf16 convolutions and matrix products fast (Sapphire Rapids
     and later Xeons). Without them bf16 runs emulated on AVX-512 and is no faster than fp32."""
-    return torch.cpu._is_amx_tile_supported()
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means unknown, so no
+    return bool(probe and probe())
 
 
 class BF16TrainingSteps(MixedPrecision):
