@@ -217,3 +217,33 @@ def test_episode_map_task_and_to_keep_the_seed():
                     torch.zeros(2, 2, dtype=torch.long), seed=7)
     assert batch.task(1).seed == 7 and batch.to("cpu").seed == 7 and batch.map(torch.clone).seed == 7
     assert batch.task(1).support_indices is None
+
+
+def test_joined_splits_keep_each_class_whole_and_their_groups_apart():
+    from fsl_lightning.data.datasets.base import ClassImages
+
+    def split(sizes, first_value, groups):
+        images = [torch.full((size, 1, 2, 2), first_value + index, dtype=torch.uint8) for index, size in enumerate(sizes)]
+        return ClassImages.from_groups(images, [f"c{first_value + i}" for i in range(len(sizes))], torch.tensor(groups))
+
+    joined = split([2, 3], 0, [0, 1]).joined_with(split([4], 10, [0]))
+    assert joined.class_offsets.tolist() == [0, 2, 5, 9]
+    assert joined.class_names == ["c0", "c1", "c10"]
+    assert joined.class_groups.tolist() == [0, 1, 2]  # the second split's alphabet 0 is not the first's
+    for index, value in enumerate([0, 1, 10]):
+        start, end = joined.class_offsets[index], joined.class_offsets[index + 1]
+        assert (joined.images[start:end] == value).all()
+
+
+def test_training_on_the_validation_classes_too_trains_on_both_and_validates_on_none(omniglot):
+    plain = EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC)
+    plain.setup("fit")
+    joined = EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, train_on_val_classes=True, val_episodes=0)
+    joined.setup("fit")
+    assert joined.num_train_classes == plain.num_train_classes + plain.splits["val"].num_classes
+    assert joined.splits["train"].class_names == plain.splits["train"].class_names + plain.splits["val"].class_names
+    assert "val" not in joined.splits and len(joined.val_dataloader()) == 0
+    with pytest.raises(UserError, match=r"val_episodes: 0"):
+        EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, train_on_val_classes=True).setup("fit")
+    with pytest.raises(UserError, match=r"--data.val_episodes=200"):
+        EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, val_episodes=0).setup("validate")

@@ -64,6 +64,9 @@ class EpisodicDataModule(L.LightningDataModule):
             :class:`~fsl_lightning.data.augment.BatchAugmentation`; never to validation or test images.
         val_episodes: fixed validation episodes.
         test_episodes: fixed test episodes (1000 by default, for a tight confidence interval).
+        train_on_val_classes: train on the training and the validation classes together, with no validation
+            (``val_episodes: 0``): the final run of a schedule chosen on validation, as Snell et al. train their
+            Omniglot models on 1200 characters (train + val of the Vinyals split); the last weights are tested.
         evaluation_within_group: draw the classes of each validation and test episode from one group of the
             dataset (Omniglot: one alphabet, as in the one-shot trials of Lake et al. and Koch et al.).
         seed: seed of the training episode stream.
@@ -88,6 +91,7 @@ class EpisodicDataModule(L.LightningDataModule):
         val_episodes: int = 200,
         test_episodes: int = 1000,
         evaluation_within_group: bool = False,
+        train_on_val_classes: bool = False,
         seed: int = 0,
         eval_seed: int = 0,
         predict_support_dir: str | None = None,
@@ -110,6 +114,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.sample_on_device = sample_on_device
         self._device_sampler: DeviceEpisodeSampler | None = None
         self.evaluation_within_group = evaluation_within_group
+        self.train_on_val_classes = train_on_val_classes
         self.seed = seed
         self.eval_seed = eval_seed
         self.predict_support_dir = predict_support_dir
@@ -134,12 +139,29 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}[stage]
+        if stage == "fit" and self.train_on_val_classes:
+            self._check_no_validation()
+            needed = ("train",)
+        if stage == "validate" and not self.episode_counts["val"]:
+            raise UserError("validate with data.val_episodes: 0 has nothing to score: pass --data.val_episodes=200.")
         for split in needed:
             if split not in self.splits:
-                classes = self.dataset.load_split(split)
+                classes = self._training_classes() if split == "train" else self.dataset.load_split(split)
                 if not (split == "train" and self.pretrain_batch_size):
                     check_episode_fits(classes.images_per_class, self.specs[split], split, self._groups(split, classes))
                 self.splits[split] = classes
+
+    def _training_classes(self) -> ClassImages:
+        classes = self.dataset.load_split("train")
+        return classes.joined_with(self.dataset.load_split("val")) if self.train_on_val_classes else classes
+
+    def _check_no_validation(self) -> None:
+        if self.episode_counts["val"]:
+            raise UserError(
+                f"train_on_val_classes trains on the validation classes, so the {self.episode_counts['val']} "
+                "validation episodes would score classes the model has seen: set data.val_episodes: 0 (the schedule "
+                "is chosen beforehand on validation, and the last weights are tested)."
+            )
 
     @property
     def num_train_classes(self) -> int:
@@ -156,6 +178,8 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._loader("train", self._train_keys)
 
     def val_dataloader(self) -> DataLoader:
+        if self.episode_counts["val"] == 0 and "val" not in self.splits:  # fit without validation
+            return DataLoader([])
         return self._loader("val", lambda: self._eval_keys("val"))
 
     def test_dataloader(self) -> DataLoader:

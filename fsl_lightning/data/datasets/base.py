@@ -54,6 +54,16 @@ class ClassImages:
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         return ClassImages(torch.cat(groups), offsets, list(class_names), class_groups)
 
+    def joined_with(self, other: ClassImages) -> ClassImages:
+        """The classes of both splits, this one's first (e.g. train + val: the final run of Snell et al., which
+        trains on the validation classes too once the schedule is chosen). Group ids stay apart per split."""
+        offsets = torch.cat([self.class_offsets, other.class_offsets[1:] + self.class_offsets[-1]])
+        groups = None
+        if self.class_groups is not None and other.class_groups is not None:
+            first_free = int(self.class_groups.max()) + 1 if len(self.class_groups) else 0
+            groups = torch.cat([self.class_groups, other.class_groups + first_free])
+        return ClassImages(torch.cat([self.images, other.images]), offsets, self.class_names + other.class_names, groups)
+
 
 class FewShotDataset(ABC):
     """A dataset with disjoint train / val / test classes.
