@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor
 
 from fsl_lightning.callbacks.prediction_writer import write_predictions_csv
+from fsl_lightning.callbacks.speed import evaluation_layout
 from fsl_lightning.checkpoint_files import read_checkpoint, restore_weights, training_config_in
 from fsl_lightning.data import EpisodicDataModule, FewShotDataset
 from fsl_lightning.data.datamodule import check_image_shape
@@ -93,7 +94,7 @@ class FewShotClassifier:
                 "whose weights you trained yourself"
             )
         self.device = torch.device(device)
-        self.method = method.to(self.device).eval()
+        self.method = evaluation_layout(method.to(self.device).eval(), self.device)
         self.dataset = dataset
         self.batch_size = batch_size
         self.support: FittedSupport | None = None

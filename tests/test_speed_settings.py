@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fsl_lightning.backbones import MAMLConv4
+from fsl_lightning.backbones import Conv4, MAMLConv4
 from fsl_lightning.callbacks import SpeedSettings
 from fsl_lightning.callbacks.cpu_training_precision import cpu_has_amx_bf16
 from fsl_lightning.cli import main
@@ -118,8 +118,30 @@ amx_only = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="bf16 training is t
 def test_cpu_default_trains_in_bf16_evaluates_in_fp32_with_channels_last(small_datamodule, tmp_path):
     method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": True, "eval": False}
-    # channels-last in fit (its validation included); the test after fit runs the plain layout, as a test alone
-    assert method.backbone.channels_last_by_mode == {"train": True, "eval": False}
+    # channels-last in fit (its validation included) and in the test after fit, as in a test alone
+    assert method.backbone.channels_last_by_mode == {"train": True, "eval": True}
+
+
+@pytest.mark.parametrize(
+    "stage, world_size, expected",
+    [("fit", 1, True), ("fit", 2, False), ("test", 1, True), ("test", 2, True), ("validate", 2, True),
+     ("predict", 2, True)],
+)
+def test_channels_last_by_default_evaluates_alike_in_every_process_layout(stage, world_size, expected):
+    """Evaluation runs channels-last on the CPU whatever the number of processes (one number per checkpoint); a DDP
+    fit trains in the plain layout (its gradients differed under channels-last, tests/test_ddp_training.py)."""
+    assert SpeedSettings()._wants_channels_last(ProtoNet(Conv4(1)), stage, True, world_size) is expected
+    assert SpeedSettings()._wants_channels_last(ProtoNet(Conv4(1)), stage, False, world_size) is False  # a GPU
+    assert SpeedSettings()._wants_channels_last(MAML(MAMLConv4(way=5)), stage, True, world_size) is False
+    assert SpeedSettings(channels_last=False)._wants_channels_last(ProtoNet(Conv4(1)), stage, True, world_size) is False
+
+
+def test_the_python_api_evaluates_in_the_layout_of_the_cli():
+    from fsl_lightning.callbacks.speed import evaluation_layout
+
+    method = evaluation_layout(ProtoNet(Conv4(1)), torch.device("cpu"))
+    convolution = [m for m in method.backbone.modules() if isinstance(m, nn.Conv2d)][-1]
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @amx_only

@@ -9,7 +9,9 @@ On the CPU, methods keep their weights channels-last by default (``FewShotMethod
 not the MAML family, whose CPU engine is tuned for the plain layout), and those whose accuracy was measured
 unchanged by it (``FewShotMethod.cpu_bf16_by_default``: ProtoNet, Siamese, the transfer family) train in bf16
 autocast when the CPU has AMX units: 2.4-3.9x faster per step together on a 2-core Xeon (BENCHMARKS.md).
-Evaluation stays fp32.
+Evaluation stays fp32, and runs channels-last in every CPU process layout (validate, test, predict, and the
+Python API's :class:`~fsl_lightning.classifier.FewShotClassifier`: :func:`evaluation_layout`), so that a checkpoint
+gives one number on the CPU however it is evaluated.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ class SpeedSettings(Callback):
             default fp32, off otherwise. A ``trainer.precision`` other than fp32 always wins.
         channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
             Cores and the CPU's oneDNN kernels prefer (the same maths; only the kernels' summation order may
-            differ). ``None``: for ``fit`` in a single CPU process, methods with ``cpu_channels_last_by_default``
-            train channels-last and go back to the plain layout when fit ends, so that every evaluation (the
-            test after fit, a test alone, one under DDP) runs the same kernels and gives the same number; not
-            under DDP, where its gradients differed from the single-process step by about 2% of an update
-            (tests/test_ddp_training.py; cause not found yet). ``True``: channels-last in every stage.
+            differ). ``None``: on the CPU, for methods with ``cpu_channels_last_by_default``, channels-last in
+            ``validate``, ``test`` and ``predict`` in any process layout, so that every evaluation of a
+            checkpoint (the test after fit, a test alone, one under DDP, the Python API) runs the same kernels
+            and gives the same number; and in ``fit`` in a single process. Not in ``fit`` under DDP, where its
+            gradients differed from the single-process step by about 2% of an update (tests/test_ddp_training.py;
+            cause not found yet): there training and its validations run the plain layout. The module goes back
+            to the plain layout when each stage ends. ``True``: channels-last in every stage.
         compile: ``torch.compile`` the backbone in place (checkpoint keys unchanged); methods that cannot be
             compiled (``FewShotMethod.not_compilable_because`` set to the reason) run eagerly with a warning
             giving that reason.
@@ -58,7 +62,7 @@ class SpeedSettings(Callback):
         self.compile_backend = compile_backend
         self.compile_mode = compile_mode
         self._saved_flags: tuple[str, bool] | None = None
-        self._training_layout_to_undo = False
+        self._layout_to_undo = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._set_tf32(self._wants_tf32(pl_module))
@@ -67,17 +71,16 @@ class SpeedSettings(Callback):
             trainer.strategy.precision_plugin = BF16TrainingSteps()
             rank_zero_info("Training in bf16 autocast on the CPU's AMX units (validation and test in fp32); "
                            "--speed.cpu_bf16=false trains in fp32.")
-        if self.channels_last or (self.channels_last is None and stage == "fit"
-                                  and self._channels_last_by_default(pl_module, on_cpu and trainer.world_size == 1)):
+        if self._wants_channels_last(pl_module, stage, on_cpu, trainer.world_size):
             pl_module.to(memory_format=torch.channels_last)
-            self._training_layout_to_undo = self.channels_last is None
+            self._layout_to_undo = self.channels_last is None
         if self.compile:
             self._compile(pl_module)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._training_layout_to_undo:  # evaluation after fit runs the kernels of a test run alone
+        if self._layout_to_undo:  # each stage sets its own layout (a test after a DDP fit, say)
             pl_module.to(memory_format=torch.contiguous_format)
-            self._training_layout_to_undo = False
+            self._layout_to_undo = False
         if self._saved_flags is not None:
             matmul_precision, cudnn_tf32 = self._saved_flags
             torch.set_float32_matmul_precision(matmul_precision)
@@ -100,8 +103,12 @@ class SpeedSettings(Callback):
             return self.cpu_bf16
         return getattr(pl_module, "cpu_bf16_by_default", False) and cpu_has_amx_bf16()
 
-    def _channels_last_by_default(self, pl_module: LightningModule, on_one_cpu_process: bool) -> bool:
-        return on_one_cpu_process and getattr(pl_module, "cpu_channels_last_by_default", False)
+    def _wants_channels_last(self, pl_module: LightningModule, stage: str, on_cpu: bool, world_size: int) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        if not (on_cpu and getattr(pl_module, "cpu_channels_last_by_default", False)):
+            return False
+        return stage != "fit" or world_size == 1
 
     def _set_tf32(self, enabled: bool) -> None:
         if self._saved_flags is None:
@@ -120,3 +127,12 @@ class SpeedSettings(Callback):
         backbone.compile(backend=self.compile_backend, mode=self.compile_mode)
         backbone._compiled_by_speed_settings = True
         rank_zero_info(f"Compiled the backbone with torch.compile (backend {self.compile_backend}).")
+
+
+def evaluation_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` in the layout that ``SpeedSettings``' defaults evaluate it in on ``device`` (channels-last on the CPU
+    for methods with ``cpu_channels_last_by_default``), for evaluation outside a Trainer: the Python API's
+    predictions then equal ``predict``'s."""
+    if device.type == "cpu" and getattr(module, "cpu_channels_last_by_default", False):
+        module.to(memory_format=torch.channels_last)
+    return module

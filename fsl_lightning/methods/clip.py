@@ -199,12 +199,10 @@ class CLIPZeroShot(FrozenFeatureMethod):
         return self.class_weights(self.trainer.datamodule.splits[split].class_names)[support.class_ids]
 
     # ----- Lightning hooks ----------------------------------------------------------------------------------------
-    def _evaluate(self, episode: Episode, metric: EpisodeAccuracy, stage: str) -> None:
-        logits = self.episode_logits(episode)
-        queries = len(episode.query_labels)
-        self.log(f"{stage}/loss", self.episode_loss(episode, logits), batch_size=queries, sync_dist=True)
-        metric.update(self._accuracy(logits, episode))
+    def _evaluate(self, episode: Episode, metric: EpisodeAccuracy, stage: str) -> Tensor:
+        logits = super()._evaluate(episode, metric, stage)
         getattr(self, f"{stage}_top5").update(top_k_accuracy(logits, episode.query_labels, TOP_K))
+        return logits
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
