@@ -117,27 +117,31 @@ def test_run(classifier, out: Path, shot: int):
 
 
 # ----- recording the episodes -----------------------------------------------------------------------------------------
-class EpisodeRecorder:
-    """An episode classifier that keeps what it is given (and scores by cosine to prototypes, to check the record)."""
+def episode_recorder():
+    """An episode classifier that keeps what it is given (and scores by cosine to prototypes, to check the record).
+    It fits with the queries (``fit_predict``), so the test loop hands it each episode's support and queries at
+    once, as it hands them to the transductive classifiers."""
+    from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, NearestCentroid
 
-    needs_base_features = True
+    class EpisodeRecorder(EpisodeClassifier):
+        needs_base_features = True
 
-    def __init__(self) -> None:
-        from fsl_lightning.methods.episode_classifiers import NearestCentroid
+        def __init__(self) -> None:
+            self.scorer, self.episodes, self.base_mean = NearestCentroid(), [], None
 
-        self.scorer, self.episodes, self.base_mean = NearestCentroid(), [], None
+        def prepare(self, base_features: torch.Tensor) -> None:
+            self.base_mean = base_features.double().mean(dim=0).float().cpu()
 
-    def prepare(self, base_features: torch.Tensor) -> None:
-        self.base_mean = base_features.double().mean(dim=0).float().cpu()
+        def fit_predict(self, support, support_labels, queries, way, generator):
+            self.episodes.append((support.detach().float().cpu().clone(), support_labels.cpu().clone(),
+                                  queries.detach().float().cpu().clone()))
+            return self.scorer(support, support_labels, queries, way)
 
-    def __call__(self, support, support_labels, queries, way, seed=None):
-        self.episodes.append((support.detach().float().cpu().clone(), support_labels.cpu().clone(),
-                              queries.detach().float().cpu().clone()))
-        return self.scorer(support, support_labels, queries, way, seed=seed)
+    return EpisodeRecorder()
 
 
 def record_features(out: Path, shot: int) -> None:
-    recorder = EpisodeRecorder()
+    recorder = episode_recorder()
     per_episode, _ = test_run(recorder, out, shot)
     support, support_labels, queries = (torch.stack(parts) for parts in zip(*recorder.episodes))
     # the data module lays each episode's queries out class by class (episode.split_support_query)
