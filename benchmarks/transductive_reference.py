@@ -337,7 +337,7 @@ def diagnose(out: Path, shot: int, methods: list[str], limit: int | None) -> Non
     for name, (change, classifier) in easyfsl_maths_variants().items():
         if name not in methods:
             continue
-        if classifier.needs_base_features:
+        if getattr(classifier, "needs_base_features", False):
             classifier.prepare(data["base_mean"].unsqueeze(0))
         per_episode = torch.tensor([
             (classifier(s, sl, q, WAY).argmax(-1) == ql).float().mean().item() for s, sl, q, ql in episodes
