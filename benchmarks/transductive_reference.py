@@ -272,12 +272,12 @@ def compare(out: Path, shot: int) -> None:
 
 
 # ----- where the two differ -------------------------------------------------------------------------------------------
-def easyfsl_maths_variants() -> dict:
-    """Our classifiers with easyfsl 1.5's departures swapped in (one subclass each, here and nowhere else): if each
-    reproduces easyfsl's per-episode accuracies, those departures are the whole difference."""
+def easyfsl_maths_variants() -> list[tuple[str, str, object]]:
+    """Our classifiers with easyfsl 1.5's departures swapped in (subclasses here and nowhere else), as (method,
+    change, classifier): if the one with all of a method's departures reproduces easyfsl's per-episode accuracies,
+    those departures are the whole difference; the ones with a single departure say how much each accounts for."""
     from fsl_lightning.methods import feature_classifiers as ours
-    from fsl_lightning.methods.feature_classifiers.bd_cspn import rectified_prototypes, shift_queries
-    from fsl_lightning.methods.feature_classifiers.laplacianshot import bound_updates, knn_affinity
+    from fsl_lightning.methods.feature_classifiers import bd_cspn, laplacianshot
     from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix, squared_euclidean_distance
 
     class CosineSimpleShot(ours.SimpleShot):
@@ -288,12 +288,12 @@ def easyfsl_maths_variants() -> dict:
             return cosine_similarity_matrix(self.transform(queries), centroids)
 
     class UnshiftedScoringBDCSPN(ours.BDCSPN):
-        """easyfsl: eps = 1 (given below) and the unshifted queries scored."""
+        """easyfsl: the unshifted queries scored (eps is the ``temperature`` given)."""
 
         def fit_predict(self, support, support_labels, queries, way, generator):
             support, queries = self.transform(support), self.transform(queries)
-            shifted = shift_queries(support, queries)
-            prototypes = rectified_prototypes(support, support_labels, shifted, way, self.temperature)
+            shifted = bd_cspn.shift_queries(support, queries)
+            prototypes = bd_cspn.rectified_prototypes(support, support_labels, shifted, way, self.temperature)
             return cosine_similarity_matrix(queries, prototypes)
 
     class CosineTIM(ours.TIM):
@@ -302,15 +302,23 @@ def easyfsl_maths_variants() -> dict:
         def logits(self, weights, features):
             return self.temperature * cosine_similarity_matrix(features, weights)
 
-    class UnshiftedLaplacianShot(ours.LaplacianShot):
-        """easyfsl: eps = 1 in the rectification (given below) and the unshifted queries scored."""
+    class LaplacianShotVariant(ours.LaplacianShot):
+        """easyfsl's choices, each on request: BD-CSPN's rectification (weights ``exp(eps cos)`` normalised within
+        each class, eps = ``rectification_temperature``) and the unshifted queries scored."""
+
+        def __init__(self, bdcspn_rectification: bool, score_unshifted: bool, **arguments) -> None:
+            super().__init__(**arguments)
+            self.bdcspn_rectification, self.score_unshifted = bdcspn_rectification, score_unshifted
 
         def fit_predict(self, support, support_labels, queries, way, generator):
             support, queries = self.transform(support), self.transform(queries)
-            prototypes = rectified_prototypes(support, support_labels, shift_queries(support, queries), way,
-                                              self.rectification_temperature)
-            unary = squared_euclidean_distance(queries, prototypes)
-            return bound_updates(unary, knn_affinity(queries, self.knn), self.laplacian_weight, self.iterations)
+            shifted = bd_cspn.shift_queries(support, queries)
+            rectify = bd_cspn.rectified_prototypes if self.bdcspn_rectification else laplacianshot.rectified_prototypes
+            prototypes = rectify(support, support_labels, shifted, way, self.rectification_temperature)
+            scored = queries if self.score_unshifted else shifted
+            unary = squared_euclidean_distance(scored, prototypes)
+            return laplacianshot.bound_updates(unary, laplacianshot.knn_affinity(scored, self.knn),
+                                               self.laplacian_weight, self.iterations)
 
     class EasyfslPreprocessingPTMAP(ours.PTMAP):
         """easyfsl: ``(relu(x) + 1e-6)^beta`` only: no L2 normalisation, no centring of each set."""
@@ -321,16 +329,21 @@ def easyfsl_maths_variants() -> dict:
     (_, simpleshot), _ = METHODS["SimpleShot"]
     (_, bdcspn), _ = METHODS["BD-CSPN"]
     (_, tim), _ = METHODS["TIM-GD"]
-    (_, laplacianshot), _ = METHODS["LaplacianShot"]
+    (_, laplacian), _ = METHODS["LaplacianShot"]
     (_, ptmap), _ = METHODS["PT-MAP"]
-    return {
-        "SimpleShot": ("cosine to the centroids", CosineSimpleShot(**simpleshot)),
-        "BD-CSPN": ("eps = 1, unshifted queries scored", UnshiftedScoringBDCSPN(**{**bdcspn, "temperature": 1.0})),
-        "TIM-GD": ("cosine logits", CosineTIM(**tim)),
-        "LaplacianShot": ("BD-CSPN's rectification (eps = 1), unshifted queries scored",
-                          UnshiftedLaplacianShot(**{**laplacianshot, "rectification_temperature": 1.0})),
-        "PT-MAP": ("power transform only", EasyfslPreprocessingPTMAP(**ptmap)),
-    }
+    eps_1 = {**laplacian, "rectification_temperature": 1.0}
+    return [
+        ("SimpleShot", "cosine to the centroids", CosineSimpleShot(**simpleshot)),
+        ("BD-CSPN", "eps = 1, unshifted queries scored", UnshiftedScoringBDCSPN(**{**bdcspn, "temperature": 1.0})),
+        ("BD-CSPN", "eps = 1 only", ours.BDCSPN(**{**bdcspn, "temperature": 1.0})),
+        ("BD-CSPN", "unshifted queries scored only", UnshiftedScoringBDCSPN(**bdcspn)),
+        ("TIM-GD", "cosine logits", CosineTIM(**tim)),
+        ("LaplacianShot", "BD-CSPN's rectification (eps = 1), unshifted queries scored",
+         LaplacianShotVariant(True, True, **eps_1)),
+        ("LaplacianShot", "BD-CSPN's rectification (eps = 1) only", LaplacianShotVariant(True, False, **eps_1)),
+        ("LaplacianShot", "unshifted queries scored only", LaplacianShotVariant(False, True, **laplacian)),
+        ("PT-MAP", "power transform only", EasyfslPreprocessingPTMAP(**ptmap)),
+    ]
 
 
 def diagnose(out: Path, shot: int, methods: list[str], limit: int | None) -> None:
@@ -340,7 +353,7 @@ def diagnose(out: Path, shot: int, methods: list[str], limit: int | None) -> Non
     print(f"\n5-way {shot}-shot: this project's classifiers with easyfsl 1.5's departures swapped in\n")
     print("| method | swapped in | ours, so changed | easyfsl 1.5 | paired difference | episodes that differ |")
     print("|---|---|---|---|---|---|")
-    for name, (change, classifier) in easyfsl_maths_variants().items():
+    for name, change, classifier in easyfsl_maths_variants():
         if name not in methods:
             continue
         if getattr(classifier, "needs_base_features", False):
