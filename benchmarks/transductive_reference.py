@@ -23,6 +23,12 @@ labels and the mean feature of the training split (the base classes) to ``<out>/
 Both sides get the same hyper-parameters, the papers' where easyfsl exposes them (see ``METHODS``); what easyfsl
 does not expose is where the two implementations differ, and ``compare`` says whether the accuracies agree within
 the confidence interval of their paired difference.
+
+Cost, one thread (2026-12-02, 2 shared cores at load 4-7): SimpleShot, BD-CSPN and LaplacianShot take seconds per
+1000 episodes; PT-MAP 0.2-0.35 s per episode here (21 Sinkhorn solves, each iterated until the row sums move by
+less than 1e-6, the authors' tolerance: hundreds of iterations of about ten small operations), 0.6 s with easyfsl
+(not profiled); TIM-GD about 1.2 s here, 0.9 s with easyfsl (1000 Adam steps of some 230 small operations each,
+of which the single-tensor Adam step is a third). ``--limit`` cuts both sides to the first episodes.
 """
 
 from __future__ import annotations
@@ -117,27 +123,31 @@ def test_run(classifier, out: Path, shot: int):
 
 
 # ----- recording the episodes -----------------------------------------------------------------------------------------
-class EpisodeRecorder:
-    """An episode classifier that keeps what it is given (and scores by cosine to prototypes, to check the record)."""
+def episode_recorder():
+    """An episode classifier that keeps what it is given (and scores by cosine to prototypes, to check the record).
+    It fits with the queries (``fit_predict``), so the test loop hands it each episode's support and queries at
+    once, as it hands them to the transductive classifiers."""
+    from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, NearestCentroid
 
-    needs_base_features = True
+    class EpisodeRecorder(EpisodeClassifier):
+        needs_base_features = True
 
-    def __init__(self) -> None:
-        from fsl_lightning.methods.episode_classifiers import NearestCentroid
+        def __init__(self) -> None:
+            self.scorer, self.episodes, self.base_mean = NearestCentroid(), [], None
 
-        self.scorer, self.episodes, self.base_mean = NearestCentroid(), [], None
+        def prepare(self, base_features: torch.Tensor) -> None:
+            self.base_mean = base_features.double().mean(dim=0).float().cpu()
 
-    def prepare(self, base_features: torch.Tensor) -> None:
-        self.base_mean = base_features.double().mean(dim=0).float().cpu()
+        def fit_predict(self, support, support_labels, queries, way, generator):
+            self.episodes.append((support.detach().float().cpu().clone(), support_labels.cpu().clone(),
+                                  queries.detach().float().cpu().clone()))
+            return self.scorer(support, support_labels, queries, way)
 
-    def __call__(self, support, support_labels, queries, way, seed=None):
-        self.episodes.append((support.detach().float().cpu().clone(), support_labels.cpu().clone(),
-                              queries.detach().float().cpu().clone()))
-        return self.scorer(support, support_labels, queries, way, seed=seed)
+    return EpisodeRecorder()
 
 
 def record_features(out: Path, shot: int) -> None:
-    recorder = EpisodeRecorder()
+    recorder = episode_recorder()
     per_episode, _ = test_run(recorder, out, shot)
     support, support_labels, queries = (torch.stack(parts) for parts in zip(*recorder.episodes))
     # the data module lays each episode's queries out class by class (episode.split_support_query)
@@ -262,12 +272,12 @@ def compare(out: Path, shot: int) -> None:
 
 
 # ----- where the two differ -------------------------------------------------------------------------------------------
-def easyfsl_maths_variants() -> dict:
-    """Our classifiers with easyfsl 1.5's departures swapped in (one subclass each, here and nowhere else): if each
-    reproduces easyfsl's per-episode accuracies, those departures are the whole difference."""
+def easyfsl_maths_variants() -> list[tuple[str, str, object]]:
+    """Our classifiers with easyfsl 1.5's departures swapped in (subclasses here and nowhere else), as (method,
+    change, classifier): if the one with all of a method's departures reproduces easyfsl's per-episode accuracies,
+    those departures are the whole difference; the ones with a single departure say how much each accounts for."""
     from fsl_lightning.methods import feature_classifiers as ours
-    from fsl_lightning.methods.feature_classifiers.bd_cspn import rectified_prototypes, shift_queries
-    from fsl_lightning.methods.feature_classifiers.laplacianshot import bound_updates, knn_affinity
+    from fsl_lightning.methods.feature_classifiers import bd_cspn, laplacianshot
     from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix, squared_euclidean_distance
 
     class CosineSimpleShot(ours.SimpleShot):
@@ -278,12 +288,12 @@ def easyfsl_maths_variants() -> dict:
             return cosine_similarity_matrix(self.transform(queries), centroids)
 
     class UnshiftedScoringBDCSPN(ours.BDCSPN):
-        """easyfsl: eps = 1 (given below) and the unshifted queries scored."""
+        """easyfsl: the unshifted queries scored (eps is the ``temperature`` given)."""
 
         def fit_predict(self, support, support_labels, queries, way, generator):
             support, queries = self.transform(support), self.transform(queries)
-            shifted = shift_queries(support, queries)
-            prototypes = rectified_prototypes(support, support_labels, shifted, way, self.temperature)
+            shifted = bd_cspn.shift_queries(support, queries)
+            prototypes = bd_cspn.rectified_prototypes(support, support_labels, shifted, way, self.temperature)
             return cosine_similarity_matrix(queries, prototypes)
 
     class CosineTIM(ours.TIM):
@@ -292,15 +302,23 @@ def easyfsl_maths_variants() -> dict:
         def logits(self, weights, features):
             return self.temperature * cosine_similarity_matrix(features, weights)
 
-    class UnshiftedLaplacianShot(ours.LaplacianShot):
-        """easyfsl: eps = 1 in the rectification (given below) and the unshifted queries scored."""
+    class LaplacianShotVariant(ours.LaplacianShot):
+        """easyfsl's choices, each on request: BD-CSPN's rectification (weights ``exp(eps cos)`` normalised within
+        each class, eps = ``rectification_temperature``) and the unshifted queries scored."""
+
+        def __init__(self, bdcspn_rectification: bool, score_unshifted: bool, **arguments) -> None:
+            super().__init__(**arguments)
+            self.bdcspn_rectification, self.score_unshifted = bdcspn_rectification, score_unshifted
 
         def fit_predict(self, support, support_labels, queries, way, generator):
             support, queries = self.transform(support), self.transform(queries)
-            prototypes = rectified_prototypes(support, support_labels, shift_queries(support, queries), way,
-                                              self.rectification_temperature)
-            unary = squared_euclidean_distance(queries, prototypes)
-            return bound_updates(unary, knn_affinity(queries, self.knn), self.laplacian_weight, self.iterations)
+            shifted = bd_cspn.shift_queries(support, queries)
+            rectify = bd_cspn.rectified_prototypes if self.bdcspn_rectification else laplacianshot.rectified_prototypes
+            prototypes = rectify(support, support_labels, shifted, way, self.rectification_temperature)
+            scored = queries if self.score_unshifted else shifted
+            unary = squared_euclidean_distance(scored, prototypes)
+            return laplacianshot.bound_updates(unary, laplacianshot.knn_affinity(scored, self.knn),
+                                               self.laplacian_weight, self.iterations)
 
     class EasyfslPreprocessingPTMAP(ours.PTMAP):
         """easyfsl: ``(relu(x) + 1e-6)^beta`` only: no L2 normalisation, no centring of each set."""
@@ -311,16 +329,21 @@ def easyfsl_maths_variants() -> dict:
     (_, simpleshot), _ = METHODS["SimpleShot"]
     (_, bdcspn), _ = METHODS["BD-CSPN"]
     (_, tim), _ = METHODS["TIM-GD"]
-    (_, laplacianshot), _ = METHODS["LaplacianShot"]
+    (_, laplacian), _ = METHODS["LaplacianShot"]
     (_, ptmap), _ = METHODS["PT-MAP"]
-    return {
-        "SimpleShot": ("cosine to the centroids", CosineSimpleShot(**simpleshot)),
-        "BD-CSPN": ("eps = 1, unshifted queries scored", UnshiftedScoringBDCSPN(**{**bdcspn, "temperature": 1.0})),
-        "TIM-GD": ("cosine logits", CosineTIM(**tim)),
-        "LaplacianShot": ("BD-CSPN's rectification (eps = 1), unshifted queries scored",
-                          UnshiftedLaplacianShot(**{**laplacianshot, "rectification_temperature": 1.0})),
-        "PT-MAP": ("power transform only", EasyfslPreprocessingPTMAP(**ptmap)),
-    }
+    eps_1 = {**laplacian, "rectification_temperature": 1.0}
+    return [
+        ("SimpleShot", "cosine to the centroids", CosineSimpleShot(**simpleshot)),
+        ("BD-CSPN", "eps = 1, unshifted queries scored", UnshiftedScoringBDCSPN(**{**bdcspn, "temperature": 1.0})),
+        ("BD-CSPN", "eps = 1 only", ours.BDCSPN(**{**bdcspn, "temperature": 1.0})),
+        ("BD-CSPN", "unshifted queries scored only", UnshiftedScoringBDCSPN(**bdcspn)),
+        ("TIM-GD", "cosine logits", CosineTIM(**tim)),
+        ("LaplacianShot", "BD-CSPN's rectification (eps = 1), unshifted queries scored",
+         LaplacianShotVariant(True, True, **eps_1)),
+        ("LaplacianShot", "BD-CSPN's rectification (eps = 1) only", LaplacianShotVariant(True, False, **eps_1)),
+        ("LaplacianShot", "unshifted queries scored only", LaplacianShotVariant(False, True, **laplacian)),
+        ("PT-MAP", "power transform only", EasyfslPreprocessingPTMAP(**ptmap)),
+    ]
 
 
 def diagnose(out: Path, shot: int, methods: list[str], limit: int | None) -> None:
@@ -330,10 +353,10 @@ def diagnose(out: Path, shot: int, methods: list[str], limit: int | None) -> Non
     print(f"\n5-way {shot}-shot: this project's classifiers with easyfsl 1.5's departures swapped in\n")
     print("| method | swapped in | ours, so changed | easyfsl 1.5 | paired difference | episodes that differ |")
     print("|---|---|---|---|---|---|")
-    for name, (change, classifier) in easyfsl_maths_variants().items():
+    for name, change, classifier in easyfsl_maths_variants():
         if name not in methods:
             continue
-        if classifier.needs_base_features:
+        if getattr(classifier, "needs_base_features", False):
             classifier.prepare(data["base_mean"].unsqueeze(0))
         per_episode = torch.tensor([
             (classifier(s, sl, q, WAY).argmax(-1) == ql).float().mean().item() for s, sl, q, ql in episodes
