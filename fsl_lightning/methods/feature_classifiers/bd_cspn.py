@@ -55,6 +55,9 @@ class BDCSPN(TransformedFeatureClassifier):
 
     Differences from easyfsl 1.5's ``BDCSPN`` (kept out of this class, measured in
     ``benchmarks/transductive_reference.py``): it weights by ``exp(cos)`` (eps = 1) and scores the unshifted queries.
+    BD-CSPN has no official code, and which queries are scored is contested: the LaplacianShot authors score the
+    shifted ones (as here), Veilleux et al.'s reimplementation the unshifted ones (as easyfsl). Together the two
+    choices account for the whole difference to easyfsl, episode by episode (BENCHMARKS.md).
     """
 
     transductive = True  # every query's scores depend on the episode's other queries
