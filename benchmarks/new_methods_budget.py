@@ -19,7 +19,7 @@ Reduced size, so that the table fits on a 2-core CPU:
   5 minutes per method. The ResNet12 trains at 0.37 (fp32) to 1.57 (bf16, channels-last) steps/s of 16 84x84
   images on one thread (BENCHMARKS.md, CPU precision and kernels): five minutes would buy 1800-7500 images, one
   or two passes over the 5202 base images, and the 1000 test episodes (80000 images at 1 shot) alone would take
-  longer than the whole table; a Conv4 at 84x84 costs about 1/18 of its multiply-adds. The Conv4 is the 64-filter, four-pool one of ProtoNet's paper (a flattened 64x5x5 = 1600-d
+  longer than the whole table; a Conv4 at 84x84 costs about 1/35 of its multiply-adds (0.1 G against 3.5 G). The Conv4 is the 64-filter, four-pool one of ProtoNet's paper (a flattened 64x5x5 = 1600-d
   embedding: FEAT's ``feature_dim`` becomes 1600; MetaOptNet's SVM sees the same 1600-d vector). DN4 keeps its
   config's Conv64F (Conv4 with pooling after the first two blocks only), its paper's own backbone: 21x21 = 441
   local descriptors of 64 dimensions per 84x84 image, exactly the descriptors of its miniImageNet setting.
@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -190,8 +190,8 @@ def run_method(setting: Setting, method: str, minutes: float, out: Path, val_epi
         if not found:
             raise RuntimeError("no test accuracy in the output")
         row.accuracy, row.ci95 = float(found[-1][0]), float(found[-1][1])
-    except RuntimeError as error:
-        row.error = str(error)
+    except Exception as error:  # one method's failure is its row's, never the table's
+        row.error = f"{type(error).__name__}: {error}"
     row.wall_seconds = time.perf_counter() - started
     row.load_end = os.getloadavg()[0]
     result = f"{row.accuracy}% ± {row.ci95}%" if row.error is None else f"FAILED: {row.error}"
@@ -258,8 +258,14 @@ def main() -> None:
     with LoadSampler() as load, ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = [pool.submit(run_method, setting, method, args.minutes or setting.minutes, out, args.val_episodes)
                    for setting, method in jobs]
-        rows = [future.result() for future in futures]
-    table = markdown(rows)
+        for _ in as_completed(futures):  # the files are rewritten as rows finish: a cut-short table keeps them
+            rows = [future.result() for future in futures if future.done()]
+            conditions = write_results(out, rows, args, started, load)
+    print(markdown(rows))
+    print(json.dumps(conditions, indent=2))
+
+
+def write_results(out: Path, rows: list[Row], args: argparse.Namespace, started: float, load: LoadSampler) -> dict:
     conditions = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
@@ -269,9 +275,8 @@ def main() -> None:
     }
     (out / "new_methods_budget.json").write_text(json.dumps(
         {"conditions": conditions, "rows": [asdict(row) for row in rows]}, indent=2))
-    (out / "new_methods_budget.md").write_text(table + "\n")
-    print(table)
-    print(json.dumps(conditions, indent=2))
+    (out / "new_methods_budget.md").write_text(markdown(rows) + "\n")
+    return conditions
 
 
 if __name__ == "__main__":
