@@ -29,6 +29,11 @@ Writes ``<out>/new_methods_budget.json`` and ``<out>/new_methods_budget.md`` (th
 with each stage's log under ``<out>/logs`` and its run folder under ``<out>/runs``. ``--parallel 2`` runs two
 methods at once, each with ``OMP_NUM_THREADS=1``; the machine's load average is sampled every 15 s and recorded,
 since wall-clock budgets buy fewer steps on a loaded machine.
+
+Cost beyond the budgets: an Omniglot row took about 7 minutes (4 of training), a Caltech-101 row about 25 minutes
+on the 2-core development machine under a load average of 6 (each fit had a third of a core): the fixed test, 1000
+episodes of 80 (1-shot) or 100 (5-shot) Conv4 forward passes at 84x84 in fp32, takes most of it. Budget the
+whole table (15 rows) accordingly, or run it a setting at a time (``--settings``).
 """
 
 from __future__ import annotations
