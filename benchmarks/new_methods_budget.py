@@ -236,9 +236,10 @@ def markdown(rows: list[Row]) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         if len(row.stages) == 1:
-            steps = f"{row.stages[0].steps}"
+            steps = f"{row.stages[0].steps if row.stages[0].steps is not None else '-'}"
         else:
-            steps = " + ".join(f"{stage.steps} ({Path(stage.config).stem})" for stage in row.stages)
+            steps = " + ".join(f"{stage.steps if stage.steps is not None else '-'} ({Path(stage.config).stem})"
+                               for stage in row.stages)
         precision = " / ".join(stage.precision or "?" for stage in row.stages)
         accuracy = f"{row.accuracy:.2f}% ± {row.ci95:.2f}%" if row.error is None else f"failed: {row.error}"
         lines.append(f"| {row.setting} | {row.method} | {row.minutes:g} min | {steps} | {precision} | {accuracy} "
