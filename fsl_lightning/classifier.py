@@ -35,6 +35,7 @@ from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, query_slices
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import FewShotMethod
+from fsl_lightning.methods.base import EmbeddingMethod
 
 #: an image: a file (decoded as the dataset decodes its own), or a tensor [C, H, W] (uint8 pixels, or floats in [0, 1])
 Image = str | Path | Tensor
@@ -94,7 +95,10 @@ class FewShotClassifier:
                 "whose weights you trained yourself"
             )
         self.device = torch.device(device)
+        # The evaluation form that `predict` uses (layout, folded batch norm), so that both give the same scores.
         self.method = evaluation_layout(method.to(self.device).eval(), self.device)
+        if isinstance(self.method, EmbeddingMethod):
+            self.method.use_evaluation_backbone()
         self.dataset = dataset
         self.batch_size = batch_size
         self.support: FittedSupport | None = None

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from fsl_lightning.built_by_cli import built_by_cli
+from fsl_lightning.backbones.batch_norm_folding import batch_norm_folded
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
@@ -83,6 +84,8 @@ class FewShotMethod(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.last_accuracy: dict[str, AccuracySummary] = {}
         self._predict_support_state: Any = None  # the user's support set, fitted once per predict run
+        # The trained backbone while an evaluation copy stands in for it (a list: not registered as a submodule).
+        self._trained_backbone: list[nn.Module] = []
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -257,6 +260,35 @@ class EmbeddingMethod(FewShotMethod):
     not depend on its batch, so ``score(fit_support(support), queries)`` gives the episode's logits, up to the
     floating-point rounding of batched convolutions (tests/test_support_split.py checks every method).
     """
+
+    #: whether ``test`` and ``predict`` run an evaluation copy of the backbone with batch norm folded into the
+    #: convolutions (:func:`~fsl_lightning.backbones.batch_norm_folding.batch_norm_folded`): the same function in eval
+    #: mode, faster; off for a method whose evaluation trains the backbone
+    folds_batch_norm_for_evaluation: bool = True
+
+    def on_test_start(self) -> None:
+        self.use_evaluation_backbone()
+
+    def on_test_end(self) -> None:
+        self.restore_trained_backbone()
+
+    def on_predict_start(self) -> None:
+        self.use_evaluation_backbone()
+
+    def on_predict_end(self) -> None:
+        super().on_predict_end()
+        self.restore_trained_backbone()
+
+    def use_evaluation_backbone(self) -> None:
+        """Swaps in the folded evaluation copy of the backbone until :meth:`restore_trained_backbone` (test and
+        predict only: no checkpoint is written meanwhile, and validation keeps the trained module as it is)."""
+        if self.folds_batch_norm_for_evaluation and not self._trained_backbone:
+            self._trained_backbone.append(self.backbone)
+            self.backbone = batch_norm_folded(self.backbone)
+
+    def restore_trained_backbone(self) -> None:
+        if self._trained_backbone:
+            self.backbone = self._trained_backbone.pop()
 
     def embed(self, images: Tensor) -> Tensor:
         """Features of images [B, C, H, W] (here the backbone's output)."""
