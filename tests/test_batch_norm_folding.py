@@ -70,3 +70,12 @@ def test_test_runs_the_folded_copy_and_gives_the_trained_backbone_back(small_dat
     trainer.test(method, small_datamodule)
     assert seen.batch_norms == 0
     assert method.backbone is trained_backbone and "backbone.encoder.0.1.running_mean" in method.state_dict()
+
+
+def test_every_stage_starts_from_the_trained_backbone_even_after_an_interrupted_test():
+    method = ProtoNet(Conv4(1))
+    trained_backbone = method.backbone
+    method.use_evaluation_backbone()  # as on_test_start; a crash would skip on_test_end
+    assert method.backbone is not trained_backbone
+    method.setup("fit")
+    assert method.backbone is trained_backbone

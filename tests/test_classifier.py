@@ -102,21 +102,25 @@ def test_predictions_of_files_and_of_tensors_agree_with_the_folders(checkpoint, 
 
 
 class CountsEmbeddedImages:
-    """The number of images that went through a module (a forward pre-hook on the real backbone)."""
+    """The number of images a method embedded (its real ``embed``, counted; a hook on the backbone would not see
+    the evaluation copy that test and predict run)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, method) -> None:
         self.images = 0
-        module.register_forward_pre_hook(self._count)
+        embed = method.embed
 
-    def _count(self, module: nn.Module, inputs: tuple) -> None:
-        self.images += len(inputs[0])
+        def counted(images):
+            self.images += len(images)
+            return embed(images)
+
+        method.embed = counted
 
 
 def test_the_api_fits_the_support_set_once_and_scores_query_batches_against_it(checkpoint, folders,
                                                                                no_training_data):
     support, queries = folders  # 6 support images, 18 queries
     classifier = FewShotClassifier.from_checkpoint(checkpoint, batch_size=4)
-    embedded = CountsEmbeddedImages(classifier.method.backbone)
+    embedded = CountsEmbeddedImages(classifier.method)
     classifier.fit_support(support)
     assert embedded.images == 6
     in_batches = classifier.predict(queries)  # 5 batches: the queries only, no support image again
@@ -131,7 +135,7 @@ def test_the_api_fits_the_support_set_once_and_scores_query_batches_against_it(c
 def test_predict_fits_the_support_folder_once_for_all_its_batches(checkpoint, folders, tmp_path, no_training_data):
     support, queries = folders
     method = FewShotClassifier.from_checkpoint(checkpoint).method
-    embedded = CountsEmbeddedImages(method.backbone)
+    embedded = CountsEmbeddedImages(method)
     datamodule = EpisodicDataModule(Omniglot(protocol="vinyals"), predict_support_dir=str(support),
                                     predict_query_dir=str(queries), predict_batch_size=4)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,

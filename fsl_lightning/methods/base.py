@@ -266,6 +266,10 @@ class EmbeddingMethod(FewShotMethod):
     #: mode, faster; off for a method whose evaluation trains the backbone
     folds_batch_norm_for_evaluation: bool = True
 
+    def setup(self, stage: str) -> None:
+        self.restore_trained_backbone()  # every stage starts from the trained module, even after a failed test
+        super().setup(stage)
+
     def on_test_start(self) -> None:
         self.use_evaluation_backbone()
 
