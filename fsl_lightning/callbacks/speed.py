@@ -106,7 +106,7 @@ class SpeedSettings(Callback):
     def _wants_channels_last(self, pl_module: LightningModule, stage: str, on_cpu: bool, world_size: int) -> bool:
         if self.channels_last is not None:
             return self.channels_last
-        if not (on_cpu and getattr(pl_module, "cpu_channels_last_by_default", False)):
+        if not _channels_last_by_default(pl_module, on_cpu):
             return False
         return stage != "fit" or world_size == 1
 
@@ -133,6 +133,11 @@ def evaluation_layout(module: torch.nn.Module, device: torch.device) -> torch.nn
     """``module`` in the layout that ``SpeedSettings``' defaults evaluate it in on ``device`` (channels-last on the CPU
     for methods with ``cpu_channels_last_by_default``), for evaluation outside a Trainer: the Python API's
     predictions then equal ``predict``'s."""
-    if device.type == "cpu" and getattr(module, "cpu_channels_last_by_default", False):
+    if _channels_last_by_default(module, device.type == "cpu"):
         module.to(memory_format=torch.channels_last)
     return module
+
+
+def _channels_last_by_default(module: torch.nn.Module, on_cpu: bool) -> bool:
+    """Whether the defaults evaluate ``module`` channels-last: on the CPU, for methods that ask for it."""
+    return on_cpu and getattr(module, "cpu_channels_last_by_default", False)
