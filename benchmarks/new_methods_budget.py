@@ -30,10 +30,12 @@ with each stage's log under ``<out>/logs`` and its run folder under ``<out>/runs
 methods at once, each with ``OMP_NUM_THREADS=1``; the machine's load average is sampled every 15 s and recorded,
 since wall-clock budgets buy fewer steps on a loaded machine.
 
-Cost beyond the budgets: an Omniglot row took about 7 minutes (4 of training), a Caltech-101 row about 25 minutes
-on the 2-core development machine under a load average of 6 (each fit had a third of a core): the fixed test, 1000
-episodes of 80 (1-shot) or 100 (5-shot) Conv4 forward passes at 84x84 in fp32, takes most of it. Budget the
-whole table (15 rows) accordingly, or run it a setting at a time (``--settings``).
+Cost beyond the budgets, on the 2-core development machine: an Omniglot row took about 7 minutes (4 of training)
+under a load average of 6; with one core per fit (``--parallel 2`` and nothing else running) a Caltech-101 row
+took 11-12 minutes at ``--minutes 7`` (the fixed test, 1000 episodes of 80 or 100 Conv4 forward passes at 84x84 in
+fp32, most of the rest), DN4's 16 minutes (1-shot) and more (5-shot): its image-to-class test compares every query
+descriptor with every support descriptor of each class. Budget the whole table (15 rows) accordingly, or run it a
+setting at a time (``--settings``); a wall-clock budget is only fair between rows that ran under the same load.
 """
 
 from __future__ import annotations
