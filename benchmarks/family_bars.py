@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*",
                         help="metric family: the broken variants to run (default all); with no name, none (both families)")
     parser.add_argument("--cpu-defaults", action="store_true",
-                        help="train and test with the CLI's speed settings (on AMX CPUs: bf16 training, channels-last)")
+                        help="train and test with the CLI's speed settings (on CPUs with bf16 units: bf16 training, channels-last)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     callbacks = (SpeedSettings(),) if args.cpu_defaults else ()

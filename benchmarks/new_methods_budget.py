@@ -170,11 +170,11 @@ def training_precision(config: str) -> str:
     validation and test are fp32)."""
     import yaml
 
-    from fsl_lightning.callbacks.cpu_training_precision import cpu_has_amx_bf16
+    from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 
     module, _, name = yaml.safe_load(Path(config).read_text())["model"]["class_path"].rpartition(".")
     method = getattr(importlib.import_module(module), name)
-    return "bf16" if getattr(method, "cpu_bf16_by_default", False) and cpu_has_amx_bf16() else "fp32"
+    return "bf16" if getattr(method, "cpu_bf16_by_default", False) and bf16_training_is_fast(this_cpu()) else "fp32"
 
 
 def run_method(setting: Setting, method: str, minutes: float, out: Path, val_episodes: int) -> Row:

@@ -28,7 +28,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
-from fsl_lightning.callbacks import NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, WandbTestMedia
+from fsl_lightning.callbacks import (
+    NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, TimeBudgetSchedule, WandbTestMedia,
+)
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
@@ -73,6 +75,7 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(WandbTestMedia, "wandb_media")
         parser.add_lightning_class_args(SpeedSettings, "speed")
         parser.add_lightning_class_args(StepProgressBar, "progress")
+        parser.add_lightning_class_args(TimeBudgetSchedule, "time_budget")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters first, with a bare torch.load

@@ -1,9 +1,10 @@
-"""Callbacks that interrupt a real training run, for tests that run the CLI in a subprocess and kill it."""
+"""Callbacks that interrupt or slow a real training run, for tests that run the CLI in a subprocess."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -28,3 +29,13 @@ class CheckpointBallast(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["ballast"] = self.ballast
+
+
+class SlowSteps(Callback):
+    """Adds ``seconds`` to every training step: a slow machine, for tests of what a time budget does."""
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)

@@ -11,7 +11,7 @@ from torch import nn
 
 from fsl_lightning.backbones import Conv4, MAMLConv4
 from fsl_lightning.callbacks import SpeedSettings
-from fsl_lightning.callbacks.cpu_training_precision import cpu_has_amx_bf16
+from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.cli import main
 from fsl_lightning.methods import MAML, ProtoNet
 
@@ -111,10 +111,12 @@ def _fit_and_validate(method, speed, tmp_path, datamodule, **trainer_args):
     return method
 
 
-amx_only = pytest.mark.skipif(not cpu_has_amx_bf16(), reason="bf16 training is the default only on AMX CPUs")
+bf16_cpu_only = pytest.mark.skipif(
+    not bf16_training_is_fast(this_cpu()), reason="bf16 training is the default only on CPUs with bf16 units"
+)
 
 
-@amx_only
+@bf16_cpu_only
 def test_cpu_default_trains_in_bf16_evaluates_in_fp32_with_channels_last(small_datamodule, tmp_path):
     method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": True, "eval": False}
@@ -144,7 +146,7 @@ def test_the_python_api_evaluates_in_the_layout_of_the_cli():
     assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-@amx_only
+@bf16_cpu_only
 def test_maml_family_keeps_fp32_and_the_plain_layout_on_the_cpu(small_datamodule, tmp_path):
     method = MAML(MAMLConv4(way=5))
     layouts = RecordsLayoutInTraining()
@@ -162,7 +164,7 @@ class RecordsLayoutInTraining(L.Callback):
         self.channels_last_in_training = convolution.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-@amx_only
+@bf16_cpu_only
 def test_bf16_is_a_default_only_where_measured_channels_last_everywhere_but_maml(small_datamodule, tmp_path):
     from fsl_lightning.methods import MatchingNet
 
@@ -180,7 +182,7 @@ def test_cpu_bf16_off_or_an_explicit_precision_wins(small_datamodule, tmp_path):
     assert method.backbone.autocast_by_mode == {"train": True, "eval": True}  # Lightning's bf16-mixed everywhere
 
 
-def test_no_bf16_default_without_amx(small_datamodule, tmp_path, monkeypatch):
-    monkeypatch.setattr("fsl_lightning.callbacks.speed.cpu_has_amx_bf16", lambda: False)
+def test_no_bf16_default_without_bf16_units(small_datamodule, tmp_path, monkeypatch):
+    monkeypatch.setattr("fsl_lightning.callbacks.speed.bf16_training_is_fast", lambda cpu: False)
     method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": False, "eval": False}

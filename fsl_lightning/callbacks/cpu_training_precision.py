@@ -1,10 +1,11 @@
-"""bf16 autocast for the training steps only, on CPUs with AMX units: the CPU default of the metric and transfer
+"""bf16 autocast for the training steps only, on CPUs with bf16 hardware (AMX tiles or AVX-512's BF16 dot
+products: :func:`~fsl_lightning.cpu_features.bf16_training_is_fast`): the CPU default of the metric and transfer
 families (``speed.cpu_bf16``).
 
-Why training only: on this project's 2-core Xeon (AMX-BF16) a bf16 Conv4 training step with channels-last weights
-runs about 2.6x faster than fp32 (BENCHMARKS.md, ``benchmarks/cpu_kernels.py``) while test accuracy stays within the
-confidence interval; validation and test stay in fp32, so that a checkpoint's reported accuracy does not depend on
-whether the machine that evaluates it has AMX units, nor on this default.
+Why training only: on a 2-core Xeon (AMX-BF16) and a 2-core EPYC (AVX512-BF16) a bf16 Conv4 training step with
+channels-last weights runs about 3x faster than fp32 (BENCHMARKS.md, ``benchmarks/cpu_kernels.py``) while test
+accuracy stays within the confidence interval; validation and test stay in fp32, so that a checkpoint's reported
+accuracy does not depend on whether the machine that evaluates it has bf16 units, nor on this default.
 """
 
 from __future__ import annotations
@@ -12,15 +13,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from contextlib import contextmanager
 
-import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-
-
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has the AMX tile units that make bf16 convolutions and matrix products fast (Sapphire Rapids
-    and later Xeons). Without them bf16 runs emulated on AVX-512 and is no faster than fp32."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means unknown, so no
-    return bool(probe and probe())
 
 
 class BF16TrainingSteps(MixedPrecision):

@@ -1,4 +1,4 @@
-"""The ``speed:`` section of a config: TF32, bf16 training on AMX CPUs, channels-last layout and ``torch.compile``.
+"""The ``speed:`` section of a config: TF32, bf16 training on CPUs with bf16 units, channels-last layout and ``torch.compile``.
 
 Settings that change numerics are off by default where exactness matters: TF32 (10-bit mantissa in matrix
 products and convolutions on Ampere and later GPUs) is on by default for methods whose results it does not
@@ -8,7 +8,8 @@ meta-gradients it perturbs; turning it on there warns. Global flags are restored
 On the CPU, methods keep their weights channels-last by default (``FewShotMethod.cpu_channels_last_by_default``;
 not the MAML family, whose CPU engine is tuned for the plain layout), and those whose accuracy was measured
 unchanged by it (``FewShotMethod.cpu_bf16_by_default``: ProtoNet, Siamese, the transfer family) train in bf16
-autocast when the CPU has AMX units: 2.4-3.9x faster per step together on a 2-core Xeon (BENCHMARKS.md).
+autocast when the CPU has bf16 hardware (AMX tiles or AVX512-BF16; ``cpu_features.bf16_training_is_fast``):
+about 3x faster per step together on a 2-core Xeon with AMX and on a 2-core EPYC with AVX512-BF16 (BENCHMARKS.md).
 Evaluation stays fp32, and runs channels-last in every CPU process layout (validate, test, predict, and the
 Python API's :class:`~fsl_lightning.classifier.FewShotClassifier`: :func:`evaluation_layout`), so that a checkpoint
 gives one number on the CPU however it is evaluated.
@@ -21,14 +22,16 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from fsl_lightning.callbacks.cpu_training_precision import BF16TrainingSteps, cpu_has_amx_bf16
+from fsl_lightning.callbacks.cpu_training_precision import BF16TrainingSteps
+from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 
 
 class SpeedSettings(Callback):
     """Args:
         tf32: allow TF32 in float32 matrix products and convolutions on CUDA; ``None``: the method's default.
         cpu_bf16: train in bf16 autocast on the CPU (validation, test and prediction stay fp32); ``None``: on for
-            methods with ``cpu_bf16_by_default`` when the CPU has AMX units and ``trainer.precision`` is the
+            methods with ``cpu_bf16_by_default`` when the CPU has bf16 units (AMX or AVX512-BF16; not AVX2-only
+            CPUs, where bf16 is no faster) and ``trainer.precision`` is the
             default fp32, off otherwise. A ``trainer.precision`` other than fp32 always wins.
         channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
             Cores and the CPU's oneDNN kernels prefer (the same maths; only the kernels' summation order may
@@ -69,8 +72,8 @@ class SpeedSettings(Callback):
         on_cpu = trainer.strategy.root_device.type == "cpu"
         if stage == "fit" and on_cpu and self._wants_cpu_bf16(trainer, pl_module):
             trainer.strategy.precision_plugin = BF16TrainingSteps()
-            rank_zero_info("Training in bf16 autocast on the CPU's AMX units (validation and test in fp32); "
-                           "--speed.cpu_bf16=false trains in fp32.")
+            rank_zero_info(f"Training in bf16 autocast on this CPU's bf16 units ({this_cpu().vector_units}; "
+                           "validation and test in fp32); --speed.cpu_bf16=false trains in fp32.")
         if self._wants_channels_last(pl_module, stage, on_cpu, trainer.world_size):
             pl_module.to(memory_format=torch.channels_last)
             self._layout_to_undo = self.channels_last is None
@@ -101,7 +104,7 @@ class SpeedSettings(Callback):
             return False
         if self.cpu_bf16 is not None:
             return self.cpu_bf16
-        return getattr(pl_module, "cpu_bf16_by_default", False) and cpu_has_amx_bf16()
+        return getattr(pl_module, "cpu_bf16_by_default", False) and bf16_training_is_fast(this_cpu())
 
     def _wants_channels_last(self, pl_module: LightningModule, stage: str, on_cpu: bool, world_size: int) -> bool:
         if self.channels_last is not None:

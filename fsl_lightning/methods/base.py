@@ -42,8 +42,8 @@ class FewShotMethod(L.LightningModule):
 
     #: whether ``speed.tf32`` is on when the config leaves it unset (see :class:`~fsl_lightning.callbacks.SpeedSettings`)
     tf32_by_default: bool = True
-    #: whether training on an AMX CPU defaults to bf16 autocast (``speed.cpu_bf16``): only for methods whose
-    #: accuracy was measured unchanged by it (BENCHMARKS.md, "bf16 training keeps accuracy")
+    #: whether training on a CPU with bf16 units (AMX, AVX512-BF16) defaults to bf16 autocast (``speed.cpu_bf16``):
+    #: only for methods whose accuracy was measured unchanged by it (BENCHMARKS.md, "bf16 training keeps accuracy")
     cpu_bf16_by_default: bool = False
     #: whether the weights are kept channels-last on the CPU by default (``speed.channels_last``)
     cpu_channels_last_by_default: bool = True

@@ -1,0 +1,179 @@
+"""A schedule fitted to the time budget: a run told its budget is short (its steps slowed down) still ends with the
+learning rate at the schedule's end, the printed command repeats it by steps, and a resumed run keeps its length."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from interruptions import SlowSteps
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, MultiStepLR, PolynomialLR, StepLR
+
+from fsl_lightning.backbones import Conv4
+from fsl_lightning.callbacks import TimeBudgetSchedule
+from fsl_lightning.callbacks.time_budget import _scale_length
+from fsl_lightning.methods import ProtoNet
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
+CONFIGURED_STEPS = 1000
+# 2-way Omniglot episodes (a step takes milliseconds) slowed to about 0.1 s: 8 seconds hold about 60 of 1000 steps.
+SHORT_BUDGET = [
+    "--data.train.way=2", "--data.train.query=2", "--data.evaluation.way=2", "--data.evaluation.query=2",
+    "--data.train_episodes_per_epoch=25", "--data.val_episodes=2", "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false",
+    f"--trainer.max_steps={CONFIGURED_STEPS}", "--trainer.max_time=00:00:00:08",
+    "--model.init_args.lr_scheduler.class_path=torch.optim.lr_scheduler.CosineAnnealingLR",
+    f"--model.init_args.lr_scheduler.init_args.T_max={CONFIGURED_STEPS}",
+    "--time_budget.warmup_steps=3", "--time_budget.timed_steps=10", "--time_budget.margin=0.2",
+]
+SLOWED_WITH_CHECKPOINTS = {"trainer": {"callbacks": [
+    {"class_path": "fsl_lightning.callbacks.ModelCheckpoint",
+     "init_args": {"save_last": True, "save_top_k": -1, "every_n_train_steps": 10, "filename": "step{step}",
+                   "auto_insert_metric_name": False}},
+    {"class_path": "interruptions.SlowSteps", "init_args": {"seconds": 0.1}},
+]}}
+
+
+def _cli(*arguments: str, cwd: Path) -> str:
+    environment = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "fsl_lightning", *arguments], cwd=cwd, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def _checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def short_budget_run(tmp_path_factory):
+    """One run whose budget holds far fewer steps than its schedule: (its folder, the CLI's output)."""
+    folder = tmp_path_factory.mktemp("short_budget")
+    (folder / "slowed.yaml").write_text(yaml.safe_dump(SLOWED_WITH_CHECKPOINTS))
+    output = _cli("fit", "--config", CONFIG, "--config", "slowed.yaml", *SHORT_BUDGET,
+                  "--trainer.logger.init_args.save_dir=runs", cwd=folder)
+    return folder, output
+
+
+def _run_folders(folder: Path) -> list[Path]:
+    return sorted(folder.glob("runs/*/version_*"))
+
+
+@pytest.mark.slow
+def test_a_short_budget_ends_with_the_learning_rate_at_the_schedules_end(short_budget_run):
+    folder, output = short_budget_run
+    last = _checkpoint(_run_folders(folder)[0] / "checkpoints" / "last.ckpt")
+    planned = last["callbacks"]["fsl_time_budget"]["planned_steps"]
+    assert 13 < planned < CONFIGURED_STEPS  # planned after the 13 timed steps, far short of the configured 1000
+    assert last["global_step"] == planned  # stopped by its step count, not by the clock
+    assert last["lr_schedulers"][0]["T_max"] == planned
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    config = yaml.safe_load((_run_folders(folder)[0] / "config.yaml").read_text())
+    assert config["time_budget"]["planned_steps"] == planned  # the run's config records the plan
+    assert f"Time budget: training {planned} steps" in output
+
+
+@pytest.mark.slow
+def test_the_printed_command_repeats_the_run_by_steps(short_budget_run):
+    folder, output = short_budget_run
+    command = re.search(r"without a clock: python -m fsl_lightning (.*)", output).group(1)
+    assert "--trainer.max_time=null" in command
+    _cli(*shlex.split(command), cwd=folder)
+    timed, repeated = (_checkpoint(run / "checkpoints" / "last.ckpt") for run in _run_folders(folder)[:2])
+    assert repeated["global_step"] == timed["global_step"]
+    for name, tensor in timed["state_dict"].items():
+        assert torch.equal(repeated["state_dict"][name], tensor), name  # the same weights, to the bit
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_planned_length(short_budget_run, tmp_path):
+    folder, _ = short_budget_run
+    timed_run = _run_folders(folder)[0]
+    planned = _checkpoint(timed_run / "checkpoints" / "last.ckpt")["global_step"]
+    midway = timed_run / "checkpoints" / "step30.ckpt"  # after the plan (step 13), before the end
+    assert _checkpoint(midway)["global_step"] == 30 < planned
+    # a larger budget on resume: the plan stands all the same (the config's 1000 steps would not fit the first one)
+    (tmp_path / "slowed.yaml").write_text(yaml.safe_dump(SLOWED_WITH_CHECKPOINTS))
+    _cli("fit", "--config", CONFIG, "--config", "slowed.yaml", *SHORT_BUDGET, "--trainer.max_time=00:00:05:00",
+         f"--ckpt_path={midway}", "--trainer.logger.init_args.save_dir=runs", cwd=tmp_path)
+    resumed = _checkpoint(next(tmp_path.glob("runs/*/version_*")) / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == planned
+    assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    uninterrupted = _checkpoint(timed_run / "checkpoints" / "last.ckpt")
+    for name, tensor in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+
+
+@pytest.fixture(scope="module")
+def tiny_datamodule(omniglot):
+    from fsl_lightning.data import EpisodicDataModule
+    from fsl_lightning.episode import EpisodeSpec
+
+    return EpisodicDataModule(omniglot, train=EpisodeSpec(2, 1, 1), evaluation=EpisodeSpec(2, 1, 1),
+                              train_episodes_per_epoch=10, val_episodes=1, test_episodes=1)
+
+
+def _fit(tiny_datamodule, tmp_path, scheduler, callbacks, **trainer_args) -> L.Trainer:
+    method = ProtoNet(Conv4(1), lr_scheduler=scheduler)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+                        callbacks=callbacks, **trainer_args)
+    trainer.fit(method, tiny_datamodule)
+    return trainer
+
+
+def test_a_budget_that_holds_every_step_changes_nothing(tiny_datamodule, tmp_path):
+    budget = TimeBudgetSchedule(warmup_steps=2, timed_steps=3)
+    trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: CosineAnnealingLR(optimizer, T_max=20), [budget],
+                   max_steps=20, max_time={"hours": 1})
+    assert trainer.global_step == 20 and budget.planned_steps == 20
+    assert trainer.lr_scheduler_configs[0].scheduler.T_max == 20
+
+
+def test_the_plan_of_an_earlier_run_applies_without_a_clock(tiny_datamodule, tmp_path):
+    budget = TimeBudgetSchedule(planned_steps=12, warmup_steps=2, timed_steps=3)
+    trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: CosineAnnealingLR(optimizer, T_max=40), [budget],
+                   max_steps=40)
+    assert trainer.global_step == 12
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_schedule_it_cannot_scale_is_named_in_a_warning(tiny_datamodule, tmp_path):
+    with pytest.warns(UserWarning, match="cannot scale the length of LambdaLR"):
+        trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: LambdaLR(optimizer, lambda step: 1.0),
+                       [TimeBudgetSchedule(), SlowSteps(0.0)], max_steps=3, max_time={"hours": 1})
+    assert trainer.global_step == 3
+
+
+@pytest.mark.parametrize(
+    "make, end_lr",
+    [
+        (lambda optimizer: CosineAnnealingLR(optimizer, T_max=100), 0.0),
+        (lambda optimizer: LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=100), 0.1),
+        (lambda optimizer: PolynomialLR(optimizer, total_iters=100, power=2.0), 0.0),
+        (lambda optimizer: StepLR(optimizer, step_size=25, gamma=0.5), 0.5**4),
+        (lambda optimizer: MultiStepLR(optimizer, milestones=[50, 75], gamma=0.1), 0.01),
+    ],
+)
+def test_each_scaled_schedule_reaches_its_end_with_the_last_step(make, end_lr):
+    """Scaled from 100 to 40 steps before any step: the learning rate after step 40 is the one after step 100."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make(optimizer)
+    _scale_length(scheduler, 0.4)
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(end_lr, abs=1e-9)
+    if isinstance(scheduler, MultiStepLR):
+        assert scheduler.milestones == Counter({20: 1, 30: 1})
