@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsl_lightning.backbones import Conv4, ResNet12
+from fsl_lightning.cpu_features import this_cpu
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
 
@@ -105,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     tuned = not args.glibc_malloc_defaults and keep_freed_memory_for_reuse()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available, "
+    print(f"CPU: {this_cpu().description()}; torch {torch.__version__}, {torch.get_num_threads()} threads available, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"malloc {'keeps freed memory for reuse' if tuned else 'glibc defaults'}")
     for workload in args.workloads:

@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--family", action="store_true", help="also FOMAML, ANIL, Meta-SGD, Reptile: loop vs vmap")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"load average at start: {os.getloadavg()}, threads {torch.get_num_threads()}", flush=True)
+    print(f"{_device_name()}; load average at start: {os.getloadavg()}, threads {torch.get_num_threads()}", flush=True)
     batch = resident_batch(args.tasks, device)
 
     steps: dict[str, Callable[[], tuple[nn.Module, Callable[[Episode], None]]]] = {

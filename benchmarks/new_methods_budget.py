@@ -273,12 +273,19 @@ def main() -> None:
     print(json.dumps(conditions, indent=2))
 
 
+def _cpu_description() -> str:
+    from fsl_lightning.cpu_features import this_cpu
+
+    return this_cpu().description()
+
+
 def write_results(out: Path, rows: list[Row], args: argparse.Namespace, started: float, load: LoadSampler) -> dict:
     conditions = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
         "ended_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "parallel": args.parallel, "threads_per_run": 1, "cpus": os.cpu_count(), "load_average": load.summary(),
+        "cpu": _cpu_description(), "parallel": args.parallel, "threads_per_run": 1, "cpus": os.cpu_count(),
+        "load_average": load.summary(),
         "val_episodes": args.val_episodes,
     }
     (out / "new_methods_budget.json").write_text(json.dumps(

@@ -345,6 +345,7 @@ def measure_once(command: list[str], scratch: Path) -> dict:
 def main(rounds: int, budget: dict, rows: set[str]) -> None:
     from peers_venv import ensure_peers
 
+    print(cpu_name(), flush=True)
     peer_python = ensure_peers()
     from fsl_lightning.data import Omniglot
 
@@ -385,10 +386,10 @@ def print_table(listed: list[System], rounds: int, budget: dict, seconds: float)
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU"
+    """The CPU's model and its vector units (AVX2, AVX-512, AVX512-BF16, AMX): the speed lead depends on them."""
+    from fsl_lightning.cpu_features import this_cpu
+
+    return this_cpu().description()
 
 
 if __name__ == "__main__":

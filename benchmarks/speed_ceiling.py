@@ -147,6 +147,7 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first (cuDNN autotuning, compilation)")
     parser.add_argument("--cli", nargs=argparse.REMAINDER, default=[], help="extra CLI overrides for every workload")
     args = parser.parse_args()
+    print(f"device: {_device_name()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for workload in args.workloads:
