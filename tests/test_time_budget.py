@@ -74,13 +74,15 @@ def _run_folders(folder: Path) -> list[Path]:
 def test_a_short_budget_ends_with_the_learning_rate_at_the_schedules_end(short_budget_run):
     folder, output = short_budget_run
     last = _checkpoint(_run_folders(folder)[0] / "checkpoints" / "last.ckpt")
-    planned = last["callbacks"]["fsl_time_budget"]["planned_steps"]
+    plan = last["callbacks"]["fsl_time_budget"]["plan"]
+    assert plan[0][0] == 13  # planned after 3 + 10 steps
+    planned = plan[-1][1]
     assert 13 < planned < CONFIGURED_STEPS  # planned after the 13 timed steps, far short of the configured 1000
     assert last["global_step"] == planned  # stopped by its step count, not by the clock
     assert last["lr_schedulers"][0]["T_max"] == planned
     assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     config = yaml.safe_load((_run_folders(folder)[0] / "config.yaml").read_text())
-    assert config["time_budget"]["planned_steps"] == planned  # the run's config records the plan
+    assert config["time_budget"]["plan"] == [list(change) for change in plan]  # the run's config records the plan
     assert f"Time budget: training {planned} steps" in output
 
 
@@ -142,10 +144,23 @@ def test_a_budget_that_holds_every_step_changes_nothing(tiny_datamodule, tmp_pat
 
 
 def test_the_plan_of_an_earlier_run_applies_without_a_clock(tiny_datamodule, tmp_path):
-    budget = TimeBudgetSchedule(planned_steps=12, warmup_steps=2, timed_steps=3)
+    budget = TimeBudgetSchedule(plan=[(5, 12)], warmup_steps=2, timed_steps=3)
     trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: CosineAnnealingLR(optimizer, T_max=40), [budget],
                    max_steps=40)
     assert trainer.global_step == 12
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_a_machine_that_slows_down_midway_gets_a_shorter_schedule_that_still_ends(tiny_datamodule, tmp_path):
+    """Planned at 0.05 s a step, then three times slower from step 30: the checks shorten the schedule again."""
+    budget = TimeBudgetSchedule(warmup_steps=2, timed_steps=5, margin=0.1, checks=8)
+    trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: CosineAnnealingLR(optimizer, T_max=1000),
+                   [budget, SlowSteps(0.05, slower_from_step=30, slower_seconds=0.15)], max_steps=1000,
+                   max_time={"seconds": 8})
+    first_plan, last_plan = budget.plan_changes[0][1], budget.planned_steps
+    assert len(budget.plan_changes) >= 2 and last_plan < first_plan < 1000
+    assert trainer.global_step == last_plan  # ended by its step count, not by the clock
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 

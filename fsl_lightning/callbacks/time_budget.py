@@ -49,65 +49,78 @@ LENGTH_ATTRIBUTE = {CosineAnnealingLR: "T_max", LinearLR: "total_iters", Polynom
 class TimeBudgetSchedule(Callback):
     """Args:
         enabled: fit the schedule into ``trainer.max_time`` when it is set (``false``: the clock simply stops the run).
-        planned_steps: the step count of an earlier run's plan (its ``config.yaml`` records it): the same change at
-            the same step, without timing, with or without ``max_time``. ``None``: plan from the clock.
+        plan: the changes an earlier run's plan made, as ``[step, step count]`` pairs (its ``config.yaml`` records
+            them): made again at the same steps, without timing, with or without ``max_time``. ``None``: plan from
+            the clock.
         warmup_steps: steps before the timing starts.
         timed_steps: steps timed; the plan is made after ``warmup_steps + timed_steps`` steps.
         margin: the share of the remaining time kept in reserve.
+        checks: how many times the pace is checked again over the planned steps; a machine that slowed down since
+            the plan gets a shorter schedule, scaled again to end with the last step that fits. Only for schedules
+            that end exactly where they are shortened midway (``CosineAnnealingLR``, ``PolynomialLR``); ``0``: never.
     """
 
     def __init__(
         self,
         enabled: bool = True,
-        planned_steps: int | None = None,
+        plan: list[tuple[int, int]] | None = None,
         warmup_steps: int = 20,
         timed_steps: int = 50,
         margin: float = 0.05,
+        checks: int = 10,
     ) -> None:
-        if planned_steps is not None and planned_steps < 1:
-            raise ValueError(f"time_budget.planned_steps must be a positive step count, got {planned_steps}")
+        if plan is not None and any(step < 1 or steps <= step for step, steps in plan):
+            raise ValueError(f"time_budget.plan holds [step, step count] pairs with 0 < step < step count, got {plan}")
         if not 0 <= margin < 1:
             raise ValueError(f"time_budget.margin is a share of the remaining time in [0, 1), got {margin}")
         self.enabled = enabled
-        self.planned_steps = planned_steps
+        self.plan = [tuple(change) for change in plan] if plan is not None else None
         self.warmup_steps = warmup_steps
         self.timed_steps = max(1, timed_steps)
         self.margin = margin
-        self._plan_step = warmup_steps + self.timed_steps  # the step at which the plan changes the run
+        self.checks = checks
+        self._changes: list[tuple[int, int]] = []  # (step, step count) changes made in this run, the first the plan
         self._configured_steps: int | None = None  # trainer.max_steps before the plan
-        self._applied = False
         self._active = False
-        self._timing: tuple[int, float] | None = None  # (step, monotonic time) at which the timing started
+        self._timing: tuple[int, float] | None = None  # (step, monotonic time) at which the current timing started
+        self._next_timed_decision: int | None = None  # the step of the plan or of the next check
 
     @property
     def state_key(self) -> str:
         return STATE_KEY
 
+    @property
+    def planned_steps(self) -> int | None:
+        """The step count the run trains for, once planned."""
+        return self._changes[-1][1] if self._changes else None
+
+    @property
+    def plan_changes(self) -> list[tuple[int, int]]:
+        """The (step, step count) changes made so far: the plan, then each shortening by a check."""
+        return list(self._changes)
+
     def state_dict(self) -> dict[str, Any]:
-        if not self._applied:
-            return {}
-        return {"planned_steps": self.planned_steps, "plan_step": self._plan_step,
-                "configured_steps": self._configured_steps}
+        return {"plan": self._changes, "configured_steps": self._configured_steps} if self._changes else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:  # a run resumed after its plan keeps it (the scheduler's saved state holds its new length)
-            self.planned_steps = state_dict["planned_steps"]
-            self._plan_step = state_dict["plan_step"]
+            self._changes = [tuple(change) for change in state_dict["plan"]]
             self._configured_steps = state_dict["configured_steps"]
-            self._applied = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._applied:  # resumed after the plan: the step count it chose, not the config's
-            _set_max_steps(trainer, min(self.planned_steps, self._configured_steps))
+        if self._changes:  # resumed after the plan: the step count it chose, not the config's
+            _set_max_steps(trainer, self.planned_steps)
+            self._active = self.enabled
             rank_zero_info(f"Resumed run: {self.planned_steps} steps, as planned for its time budget.")
-            return
-        self._active = self._should_plan(trainer)
-        self._configured_steps = trainer.max_steps
+        else:
+            self._active = self._should_plan(trainer)
+            self._configured_steps = trainer.max_steps
 
     def _should_plan(self, trainer: L.Trainer) -> bool:
-        timed = _timer_duration(trainer) is not None
-        if not self.enabled or not (timed or self.planned_steps is not None) or not trainer.lr_scheduler_configs:
-            return False  # no clock, no plan to repeat, or no schedule to fit: the run goes as configured
+        if not self.enabled or not (_timer_duration(trainer) is not None or self.plan is not None):
+            return False  # no clock and no plan to repeat: the run goes as configured
+        if not trainer.lr_scheduler_configs:
+            return False  # no schedule to fit
         unknown = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs
                    if not _scalable(config.scheduler)]
         if unknown or trainer.max_steps < 1:
@@ -119,71 +132,100 @@ class TimeBudgetSchedule(Callback):
         return True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if not self._active or self._applied:
+        if not self._active:
             return
         step = trainer.global_step
-        if self.planned_steps is None and self._timing is None:
-            if step >= self.warmup_steps:
-                self._timing = (step, time.monotonic())
-                # a run resumed past the usual plan step (from a checkpoint of a run without a plan) times from here
-                self._plan_step = max(self._plan_step, step + self.timed_steps)
+        if self.plan is not None:  # repeating an earlier run: its changes at its steps
+            for change_step, steps in self.plan:
+                if change_step == step and (change_step, steps) not in self._changes:
+                    self._change(trainer, steps, step)
             return
-        if step < self._plan_step:
+        if self._timing is None or self._next_timed_decision is None:
+            self._start_timing(trainer, step)
             return
-        planned = self.planned_steps if self.planned_steps is not None else self._steps_that_fit(trainer, step)
-        self._apply(trainer, int(trainer.strategy.broadcast(planned, src=0)), step)
+        if step < self._next_timed_decision:
+            return
+        fits = int(trainer.strategy.broadcast(self._steps_that_fit(trainer, step), src=0))  # rank 0's clock decides
+        if not self._changes or fits < self.planned_steps:
+            self._change(trainer, fits, step)
+        self._schedule_next_check(trainer, step)
+
+    def _start_timing(self, trainer: L.Trainer, step: int) -> None:
+        if self._changes:  # resumed: the checks go on from here, if there is a clock to check against
+            self._timing = (step, time.monotonic())
+            self._schedule_next_check(trainer, step)
+            self._active = self._active and _timer_duration(trainer) is not None
+        elif step >= self.warmup_steps:
+            self._timing = (step, time.monotonic())
+            # a run resumed past the usual plan step (from a checkpoint of a run without a plan) times from here
+            self._next_timed_decision = max(self.warmup_steps + self.timed_steps, step + self.timed_steps)
+
+    def _schedule_next_check(self, trainer: L.Trainer, step: int) -> None:
+        rechecks = self.checks > 0 and all(_ends_where_shortened(c.scheduler) for c in trainer.lr_scheduler_configs)
+        interval = max(self.timed_steps, (self.planned_steps - step) // max(self.checks, 1))
+        self._next_timed_decision = step + interval if rechecks and step + interval < self.planned_steps else None
+        if self._next_timed_decision is None:
+            self._active = False  # no more decisions to take in this run
 
     def _steps_that_fit(self, trainer: L.Trainer, step: int) -> int:
         timed_from, started = self._timing
-        rate = (step - timed_from) / max(time.monotonic() - started, 1e-9)
+        now = time.monotonic()
+        rate = (step - timed_from) / max(now - started, 1e-9)
+        self._timing = (step, now)
         left = _timer(trainer).time_remaining()
-        planned = step + int(rate * left * (1 - self.margin))
-        rank_zero_info(f"Time budget: {rate:.2f} steps/s over steps {timed_from}-{step}, {left:.0f} s left: "
-                       f"{min(planned, self._configured_steps)} steps of the {self._configured_steps} configured fit.")
-        return planned
+        return step + int(rate * left * (1 - self.margin))
 
-    def _apply(self, trainer: L.Trainer, planned: int, step: int) -> None:
-        self._applied = True
-        self._plan_step = step
-        self.planned_steps = max(min(planned, self._configured_steps), step + 1)
-        if self.planned_steps < self._configured_steps:
-            ratio = self.planned_steps / self._configured_steps
+    def _change(self, trainer: L.Trainer, steps: int, step: int) -> None:
+        current = self.planned_steps or self._configured_steps
+        steps = max(min(steps, current), step + 1)
+        if steps < current:
             for config in trainer.lr_scheduler_configs:
-                _scale_length(config.scheduler, ratio)
-            _set_max_steps(trainer, self.planned_steps)
+                _scale_length(config.scheduler, steps / current)
+            _set_max_steps(trainer, steps)
+        self._changes.append((step, steps))
         if trainer.is_global_zero:
-            self._record(trainer)
+            self._record(trainer, step, current)
 
-    def _record(self, trainer: L.Trainer) -> None:
+    def _record(self, trainer: L.Trainer, step: int, before: int) -> None:
         """The plan in the run's config.yaml and the loggers' hyperparameters, and the command that repeats it."""
+        plan = [list(change) for change in self._changes]
         for logger in trainer.loggers:
-            logger.log_hyperparams({"time_budget.planned_steps": self.planned_steps})
+            logger.log_hyperparams({"time_budget.plan": plan})
         config_file = _saved_config_file(trainer)
         if config_file is not None:
             config = yaml.safe_load(config_file.read_text()) or {}
-            config.setdefault("time_budget", {})["planned_steps"] = self.planned_steps
+            config.setdefault("time_budget", {})["plan"] = plan
             _write_atomically(config_file, yaml.safe_dump(config, sort_keys=False))
             repeat = f"python -m fsl_lightning fit --config {config_file} --trainer.max_time=null"
         else:
-            repeat = f"the same command with --time_budget.planned_steps={self.planned_steps} --trainer.max_time=null"
-        shortened = self.planned_steps < self._configured_steps
-        rank_zero_info(
-            f"Time budget: training {self.planned_steps} steps"
-            + (f" (schedule scaled from {self._configured_steps} steps to end with them)" if shortened else "")
-            + f"; planned at step {self._plan_step}. Repeat this run by steps, without a clock: {repeat}"
-        )
+            repeat = f"the same command with --time_budget.plan='{plan}' --trainer.max_time=null"
+        if self.planned_steps == before:
+            change = "all of them fit the budget"
+        elif len(self._changes) == 1:
+            change = f"schedule scaled from {before} steps to end with them"
+        else:
+            change = f"the steps slowed down: {before} no longer fit; the schedule is scaled again to end with them"
+        rank_zero_info(f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
+                       f"Repeat this run by steps, without a clock: {repeat}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._applied and trainer.global_step < self.planned_steps and not trainer.interrupted:
+        if self._changes and trainer.global_step < self.planned_steps and not trainer.interrupted:
             rank_zero_warn(
                 f"time_budget: the clock stopped training at step {trainer.global_step} of the {self.planned_steps} "
-                "planned (the steps slowed down after the plan was made): the learning rate had not reached the "
+                "planned (the steps slowed down after the last check): the learning rate had not reached the "
                 "schedule's end. A larger --time_budget.margin keeps more time in reserve."
             )
 
 
 def _scalable(scheduler: LRScheduler) -> bool:
     return isinstance(scheduler, (*LENGTH_ATTRIBUTE, MultiStepLR))
+
+
+def _ends_where_shortened(scheduler: LRScheduler) -> bool:
+    """Whether ``scheduler``, its length scaled midway, still ends exactly at its final value with the last step:
+    the recursive forms of cosine and polynomial decay reach their end value at ``last_epoch == length`` from any
+    learning rate; a step, a milestone or a linear ramp scaled midway can skip or repeat a decay."""
+    return isinstance(scheduler, (CosineAnnealingLR, PolynomialLR))
 
 
 def _scale_length(scheduler: LRScheduler, ratio: float) -> None:
