@@ -3,7 +3,7 @@
 A schedule fixed in steps and cut by a clock (``--trainer.max_steps=8000 --trainer.max_time=...``) ends annealed
 only on a machine fast enough for all its steps; on a slower one the clock stops it with the learning rate still
 high. This callback, in ``fit`` with ``max_time`` set, times real training steps early in the run and then fixes
-the step count N once: ``max_steps`` becomes N and the scheduler's length is scaled by N / ``max_steps``, so that the
+the step count N: ``max_steps`` becomes N and the scheduler's length is scaled by N / ``max_steps``, so that the
 schedule ends with the last step that fits the budget.
 
 Why this mechanism (time real steps, then fix N) and not the alternatives:
@@ -12,17 +12,21 @@ Why this mechanism (time real steps, then fix N) and not the alternatives:
   same config then gives other weights on another machine or another day: no run could be repeated;
 * a timing probe before training (throw-away steps on a copy) would miss Lightning's loop, the data pipeline and
   the checkpoints, and cost its own time;
-* here the clock decides a single integer, at a fixed step; from that step on the run is a run by steps. The plan is
-  recorded in the checkpoint (a resumed run keeps it) and in the run's ``config.yaml`` as
-  ``time_budget.planned_steps``; with it set, the callback makes the same change at the same step without timing
-  anything, so ``fit --config <run>/config.yaml --trainer.max_time=null`` repeats the run exactly, on any machine.
+* here the clock decides integers at known steps; between them the run is a run by steps. The plan, a list of
+  ``(step, step count)`` changes, is recorded in the checkpoint (a resumed run keeps it) and in the run's
+  ``config.yaml`` as ``time_budget.plan``; with it set, the callback makes the same changes at the same steps
+  without timing anything, so ``fit --config <run>/config.yaml --trainer.max_time=null`` repeats the run exactly, on
+  any machine.
 
 The timing covers ``timed_steps`` steps after ``warmup_steps`` (the allocator, oneDNN's kernel caches and the data
 pipeline settle first); N keeps ``margin`` of the remaining time in reserve for the checkpoints, validation and a
-noisy machine. The plan only shortens: a budget that holds every configured step changes nothing. Under DDP rank 0's
-plan is used by every rank. Schedulers whose length it knows how to scale: ``CosineAnnealingLR`` (``T_max``),
-``LinearLR`` and ``PolynomialLR`` (``total_iters``), ``StepLR`` (``step_size``) and ``MultiStepLR`` (``milestones``),
-whose shape over the run is kept (``StepLR`` halves as often over N steps as over ``max_steps``).
+noisy machine. A shared machine can slow down after the plan (measured: 9% over a 15-minute run while another job
+started), so the pace is checked again ``checks`` times over the planned steps and the schedule shortened, never
+lengthened, when N no longer fits: for cosine and polynomial decay, which still end exactly at their final value
+when shortened midway. The plan only shortens: a budget that holds every configured step changes nothing. Under
+DDP rank 0's clock decides for every rank. Schedulers whose length it knows how to scale: ``CosineAnnealingLR``
+(``T_max``), ``LinearLR`` and ``PolynomialLR`` (``total_iters``), ``StepLR`` (``step_size``) and ``MultiStepLR``
+(``milestones``), whose shape over the run is kept (``StepLR`` halves as often over N steps as over ``max_steps``).
 """
 
 from __future__ import annotations
