@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, Mult
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.callbacks import TimeBudgetSchedule
 from fsl_lightning.callbacks.time_budget import _scale_length
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ProtoNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,6 +170,20 @@ def test_a_schedule_it_cannot_scale_is_named_in_a_warning(tiny_datamodule, tmp_p
         trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: LambdaLR(optimizer, lambda step: 1.0),
                        [TimeBudgetSchedule(), SlowSteps(0.0)], max_steps=3, max_time={"hours": 1})
     assert trainer.global_step == 3
+
+
+def test_a_budget_too_short_to_time_the_steps_says_so(tiny_datamodule, tmp_path):
+    with pytest.warns(UserWarning, match="too short to time the steps"):
+        trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: CosineAnnealingLR(optimizer, T_max=1000),
+                       [TimeBudgetSchedule(warmup_steps=1000), SlowSteps(0.2)], max_steps=1000,
+                       max_time={"seconds": 2})
+    assert trainer.global_step < 1000
+
+
+@pytest.mark.parametrize("options, mistake", [({"margin": 1.5}, "margin"), ({"plan": [(0, 5)]}, "plan")])
+def test_bad_options_are_one_clear_line(options, mistake):
+    with pytest.raises(UserError, match=f"--time_budget.{mistake}"):
+        TimeBudgetSchedule(**options)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR, StepLR
 
+from fsl_lightning.errors import UserError
+
 STATE_KEY = "fsl_time_budget"
 # the attribute that holds each scheduler's length (in scheduler steps)
 LENGTH_ATTRIBUTE = {CosineAnnealingLR: "T_max", LinearLR: "total_iters", PolynomialLR: "total_iters", StepLR: "step_size"}
@@ -74,9 +76,11 @@ class TimeBudgetSchedule(Callback):
         checks: int = 10,
     ) -> None:
         if plan is not None and any(step < 1 or steps <= step for step, steps in plan):
-            raise ValueError(f"time_budget.plan holds [step, step count] pairs with 0 < step < step count, got {plan}")
+            raise UserError(f"--time_budget.plan holds [step, step count] pairs with 0 < step < step count (as a run's "
+                            f"config.yaml records them), got {plan}. Leave it unset to plan from the clock.")
         if not 0 <= margin < 1:
-            raise ValueError(f"time_budget.margin is a share of the remaining time in [0, 1), got {margin}")
+            raise UserError(f"--time_budget.margin is the share of the remaining time kept in reserve, from 0 to "
+                            f"below 1 (default 0.05), got {margin}.")
         self.enabled = enabled
         self.plan = [tuple(change) for change in plan] if plan is not None else None
         self.warmup_steps = warmup_steps
@@ -213,6 +217,13 @@ class TimeBudgetSchedule(Callback):
                        f"Repeat this run by steps, without a clock: {repeat}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active and not self._changes and self.plan is None and trainer.global_step < trainer.max_steps:
+            rank_zero_warn(
+                f"time_budget: the clock stopped training at step {trainer.global_step}, before the plan (step "
+                f"{self.warmup_steps + self.timed_steps}): the budget is too short to time the steps, and the "
+                "learning rate had not reached the schedule's end. Lower --time_budget.warmup_steps and "
+                "--time_budget.timed_steps, or give a longer --trainer.max_time."
+            )
         if self._changes and trainer.global_step < self.planned_steps and not trainer.interrupted:
             rank_zero_warn(
                 f"time_budget: the clock stopped training at step {trainer.global_step} of the {self.planned_steps} "
