@@ -32,14 +32,14 @@ class CheckpointBallast(Callback):
 
 
 class SlowSteps(Callback):
-    """Adds ``seconds`` to every training step, and ``slower_seconds`` from step ``slower_from_step`` on: a slow
-    machine, and one that slows down midway, for tests of what a time budget does."""
+    """Adds ``seconds`` to every training step, and ``then_seconds`` instead from step ``from_step`` on: a slow machine,
+    and one whose pace changes midway, for tests of what a time budget does."""
 
-    def __init__(self, seconds: float = 0.1, slower_from_step: int | None = None, slower_seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float = 0.1, from_step: int | None = None, then_seconds: float = 0.0) -> None:
         self.seconds = seconds
-        self.slower_from_step = slower_from_step
-        self.slower_seconds = slower_seconds
+        self.from_step = from_step
+        self.then_seconds = then_seconds
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        slower = self.slower_from_step is not None and trainer.global_step >= self.slower_from_step
-        time.sleep(self.slower_seconds if slower else self.seconds)
+        changed = self.from_step is not None and trainer.global_step >= self.from_step
+        time.sleep(self.then_seconds if changed else self.seconds)

@@ -153,14 +153,19 @@ def test_the_plan_of_an_earlier_run_applies_without_a_clock(tiny_datamodule, tmp
 
 
 @pytest.mark.slow
-def test_a_machine_that_slows_down_midway_gets_a_shorter_schedule_that_still_ends(tiny_datamodule, tmp_path):
-    """Planned at 0.05 s a step, then three times slower from step 30: the checks shorten the schedule again."""
+@pytest.mark.parametrize("pace, shorter", [((0.05, 0.15), True), ((0.15, 0.05), False)])
+def test_a_machine_whose_pace_changes_midway_gets_a_rescaled_schedule_that_still_ends(
+    pace, shorter, tiny_datamodule, tmp_path
+):
+    """Planned at one pace, then three times slower (faster) from step 30: the checks shorten (lengthen) the
+    schedule, and the run still ends by its step count with the learning rate at the schedule's end."""
     budget = TimeBudgetSchedule(warmup_steps=2, timed_steps=5, margin=0.1, checks=8)
     trainer = _fit(tiny_datamodule, tmp_path, lambda optimizer: CosineAnnealingLR(optimizer, T_max=1000),
-                   [budget, SlowSteps(0.05, slower_from_step=30, slower_seconds=0.15)], max_steps=1000,
+                   [budget, SlowSteps(pace[0], from_step=30, then_seconds=pace[1])], max_steps=1000,
                    max_time={"seconds": 8})
     first_plan, last_plan = budget.plan_changes[0][1], budget.planned_steps
-    assert len(budget.plan_changes) >= 2 and last_plan < first_plan < 1000
+    assert len(budget.plan_changes) >= 2 and (last_plan < first_plan if shorter else last_plan > first_plan)
+    assert last_plan < 1000
     assert trainer.global_step == last_plan  # ended by its step count, not by the clock
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 

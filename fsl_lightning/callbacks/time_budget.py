@@ -20,10 +20,11 @@ Why this mechanism (time real steps, then fix N) and not the alternatives:
 
 The timing covers ``timed_steps`` steps after ``warmup_steps`` (the allocator, oneDNN's kernel caches and the data
 pipeline settle first); N keeps ``margin`` of the remaining time in reserve for the checkpoints, validation and a
-noisy machine. A shared machine can slow down after the plan (measured: 9% over a 15-minute run while another job
-started), so the pace is checked again ``checks`` times over the planned steps and the schedule shortened, never
-lengthened, when N no longer fits: for cosine and polynomial decay, which still end exactly at their final value
-when shortened midway. The plan only shortens: a budget that holds every configured step changes nothing. Under
+noisy machine. A shared machine's pace changes during a run (measured: 9% slower over a 15-minute run while
+another job started), so the pace is checked again ``checks`` times over the planned steps and the schedule scaled
+again when fewer steps fit, or notably more (never beyond the configured ones): for cosine and polynomial decay,
+which still decay smoothly to their final value when rescaled midway. A budget that holds every configured step
+changes nothing. Under
 DDP rank 0's clock decides for every rank. Schedulers whose length it knows how to scale: ``CosineAnnealingLR``
 (``T_max``), ``LinearLR`` and ``PolynomialLR`` (``total_iters``), ``StepLR`` (``step_size``) and ``MultiStepLR``
 (``milestones``), whose shape over the run is kept (``StepLR`` halves as often over N steps as over ``max_steps``).
@@ -61,9 +62,10 @@ class TimeBudgetSchedule(Callback):
         warmup_steps: steps before the timing starts.
         timed_steps: steps timed; the plan is made after ``warmup_steps + timed_steps`` steps.
         margin: the share of the remaining time kept in reserve.
-        checks: how many times the pace is checked again over the planned steps; a machine that slowed down since
-            the plan gets a shorter schedule, scaled again to end with the last step that fits. Only for schedules
-            that end exactly where they are shortened midway (``CosineAnnealingLR``, ``PolynomialLR``); ``0``: never.
+        checks: how many times the pace is checked again over the planned steps; a machine that slowed down (or
+            sped up) since the plan gets a shorter (longer) schedule, scaled again to end with the last step that
+            fits. Only for schedules that still end there when rescaled midway (``CosineAnnealingLR``,
+            ``PolynomialLR``); ``0``: never.
     """
 
     def __init__(
@@ -154,9 +156,15 @@ class TimeBudgetSchedule(Callback):
         if step < self._next_timed_decision:
             return
         fits = int(trainer.strategy.broadcast(self._steps_that_fit(trainer, step), src=0))  # rank 0's clock decides
-        if not self._changes or fits < self.planned_steps:
+        if not self._changes or self._worth_changing(fits):
             self._change(trainer, fits, step)
         self._schedule_next_check(trainer, step)
+
+    def _worth_changing(self, fits: int) -> bool:
+        """Fewer steps fit than planned, or notably more (more than ``margin`` more, up to the configured steps:
+        a plan made while the machine was busy is not kept when it is quiet again)."""
+        more = min(fits, self._configured_steps) > self.planned_steps * (1 + self.margin)
+        return fits < self.planned_steps or more
 
     def _start_timing(self, trainer: L.Trainer, step: int) -> None:
         if self._changes:  # resumed: the checks go on from here, if there is a clock to check against
@@ -169,7 +177,7 @@ class TimeBudgetSchedule(Callback):
             self._next_timed_decision = max(self.warmup_steps + self.timed_steps, step + self.timed_steps)
 
     def _schedule_next_check(self, trainer: L.Trainer, step: int) -> None:
-        rechecks = self.checks > 0 and all(_ends_where_shortened(c.scheduler) for c in trainer.lr_scheduler_configs)
+        rechecks = self.checks > 0 and all(_ends_where_rescaled(c.scheduler) for c in trainer.lr_scheduler_configs)
         interval = max(self.timed_steps, (self.planned_steps - step) // max(self.checks, 1))
         self._next_timed_decision = step + interval if rechecks and step + interval < self.planned_steps else None
         if self._next_timed_decision is None:
@@ -185,8 +193,8 @@ class TimeBudgetSchedule(Callback):
 
     def _change(self, trainer: L.Trainer, steps: int, step: int) -> None:
         current = self.planned_steps or self._configured_steps
-        steps = max(min(steps, current), step + 1)
-        if steps < current:
+        steps = max(min(steps, self._configured_steps), step + 1)
+        if steps != current:
             for config in trainer.lr_scheduler_configs:
                 _scale_length(config.scheduler, steps / current)
             _set_max_steps(trainer, steps)
@@ -212,7 +220,8 @@ class TimeBudgetSchedule(Callback):
         elif len(self._changes) == 1:
             change = f"schedule scaled from {before} steps to end with them"
         else:
-            change = f"the steps slowed down: {before} no longer fit; the schedule is scaled again to end with them"
+            pace = "slowed down: the" if self.planned_steps < before else "sped up: more than the"
+            change = f"the steps {pace} {before} planned fit now; the schedule is scaled again to end with them"
         rank_zero_info(f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
                        f"Repeat this run by steps, without a clock: {repeat}")
 
@@ -236,8 +245,8 @@ def _scalable(scheduler: LRScheduler) -> bool:
     return isinstance(scheduler, (*LENGTH_ATTRIBUTE, MultiStepLR))
 
 
-def _ends_where_shortened(scheduler: LRScheduler) -> bool:
-    """Whether ``scheduler``, its length scaled midway, still ends exactly at its final value with the last step:
+def _ends_where_rescaled(scheduler: LRScheduler) -> bool:
+    """Whether ``scheduler``, its length scaled midway, still decays smoothly to its final value at the last step:
     the recursive forms of cosine and polynomial decay reach their end value at ``last_epoch == length`` from any
     learning rate; a step, a milestone or a linear ramp scaled midway can skip or repeat a decay."""
     return isinstance(scheduler, (CosineAnnealingLR, PolynomialLR))
