@@ -120,7 +120,9 @@ class TimeBudgetSchedule(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._changes:  # resumed after the plan: the step count it chose, not the config's
             _set_max_steps(trainer, self.planned_steps)
-            self._active = self.enabled
+            # no more checks: the clock of a resumed run would make other changes than the interrupted run's; a plan
+            # being repeated (``plan``) goes on with its later changes
+            self._active = self.enabled and self.plan is not None
             rank_zero_info(f"Resumed run: {self.planned_steps} steps, as planned for its time budget.")
         else:
             self._active = self._should_plan(trainer)
@@ -167,11 +169,7 @@ class TimeBudgetSchedule(Callback):
         return fits < self.planned_steps or more
 
     def _start_timing(self, trainer: L.Trainer, step: int) -> None:
-        if self._changes:  # resumed: the checks go on from here, if there is a clock to check against
-            self._timing = (step, time.monotonic())
-            self._schedule_next_check(trainer, step)
-            self._active = self._active and _timer_duration(trainer) is not None
-        elif step >= self.warmup_steps:
+        if step >= self.warmup_steps:
             self._timing = (step, time.monotonic())
             # a run resumed past the usual plan step (from a checkpoint of a run without a plan) times from here
             self._next_timed_decision = max(self.warmup_steps + self.timed_steps, step + self.timed_steps)
