@@ -106,7 +106,7 @@ class TimeBudgetSchedule(Callback):
 
     @property
     def plan_changes(self) -> list[tuple[int, int]]:
-        """The (step, step count) changes made so far: the plan, then each shortening by a check."""
+        """The (step, step count) changes made so far: the plan, then each rescaling by a check."""
         return list(self._changes)
 
     def state_dict(self) -> dict[str, Any]:
