@@ -1,8 +1,8 @@
 """CPU precision and kernel choices for the metric and transfer families' training steps (issue 17, item 2).
 
 One process times the bare training step (forward, loss, backward, Adam step on a resident batch) of each workload
-under each setting: fp32, bf16 autocast (AMX tiles or AVX512-BF16 where the CPU has them), channels-last memory format, both together,
-and ``torch.compile`` (inductor's C++ backend) with and without bf16, at each thread count. Rounds are interleaved
+under each setting: fp32, bf16 autocast (AMX tiles or AVX512-BF16 where the CPU has them), channels-last memory
+format, both together, and ``torch.compile`` (inductor's C++ backend) with and without bf16, at each thread count. Rounds are interleaved
 (every setting once per round, in turn) so that a noisy shared machine slows all settings alike; the table gives
 the median steps/s over rounds and the ratio to fp32 at the same thread count.
 

@@ -79,7 +79,8 @@ def this_cpu() -> CPUFeatures:
 
 
 def capped_by_isa(features: CPUFeatures, cap: str | None) -> CPUFeatures:
-    """``features`` as oneDNN sees them under ``ONEDNN_MAX_CPU_ISA=cap`` (unchanged for ``None``, ``ALL``, ``DEFAULT``)."""
+    """``features`` as oneDNN sees them under ``ONEDNN_MAX_CPU_ISA=cap`` (unchanged for ``None``, ``ALL``,
+    ``DEFAULT``)."""
     name = (cap or "").strip().upper()
     if name in ("", "ALL", "DEFAULT"):
         return features

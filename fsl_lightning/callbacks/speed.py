@@ -1,4 +1,5 @@
-"""The ``speed:`` section of a config: TF32, bf16 training on CPUs with bf16 units, channels-last layout and ``torch.compile``.
+"""The ``speed:`` section of a config: TF32, bf16 training on CPUs with bf16 units, channels-last layout and
+``torch.compile``.
 
 Settings that change numerics are off by default where exactness matters: TF32 (10-bit mantissa in matrix
 products and convolutions on Ampere and later GPUs) is on by default for methods whose results it does not

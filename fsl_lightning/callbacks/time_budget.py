@@ -50,7 +50,9 @@ from fsl_lightning.errors import UserError
 
 STATE_KEY = "fsl_time_budget"
 # the attribute that holds each scheduler's length (in scheduler steps)
-LENGTH_ATTRIBUTE = {CosineAnnealingLR: "T_max", LinearLR: "total_iters", PolynomialLR: "total_iters", StepLR: "step_size"}
+LENGTH_ATTRIBUTE = {
+    CosineAnnealingLR: "T_max", LinearLR: "total_iters", PolynomialLR: "total_iters", StepLR: "step_size",
+}
 
 
 class TimeBudgetSchedule(Callback):
@@ -253,7 +255,8 @@ def _ends_where_rescaled(scheduler: LRScheduler) -> bool:
 def _scale_length(scheduler: LRScheduler, ratio: float) -> None:
     """Scales the length of ``scheduler`` by ``ratio`` in place (its state, so a checkpoint saves the new length)."""
     if isinstance(scheduler, MultiStepLR):
-        scheduler.milestones = Counter({max(1, round(step * ratio)): count for step, count in scheduler.milestones.items()})
+        milestones = scheduler.milestones.items()
+        scheduler.milestones = Counter({max(1, round(step * ratio)): count for step, count in milestones})
         return
     attribute = next(name for kind, name in LENGTH_ATTRIBUTE.items() if isinstance(scheduler, kind))
     setattr(scheduler, attribute, max(1, round(getattr(scheduler, attribute) * ratio)))
