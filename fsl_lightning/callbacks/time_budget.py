@@ -222,8 +222,9 @@ class TimeBudgetSchedule(Callback):
         elif len(self._changes) == 1:
             change = f"schedule scaled from {before} steps to end with them"
         else:
-            pace = "slowed down: the" if self.planned_steps < before else "sped up: more than the"
-            change = f"the steps {pace} {before} planned fit now; the schedule is scaled again to end with them"
+            pace = "slowed down: the {} planned no longer fit" if self.planned_steps < before else (
+                "sped up: more than the {} planned fit now")
+            change = f"the steps {pace.format(before)}; the schedule is scaled again to end with them"
         rank_zero_info(f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
                        f"Repeat this run by steps, without a clock: {repeat}")
 
