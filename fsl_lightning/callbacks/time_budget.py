@@ -22,8 +22,8 @@ The timing covers ``timed_steps`` steps after ``warmup_steps`` (the allocator, o
 pipeline settle first); N keeps ``margin`` of the remaining time in reserve for the checkpoints, validation and a
 noisy machine. A shared machine's pace changes during a run (measured: 9% slower over a 15-minute run while
 another job started), so the pace is checked again about ``checks`` times over the planned steps and the schedule
-scaled again when the plan no longer fits with half the reserve spent, or when notably more steps fit (never beyond
-the configured ones): for cosine and polynomial decay, which still decay smoothly to their final value when
+scaled again when the plan no longer fits even with the reserve spent, or when notably more steps fit (never beyond
+the configured ones; the pace measured since the last change): for cosine and polynomial decay, which still decay smoothly to their final value when
 rescaled midway. A budget that holds every configured step changes nothing. Under DDP rank 0's clock decides for
 every rank. Schedulers whose length it knows how to scale: ``CosineAnnealingLR``
 (``T_max``), ``LinearLR`` and ``PolynomialLR`` (``total_iters``), ``StepLR`` (``step_size``) and ``MultiStepLR``
@@ -161,16 +161,18 @@ class TimeBudgetSchedule(Callback):
             return
         steps_left = float(trainer.strategy.broadcast(self._steps_left_in_budget(trainer, step), src=0))  # rank 0's
         fits = step + int(steps_left * (1 - self.margin))  # clock decides for every rank
-        if not self._changes or self._worth_changing(step + int(steps_left * (1 - self.margin / 2)), fits):
+        if not self._changes or self._worth_changing(step + int(steps_left), fits):
             self._change(trainer, fits, step)
+            self._timing = (step, time.monotonic())  # the pace of the new plan is measured from here
         self._schedule_next_check(trainer, step)
 
-    def _worth_changing(self, fits_with_half_the_reserve: int, fits: int) -> bool:
-        """The plan no longer fits even with half of the reserve spent, or notably more steps fit (more than
-        ``margin`` more, up to the configured steps: a plan made while the machine was busy is not kept when it is
-        quiet again). Between the two the plan stands, so that a noisy pace does not rescale it at every check."""
+    def _worth_changing(self, fits_without_reserve: int, fits: int) -> bool:
+        """The plan no longer fits even with the whole reserve spent, or notably more steps fit (more than ``margin``
+        more, up to the configured steps: a plan made while the machine was busy is not kept when it is quiet
+        again). Between the two the plan stands: the reserve absorbs a noisy pace (validation, checkpoints, other
+        processes), and the pace is measured since the last change, over ever more steps while nothing changes."""
         more = min(fits, self._configured_steps) > self.planned_steps * (1 + self.margin)
-        return fits_with_half_the_reserve < self.planned_steps or more
+        return fits_without_reserve < self.planned_steps or more
 
     def _start_timing(self, trainer: L.Trainer, step: int) -> None:
         if step >= self.warmup_steps:
@@ -186,11 +188,9 @@ class TimeBudgetSchedule(Callback):
             self._active = False  # no more decisions to take in this run
 
     def _steps_left_in_budget(self, trainer: L.Trainer, step: int) -> float:
-        """The steps the time left holds at the pace since the last decision (no reserve kept)."""
+        """The steps the time left holds at the pace since the plan's last change (no reserve kept)."""
         timed_from, started = self._timing
-        now = time.monotonic()
-        rate = (step - timed_from) / max(now - started, 1e-9)
-        self._timing = (step, now)
+        rate = (step - timed_from) / max(time.monotonic() - started, 1e-9)
         return rate * _timer(trainer).time_remaining()
 
     def _change(self, trainer: L.Trainer, steps: int, step: int) -> None:
