@@ -229,7 +229,8 @@ class TimeBudgetSchedule(Callback):
                        f"Repeat this run by steps, without a clock: {repeat}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active and not self._changes and self.plan is None and trainer.global_step < trainer.max_steps:
+        before_the_plan = self._active and not self._changes and self.plan is None
+        if before_the_plan and trainer.global_step < trainer.max_steps and not trainer.interrupted:
             rank_zero_warn(
                 f"time_budget: the clock stopped training at step {trainer.global_step}, before the plan (step "
                 f"{self.warmup_steps + self.timed_steps}): the budget is too short to time the steps, and the "
