@@ -119,6 +119,20 @@ def test_a_resumed_run_keeps_the_planned_length(short_budget_run, tmp_path):
         assert torch.equal(resumed["state_dict"][name], tensor), name
 
 
+@pytest.mark.slow
+def test_two_ddp_processes_follow_rank_zeros_plan(tmp_path):
+    """Under DDP every rank makes the plan's changes at the same steps (rank 0's clock decides; recording the plan
+    must not call a collective on rank 0 alone, as ``trainer.log_dir`` does), and the run ends annealed."""
+    (tmp_path / "slowed.yaml").write_text(yaml.safe_dump(SLOWED_WITH_CHECKPOINTS))
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", "--time_budget.checks=10", "--trainer.max_time=00:00:00:12"]
+    _cli("fit", "--config", CONFIG, "--config", "slowed.yaml", *SHORT_BUDGET, *ddp,
+         "--trainer.logger.init_args.save_dir=runs", cwd=tmp_path)
+    last = _checkpoint(next(tmp_path.glob("runs/*/version_*")) / "checkpoints" / "last.ckpt")
+    planned = last["callbacks"]["fsl_time_budget"]["plan"][-1][1]
+    assert last["global_step"] == planned < CONFIGURED_STEPS
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def _tiny_datamodule(omniglot):
     from fsl_lightning.data import EpisodicDataModule
     from fsl_lightning.episode import EpisodeSpec

@@ -201,15 +201,15 @@ class TimeBudgetSchedule(Callback):
                 _scale_length(config.scheduler, steps / current)
             _set_max_steps(trainer, steps)
         self._changes.append((step, steps))
+        config_file = _saved_config_file(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            self._record(trainer, step, current)
+            self._record(trainer, step, current, config_file)
 
-    def _record(self, trainer: L.Trainer, step: int, before: int) -> None:
+    def _record(self, trainer: L.Trainer, step: int, before: int, config_file: Path | None) -> None:
         """The plan in the run's config.yaml and the loggers' hyperparameters, and the command that repeats it."""
         plan = [list(change) for change in self._changes]
         for logger in trainer.loggers:
             logger.log_hyperparams({"time_budget.plan": plan})
-        config_file = _saved_config_file(trainer)
         if config_file is not None:
             config = yaml.safe_load(config_file.read_text()) or {}
             config.setdefault("time_budget", {})["plan"] = plan
