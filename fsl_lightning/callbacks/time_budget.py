@@ -131,7 +131,7 @@ class TimeBudgetSchedule(Callback):
             self._configured_steps = trainer.max_steps
 
     def _should_plan(self, trainer: L.Trainer) -> bool:
-        if not self.enabled or not (_timer_duration(trainer) is not None or self.plan is not None):
+        if not self.enabled or not (_has_clock(trainer) or self.plan is not None):
             return False  # no clock and no plan to repeat: the run goes as configured
         if not trainer.lr_scheduler_configs:
             return False  # no schedule to fit
@@ -154,7 +154,7 @@ class TimeBudgetSchedule(Callback):
                 if change_step == step and (change_step, steps) not in self._changes:
                     self._change(trainer, steps, step)
             return
-        if self._timing is None or self._next_timed_decision is None:
+        if self._timing is None:  # set, with the plan's step, once the warm-up steps are done
             self._start_timing(trainer, step)
             return
         if step < self._next_timed_decision:
@@ -274,9 +274,10 @@ def _timer(trainer: L.Trainer) -> Timer | None:
     return next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
 
 
-def _timer_duration(trainer: L.Trainer) -> float | None:
+def _has_clock(trainer: L.Trainer) -> bool:
+    """Whether ``trainer.max_time`` is set (a Timer without a duration has no time remaining)."""
     timer = _timer(trainer)
-    return None if timer is None else timer.time_remaining()  # None when the Timer has no duration
+    return timer is not None and timer.time_remaining() is not None
 
 
 def _saved_config_file(trainer: L.Trainer) -> Path | None:
