@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning import LightningModule
 
-from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.errors import UserError
 
 ALIASES = ("last", "best")
@@ -92,7 +91,7 @@ def restore_weights(model: LightningModule, saved: dict[str, Any], strict: bool 
 
 
 def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
-    """The checkpoint's contents on the CPU; a truncated or corrupt file is a one-line error naming it."""
-    # Plain data only (no pickled objects), memory-mapped: reading the settings alone does not read the weights.
-    with unreadable_checkpoint_reported(checkpoint):
-        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    """The checkpoint's contents on the CPU, read without running code from it; an unsafe, truncated or corrupt
+    file is a one-line error naming it."""
+    # Memory-mapped: reading the settings alone does not read the weights.
+    return load_checkpoint_file(checkpoint, mmap=True)

@@ -1,6 +1,12 @@
-"""Checkpoint files that a crash can never leave half-written.
+"""Checkpoint files that a crash can never leave half-written, and that are read without running any code.
 
-Lightning's own save writes a temporary file under ``TMPDIR`` and moves it into place; when ``TMPDIR`` is on
+Reading: every checkpoint or weights file, whoever wrote it, is read with ``torch.load(weights_only=True)``, which
+rebuilds tensors and plain containers only. A pickled object that would call a function when loaded (the standard
+way to hide code in a checkpoint) is refused before it runs, and named in one line (:class:`UnsafeCheckpointError`).
+The project's own checkpoints hold nothing else (model and optimiser state dicts, loop and callback state, the
+hyperparameters as plain data), so they need no allow-list.
+
+Writing: Lightning's own save writes a temporary file under ``TMPDIR`` and moves it into place; when ``TMPDIR`` is on
 another filesystem (tmpfs, node-local scratch), that move is a copy over the existing file, so a kill during the
 copy leaves a truncated ``last.ckpt`` and no good checkpoint at all. Here the temporary file is written in the
 checkpoint's own folder, synced to disk and renamed over the old one: the rename is atomic, so the file under
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import secrets
 import zipfile
 from contextlib import contextmanager
@@ -29,11 +36,26 @@ class UnreadableCheckpointError(UserError):
     """A checkpoint file that is truncated or corrupt (for example written by a run killed while saving)."""
 
 
+class UnsafeCheckpointError(UserError):
+    """A checkpoint or weights file that holds pickled objects beyond tensors and plain data: loading it could run
+    code, so it is refused."""
+
+
+def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """The contents of a checkpoint or weights file, read without running any code from it: ``torch.load`` with
+    ``weights_only=True`` (explicit, so that no environment variable turns it off). An unsafe, truncated or corrupt
+    file ends in one line naming it (:func:`checkpoint_load_errors_reported`)."""
+    mmap = mmap and _is_local_checkpoint_file(path) and zipfile.is_zipfile(path)  # torch maps only its zip format
+    with checkpoint_load_errors_reported(path):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves each checkpoint to a temporary file beside it, fsyncs it and renames it into place.
 
-    Loading reports a truncated or corrupt file by its path, with what to do, instead of a bare ``EOFError``.
-    Remote paths (``s3://``...) are left to Lightning.
+    Loading never runs code from the file (``weights_only=True`` whatever the caller asks) and reports an unsafe,
+    truncated or corrupt file by its path, with what to do, instead of a traceback. Remote paths (``s3://``...) are
+    saved by Lightning's own code.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
@@ -59,22 +81,64 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         map_location: Optional[Callable] = lambda storage, loc: storage,
         weights_only: Optional[bool] = None,
     ) -> dict[str, Any]:
-        with unreadable_checkpoint_reported(path):
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        with checkpoint_load_errors_reported(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 @contextmanager
-def unreadable_checkpoint_reported(path: _PATH | None) -> Iterator[None]:
-    """Turns a failure to read a truncated or corrupt checkpoint into an :class:`UnreadableCheckpointError` that
-    names the file and says what to do."""
+def checkpoint_load_errors_reported(path: _PATH | None) -> Iterator[None]:
+    """Around any code that loads the file ``path`` (ours, Lightning's, timm's, open_clip's): a file that
+    ``weights_only`` refused becomes an :class:`UnsafeCheckpointError` naming the types it held, and a truncated or
+    corrupt one an :class:`UnreadableCheckpointError`; both name the file and say what to do, in one line."""
     try:
         yield
-    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError) as error:
-        # torch writes checkpoints as zip archives: a failure on a complete archive is not corruption
-        # (e.g. weights_only refusing a class), so it is left as it is.
-        if not _is_local_checkpoint_file(path) or zipfile.is_zipfile(path):
+    except Exception as error:
+        refusal = _weights_only_refusal(error)
+        if refusal is not None:
+            raise UnsafeCheckpointError(_unsafe_message(path, refusal)) from error
+        # torch writes checkpoints as zip archives: a failure on a complete archive is not corruption, so it is
+        # left as it is.
+        readable_failure = isinstance(error, (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError))
+        if not readable_failure or not _is_local_checkpoint_file(path) or zipfile.is_zipfile(path):
             raise
         raise UnreadableCheckpointError(_unreadable_message(Path(path), error)) from error
+
+
+def _weights_only_refusal(error: BaseException) -> pickle.UnpicklingError | None:
+    """torch's refusal of a pickled object under ``weights_only``, wherever it is in the chain of ``error``
+    (timm and others re-raise it as a ``RuntimeError``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _unsafe_message(path: _PATH | None, refusal: pickle.UnpicklingError) -> str:
+    return (
+        f"Refused to load {path}: it holds {_refused_types(path, refusal)}, beyond tensors and plain data, and "
+        "loading it could run code. Load checkpoints written by `python -m fsl_lightning fit`, or weights saved "
+        "as a state dict of tensors (torch.save(model.state_dict(), ...)) or as .safetensors."
+    )
+
+
+def _refused_types(path: _PATH | None, refusal: pickle.UnpicklingError) -> str:
+    """The globals the file needs beyond what ``weights_only`` allows, read from the archive without loading it;
+    for an old-format file, the one that torch's refusal names."""
+    names: list[str] = []
+    if _is_local_checkpoint_file(path) and zipfile.is_zipfile(path):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # a damaged archive: fall back to the refusal's own words
+            names = []
+    if not names:
+        names = re.findall(r"GLOBAL (\S+) was not an allowed global", str(refusal))
+    if names:
+        return ", ".join(f"`{name}`" for name in names)
+    detail = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(refusal))
+    return f"an object that is not plain data ({detail.group(1).strip() if detail else 'a pickled object'})"
 
 
 def _is_local_checkpoint_file(path: _PATH | None) -> bool:

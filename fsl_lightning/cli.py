@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import WandbLogger
 
@@ -34,13 +34,13 @@ from fsl_lightning.callbacks import (
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
-from fsl_lightning.checkpoint_io import AtomicCheckpointIO, unreadable_checkpoint_reported
+from fsl_lightning.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
 from fsl_lightning.errors import UserError
 from fsl_lightning.evaluation_settings import EVALUATION_SUBCOMMANDS, changed_settings, changed_settings_warning
 from fsl_lightning.methods import METHODS, FewShotMethod
-from fsl_lightning.quiet import silence_library_noise
+from fsl_lightning.quiet import silence_evaluation_noise, silence_library_noise
 from fsl_lightning.wandb_setup import choose_wandb_mode
 from fsl_lightning.weights_from import load_weights
 
@@ -78,16 +78,19 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(TimeBudgetSchedule, "time_budget")
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyperparameters first, with a bare torch.load
+        # LightningCLI reads the checkpoint's hyperparameters first (weights_only): an unsafe or damaged file is
+        # refused there, in one line
         subcommand = self.config.get("subcommand")
-        with unreadable_checkpoint_reported(self.config[subcommand].get("ckpt_path") if subcommand else None):
+        with checkpoint_load_errors_reported(self.config[subcommand].get("ckpt_path") if subcommand else None):
             super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # no subcommand with run=False
         check_options(self.subcommand, config)
-        if self.subcommand in ("validate", "test") and config.trainer.logger in (None, True):
-            config.trainer.logger = False  # Lightning's default logger would write ./lightning_logs into the cwd
+        if self.subcommand in EVALUATION_SUBCOMMANDS:
+            silence_evaluation_noise()
+            if config.trainer.logger in (None, True):
+                config.trainer.logger = False  # Lightning's default logger would write ./lightning_logs into the cwd
         if "WandbLogger" in str(config.trainer.logger):
             reason = choose_wandb_mode()
             if reason:
@@ -101,6 +104,11 @@ class FewShotCLI(LightningCLI):
         )
         if ours_gives_way:
             callbacks = [callback for callback in callbacks if not isinstance(callback, StepProgressBar)]
+        if self.subcommand in EVALUATION_SUBCOMMANDS:
+            # Nothing is saved when evaluating; restored from the checkpoint, a ModelCheckpoint (the config's, or
+            # Lightning's default one) would only warn that its folder, the run's, is not the current one.
+            kept = [callback for callback in config.get("callbacks") or [] if not isinstance(callback, ModelCheckpoint)]
+            config = {**config, "callbacks": kept, "enable_checkpointing": False}
         return super()._instantiate_trainer(config, callbacks)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning import LightningModule
 from torch import nn
 
 from fsl_lightning.checkpoint_files import restore_weights
-from fsl_lightning.checkpoint_io import unreadable_checkpoint_reported
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.errors import UserError
 
 
@@ -22,8 +21,7 @@ def load_weights(model: LightningModule, checkpoint_file: Path) -> None:
     """Loads the weights of ``checkpoint_file`` into ``model``, as Lightning restores a model, and nothing else."""
     if not checkpoint_file.is_file():
         raise UserError(f"--weights_from: no checkpoint file {checkpoint_file}. Pass a .ckpt file, `last` or `best`.")
-    with unreadable_checkpoint_reported(checkpoint_file):  # a truncated file: one line naming it
-        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_file(checkpoint_file)  # an unsafe or truncated file: one line naming it
     try:
         restore_weights(model, checkpoint)
     except RuntimeError as error:
@@ -44,8 +42,7 @@ def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, option: st
     for a missing file, say ``how_to_make_it``."""
     if not checkpoint_file.is_file():
         raise UserError(f"{option}: no checkpoint file {checkpoint_file}. {how_to_make_it}")
-    with unreadable_checkpoint_reported(checkpoint_file):
-        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False).get("state_dict", {})
+    state = load_checkpoint_file(checkpoint_file).get("state_dict", {})
     wanted = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     try:
         if not wanted:

@@ -16,6 +16,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.frozen_model import FreezableWrapper
+from fsl_lightning.checkpoint_io import checkpoint_load_errors_reported
 from fsl_lightning.pretrained import ModelInput, download_from_hugging_face, download_from_url
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ class CLIPBackbone(FreezableWrapper):
 
     def _load(self, weights_file: str, name: str) -> None:
         try:
-            open_clip.load_checkpoint(self.model, weights_file)
+            with checkpoint_load_errors_reported(weights_file):  # open_clip reads it with weights_only
+                open_clip.load_checkpoint(self.model, weights_file)
         except (RuntimeError, AssertionError, KeyError) as error:  # missing, unexpected or mis-shaped weights
             raise ValueError(
                 f"The weights file {weights_file} does not fit open_clip model {name!r} (with its model_config): "

@@ -11,6 +11,7 @@ from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.frozen_model import FreezableWrapper
+from fsl_lightning.checkpoint_io import checkpoint_load_errors_reported
 from fsl_lightning.pretrained import ModelInput, download_from_hugging_face, download_from_url
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,10 @@ class TimmBackbone(FreezableWrapper):
         """The model without classifier; with weights, timm loads the local file (its conversions included)."""
         if weights_file is None:
             return timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
-        return timm.create_model(
-            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": weights_file}, **model_kwargs
-        )
+        with checkpoint_load_errors_reported(weights_file):  # timm reads it with weights_only
+            return timm.create_model(
+                name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": weights_file}, **model_kwargs
+            )
 
     def _fit_input_size(self, size: int) -> None:
         """A ViT still built for another size (no pretrained config said it was fixed): resample its position

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from fsl_lightning.backbones.frozen_model import FreezableWrapper
+from fsl_lightning.checkpoint_io import checkpoint_load_errors_reported, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def checkpoint_path(weights: WeightsEnum) -> str:
 def download_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
     """The weights from torch.hub's cache or the internet; offline, an error that says how to provide them."""
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        with checkpoint_load_errors_reported(checkpoint_path(weights)):  # a file someone put in the cache
+            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except OSError as error:  # URLError, HTTPError and socket errors are all OSErrors
         raise PretrainedWeightsUnavailableError(
             f"Could not download the torchvision weights {weights} from {weights.url} ({error}). "
@@ -170,7 +172,7 @@ class TorchvisionBackbone(FreezableWrapper):
         self.out_features = remove_classifier(self.model)
         classifier_keys = all_keys - set(self.model.state_dict())
         if weights_path is not None:
-            load_features(self.model, torch.load(weights_path, map_location="cpu", weights_only=True), classifier_keys)
+            load_features(self.model, load_checkpoint_file(weights_path), classifier_keys)
         elif resolved is not None:
             load_features(self.model, download_state_dict(resolved), classifier_keys)
         else:

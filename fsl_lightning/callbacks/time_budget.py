@@ -116,7 +116,10 @@ class TimeBudgetSchedule(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:  # a run resumed after its plan keeps it (the scheduler's saved state holds its new length)
-            self._changes = [tuple(change) for change in state_dict["plan"]]
+            if "plan" in state_dict:
+                self._changes = [tuple(change) for change in state_dict["plan"]]
+            else:  # the first version's checkpoints: one plan, no later changes
+                self._changes = [(state_dict["plan_step"], state_dict["planned_steps"])]
             self._configured_steps = state_dict["configured_steps"]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.data.roots import decoded_cache_dir
 
 log = logging.getLogger(__name__)
@@ -22,16 +23,26 @@ def cached(key: str, stamp: Any, build: Callable[[], Any]) -> Any:
     The file is written atomically, so that concurrent processes (DDP ranks) never read half a file.
     """
     path = decoded_cache_dir() / f"{key}.pt"
-    if path.exists():
-        try:
-            entry = torch.load(path, weights_only=True)
-            if entry.get("stamp") == list(stamp):
-                return entry["payload"]
-        except Exception as error:  # a damaged cache is rebuilt, never trusted
-            log.warning("Ignoring unreadable cache %s (%s)", path, error)
+    entry = read_cache_file(path)
+    if isinstance(entry, dict) and entry.get("stamp") == list(stamp):
+        return entry["payload"]
     payload = build()
     save_atomically({"stamp": list(stamp), "payload": payload}, path)
     return payload
+
+
+def read_cache_file(path: Path, map_location: Any = None) -> Any:
+    """The contents of the cache file ``path``, or ``None`` when there is none or it cannot be read safely
+    (damaged, or holding anything beyond tensors and plain data, which is refused before it can run): a cache is
+    rebuilt, never trusted, so a bad one costs a rebuild and a one-line warning."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint_file(path, map_location=map_location)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]  # what, not advice
+        log.warning("Rebuilding the cache file %s (%s)", path, reason)
+        return None
 
 
 def save_atomically(value: Any, path: Path) -> None:

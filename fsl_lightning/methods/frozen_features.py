@@ -22,7 +22,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch import Tensor, nn
 
 from fsl_lightning.data.datasets.base import ClassImages
-from fsl_lightning.data.decoded_cache import save_atomically
+from fsl_lightning.data.decoded_cache import read_cache_file, save_atomically
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
@@ -135,9 +135,10 @@ class FrozenFeatureMethod(FewShotMethod):
     # ----- the split's features: disk cache or one batched pass ---------------------------------------------------
     def _read_or_embed(self, split: str, images: Tensor, class_names: list[str]) -> Tensor:
         path = self._cache_file(split, images, class_names) if self.feature_cache_dir else None
-        if path is not None and path.is_file():
-            log.info("Reading the %s features from %s", split, path)
-            return torch.load(path, map_location=self.device, weights_only=True)
+        cached = read_cache_file(path, map_location=self.device) if path is not None else None
+        if isinstance(cached, Tensor):
+            log.info("Read the %s features from %s", split, path)
+            return cached
         features = torch.cat([
             self.embed(batch.to(self.device, non_blocking=True).float().div_(255.0))
             for batch in images.split(self.feature_batch_size)

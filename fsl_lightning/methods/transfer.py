@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.episode import LabelledBatch, SupportSet
 from fsl_lightning.errors import UserError
@@ -227,7 +228,7 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
                 f"teacher_checkpoint {path} does not exist: train the teacher first (e.g. the RFS-simple config) and "
                 "point teacher_checkpoint at its checkpoint (the configs use its last.ckpt)."
             )
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint_file(path)["state_dict"]
         wanted = {key: value for key, value in state.items() if key.startswith(prefixes)}
         try:
             result = module.load_state_dict(wanted, strict=False)  # other modules of ``module`` keep their weights
