@@ -6,6 +6,9 @@
         print(prediction.file, prediction.class_name, prediction.score)
     clf.predict_to_csv("other_queries/", "predictions.csv")  # the CSV that `python -m fsl_lightning predict` writes
 
+A query file that cannot be decoded gets a prediction with its ``error`` and no class (``bad_images="skip"``, the
+default), or ends the call (``bad_images="stop"``); a bad support image always ends ``fit_support``.
+
 The same code as the CLI's ``predict`` reads the folders, decodes the images (the dataset's ``decode_image``),
 fits the support set (the method's ``fit_support``, once), batches the queries and scores them (``score``,
 ``prediction_rows``), so the two give the same predictions and scores; here the imports, the model load and the
@@ -24,12 +27,20 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor
 
-from fsl_lightning.callbacks.prediction_writer import write_predictions_csv
+from fsl_lightning.callbacks.prediction_writer import rows_in_file_order, write_predictions_csv
 from fsl_lightning.callbacks.speed import evaluation_layout
 from fsl_lightning.checkpoint_files import read_checkpoint, restore_weights, training_config_in
 from fsl_lightning.data import EpisodicDataModule, FewShotDataset
 from fsl_lightning.data.datamodule import check_image_shape
-from fsl_lightning.data.folders import read_query_folder, read_support_folder
+from fsl_lightning.data.folders import (
+    BadImages,
+    QueryImages,
+    check_bad_images_choice,
+    decode_files,
+    no_usable_queries,
+    read_query_folder,
+    read_support_folder,
+)
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, query_slices
 from fsl_lightning.episode import SupportSet
@@ -48,11 +59,13 @@ Support = str | Path | Mapping[str, Sequence[Image] | Tensor]
 @dataclass(frozen=True)
 class Prediction:
     """One query: its file (``None`` for an image given as a tensor), the predicted class, and that class's score,
-    which means what :attr:`FewShotClassifier.score_name` says (a probability, a distance...)."""
+    which means what :attr:`FewShotClassifier.score_name` says (a probability, a distance...). A file that could
+    not be decoded has no class and no score, and ``error`` says why."""
 
     file: str | None
-    class_name: str
-    score: float
+    class_name: str | None
+    score: float | None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,37 +171,60 @@ class FewShotClassifier:
             self.support = FittedSupport(self.method.fit_support(support_set), support_set.class_names)
         return self
 
-    def predict(self, queries: Queries) -> list[Prediction]:
+    def predict(self, queries: Queries, bad_images: BadImages = "skip") -> list[Prediction]:
         """Classifies ``queries``: a folder (every image under it, as ``predict``'s ``data.predict_query_dir``),
-        an image file, a list of images, or a tensor [N, C, H, W]."""
+        an image file, a list of images, or a tensor [N, C, H, W]. A file that does not decode: ``skip`` gives it
+        a prediction with its ``error`` (and no class), ``stop`` raises its :class:`CorruptImageError`."""
         score_name = self.score_name
-        return [Prediction(row["query_file"], row["predicted_class"], row[score_name]) for row in self._rows(queries)]
+        return [
+            Prediction(row["query_file"], row["predicted_class"] or None, row.get(score_name), row.get("error"))
+            for row in self._rows(queries, bad_images)
+        ]
 
-    def predict_to_csv(self, queries: Queries, path: str | Path) -> Path:
+    def predict_to_csv(self, queries: Queries, path: str | Path, bad_images: BadImages = "skip") -> Path:
         """Classifies ``queries`` into the CSV that ``python -m fsl_lightning predict`` writes; returns its path."""
-        write_predictions_csv(self._rows(queries), self.score_name, path)
+        write_predictions_csv(self._rows(queries, bad_images), self.score_name, path)
         return Path(path)
 
-    def _rows(self, queries: Queries) -> list[dict[str, Any]]:
+    def _rows(self, queries: Queries, bad_images: BadImages) -> list[dict[str, Any]]:
         """``predict_step``'s rows for the queries, scored against the fitted support set batch by batch, as in the
-        CLI's ``predict``."""
+        CLI's ``predict``, and a row for each file that did not decode."""
         if self.support is None:
             raise UserError("Call fit_support(<support folder or {class name: images}>) before predict.")
-        images, files = self._query_images(queries)
+        check_bad_images_choice(bad_images)
+        queries = self._query_images(queries, bad_images)
         rows = []
         with torch.inference_mode():  # as Lightning's predict loop
-            for batch_images, batch_files in query_slices(images, files, self.batch_size):
+            for batch_images, batch_files in query_slices(queries.images, queries.decoded_files, self.batch_size):
                 logits = self.method.score(self.support.state, as_model_input(batch_images.to(self.device)))
                 rows += self.method.prediction_rows(logits, batch_files, self.support.class_names)
-        return rows
+        return rows_in_file_order(rows, queries)
 
-    def _query_images(self, queries: Queries) -> tuple[Tensor, list[str | None]]:
+    def _query_images(self, queries: Queries, bad_images: BadImages) -> QueryImages:
+        """The query images as model input, with their files (``None`` for a tensor) and the files that did not
+        decode."""
         if isinstance(queries, (str, Path)) and Path(queries).is_dir():
-            images, files = read_query_folder(queries, self.dataset.decode_image)
-            return self._as_input(images, "query"), files
+            read = read_query_folder(queries, self.dataset.decode_image, bad_images)
+            read.images = self._as_input(read.images, "query")
+            return read
         if isinstance(queries, (str, Path)):
             queries = [queries]
-        return self._images(queries, "query")
+        if isinstance(queries, Tensor):
+            images, files = self._images(queries, "query")
+            return QueryImages(images, files, files)
+        if not queries:
+            raise UserError("No query images given.")
+        all_files = [str(Path(query).expanduser()) if isinstance(query, (str, Path)) else None for query in queries]
+        paths = [Path(file) for file in all_files if file is not None]
+        decoded, unreadable = decode_files(paths, self.dataset.decode_image, stop_at_first=bad_images == "stop")
+        decoded_files = [file for file in all_files if file not in unreadable]
+        if not decoded_files:
+            raise no_usable_queries(len(queries), unreadable)
+        decoded_in_order = iter(decoded)
+        tensors = [next(decoded_in_order) if file is not None else query
+                   for query, file in zip(queries, all_files) if file not in unreadable]
+        images = torch.cat([self._as_input(tensor.unsqueeze(0), "query") for tensor in tensors])
+        return QueryImages(images, decoded_files, all_files, unreadable)
 
     def _labelled_images(self, support: Mapping[str, Sequence[Image] | Tensor]) -> tuple[Tensor, Tensor, list[str]]:
         class_names = [str(name) for name in support]
@@ -226,13 +262,11 @@ class FewShotClassifier:
         if not images:
             raise UserError(f"No {role} images given.")
         tensors = [self._decoded(image) if isinstance(image, (str, Path)) else image for image in images]
-        files = [str(image) if isinstance(image, (str, Path)) else None for image in images]
+        files = [str(Path(image).expanduser()) if isinstance(image, (str, Path)) else None for image in images]
         return torch.cat([self._as_input(tensor.unsqueeze(0), role) for tensor in tensors]), files
 
     def _decoded(self, file: str | Path) -> Tensor:
         path = Path(file).expanduser()
-        if not path.is_file():
-            raise UserError(f"No image file {path}.")
         return self.dataset.decode_image(path, str(path))
 
     def _as_input(self, images: Tensor, role: str) -> Tensor:

@@ -178,8 +178,12 @@ def test_user_mistakes_get_one_line_saying_what_to_do(checkpoint, folders, no_tr
     classifier.fit_support(support)
     with pytest.raises(UserError, match=r"uint8 \[2, 1, 105, 105\]; the model takes \[N, 1, 28, 28\]"):
         classifier.predict(torch.zeros(2, 1, 105, 105, dtype=torch.uint8))
-    with pytest.raises(UserError, match=r"^No image file .*missing\.png"):
+    with pytest.raises(UserError, match=r"^No image file .*missing\.png: it does not exist"):
+        classifier.predict([queries / "missing.png"], bad_images="stop")
+    with pytest.raises(UserError, match=r"^None of the 1 query image can be used: No image file .*missing\.png"):
         classifier.predict([queries / "missing.png"])
+    with pytest.raises(UserError, match=r"^bad_images='ignore': use `skip` .* or `stop`"):
+        classifier.predict(queries, bad_images="ignore")
     with pytest.raises(UserError, match=r"^fit_support needs at least 2 classes to choose from, got 1"):
         classifier.fit_support({"only": [next(queries.iterdir())]})
     pixels = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)

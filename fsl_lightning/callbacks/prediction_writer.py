@@ -1,4 +1,5 @@
-"""Writes ``predict`` results as a CSV: query file, predicted class, and the method's score of that class."""
+"""Writes ``predict`` results as a CSV: query file, predicted class, the method's score of that class, and why a
+query could not be scored (a file that did not decode; empty for the others)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from fsl_lightning.data.datamodule import EpisodicDataModule
+from fsl_lightning.data.folders import QueryImages, unreadable_summary
+
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Collects the rows that ``predict_step`` returns and writes them to ``output_path`` at the end.
+    """Collects the rows that ``predict_step`` returns and writes them to ``output_path`` at the end, with a row
+    for each query file that did not decode (``data.predict_bad_images: skip``), in the order of the files.
 
     The third column is named after what the method's score means (``FewShotMethod.score_name``: ``probability``,
     ``relation_score``, ``distance``...), so that a reader of the file cannot mistake a distance for a probability.
@@ -26,16 +31,36 @@ class PredictionCSVWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         rows = [row for batch in predictions for row in batch]
+        datamodule = trainer.datamodule
+        queries = datamodule.predict_queries if isinstance(datamodule, EpisodicDataModule) else None
+        if queries is not None:
+            rows = rows_in_file_order(rows, queries)
         write_predictions_csv(rows, pl_module.score_name, self.output_path)
-        pl_module.print(f"Wrote {len(rows)} predictions to {self.output_path}")
+        scored = sum(not row.get("error") for row in rows)
+        pl_module.print(f"Wrote {scored} predictions to {self.output_path}")
+        if queries is not None and queries.unreadable:
+            pl_module.print(f"{unreadable_summary(queries.unreadable)} (in {self.output_path} too, with their reasons)")
+
+
+def rows_in_file_order(rows: list[dict[str, Any]], queries: QueryImages) -> list[dict[str, Any]]:
+    """The rows of the decoded queries (in order) with a row for each file that did not decode, in its place
+    among ``queries.files``."""
+    scored = iter(rows)
+    return [
+        {"query_file": file, "predicted_class": "", "error": queries.unreadable[file]}
+        if file in queries.unreadable else next(scored)
+        for file in queries.files
+    ]
 
 
 def write_predictions_csv(rows: Iterable[dict[str, Any]], score_name: str, path: str | Path) -> None:
-    """The rows of ``predict_step`` as ``predict``'s CSV (also written by the Python API, ``FewShotClassifier``)."""
+    """The rows of ``predict_step`` as ``predict``'s CSV (also written by the Python API, ``FewShotClassifier``);
+    a row with an ``error`` has no class or score."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name])
+        writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name, "error"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, score_name: f"{row[score_name]:.6f}"})
+            score = row.get(score_name)
+            writer.writerow({**row, score_name: "" if score is None else f"{score:.6f}", "error": row.get("error", "")})

@@ -14,7 +14,13 @@ from torch.utils.data import DataLoader
 from fsl_lightning.built_by_cli import built_by_cli
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset
-from fsl_lightning.data.folders import check_class_names, read_query_folder, read_support_folder
+from fsl_lightning.data.folders import (
+    BadImages,
+    QueryImages,
+    check_class_names,
+    read_query_folder,
+    read_support_folder,
+)
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, prediction_batches, prediction_episode
 from fsl_lightning.data.sampler import (
@@ -76,6 +82,8 @@ class EpisodicDataModule(L.LightningDataModule):
         predict_batch_size: query images per ``predict`` step.
         predict_class_names: for zero-shot ``predict`` (methods that classify from class names, such as CLIP), in
             place of ``predict_support_dir``: the classes to choose from, e.g. ``[cat, dog]``; no support images.
+        predict_bad_images: a query image that cannot be decoded: ``skip`` scores the others and lists it (with
+            the reason) in the summary line and the CSV; ``stop`` ends at it (:mod:`fsl_lightning.data.folders`).
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class EpisodicDataModule(L.LightningDataModule):
         predict_query_dir: str | None = None,
         predict_batch_size: int = PREDICT_BATCH_SIZE,
         predict_class_names: list[str] | None = None,
+        predict_bad_images: BadImages = "skip",
     ) -> None:
         super().__init__()
         if built_by_cli():  # the config's data section goes into checkpoints: evaluation reads its settings back
@@ -121,6 +130,9 @@ class EpisodicDataModule(L.LightningDataModule):
         self.predict_query_dir = predict_query_dir
         self.predict_batch_size = predict_batch_size
         self.predict_class_names = predict_class_names
+        self.predict_bad_images = predict_bad_images
+        #: the query folder as ``predict`` read it (the files that did not decode among them)
+        self.predict_queries: QueryImages | None = None
         self.splits: dict[str, ClassImages] = {}
         self._resident: dict[str, Tensor] = {}
         # Training batches handed to the model so far (per rank, over all epochs): where the training stream goes
@@ -193,13 +205,22 @@ class EpisodicDataModule(L.LightningDataModule):
                 "zero-shot methods such as CLIP, --data.predict_class_names='[cat, dog]' in place of the support "
                 "folder)."
             )
-        queries, files = read_query_folder(self.predict_query_dir, self.dataset.decode_image)
         if self.predict_class_names is not None:
-            support, labels, class_names = self._zero_shot_support(queries)
-        else:
+            queries = self._read_queries()
+            support, labels, class_names = self._zero_shot_support(queries.images)
+        else:  # the support set first: a bad support image ends the command before the queries are decoded
             support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.decode_image)
-        batches = prediction_batches(support, labels, class_names, queries, files, self.predict_batch_size)
+            queries = self._read_queries()
+        batches = prediction_batches(
+            support, labels, class_names, queries.images, queries.decoded_files, self.predict_batch_size
+        )
         return DataLoader(batches, batch_size=None)
+
+    def _read_queries(self) -> QueryImages:
+        self.predict_queries = read_query_folder(
+            self.predict_query_dir, self.dataset.decode_image, self.predict_bad_images
+        )
+        return self.predict_queries
 
     def _zero_shot_support(self, queries: Tensor) -> tuple[Tensor, Tensor, list[str]]:
         """No support images, the given class names: for methods that classify from names (``supports_zero_shot``)."""

@@ -74,9 +74,24 @@ def _files_with_stat(folder: Path, suffixes: tuple[str, ...]) -> list[tuple[str,
         path, prefix = pending.pop()
         with os.scandir(path) as entries:
             for entry in entries:
-                if entry.is_dir():
+                if _is_folder(entry):
                     pending.append((entry.path, f"{prefix}{entry.name}/"))
                 elif entry.name.lower().endswith(suffixes):
-                    stat = entry.stat()
+                    stat = _stat(entry)
                     found.append((prefix + entry.name, stat.st_size, stat.st_mtime_ns))
     return found
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a loop of symbolic links: not a folder; decoding it names it
+        return False
+
+
+def _stat(entry: os.DirEntry) -> os.stat_result:
+    """The file's own stat, or its link's when the link leads nowhere (decoding it then names it)."""
+    try:
+        return entry.stat()
+    except OSError:
+        return entry.stat(follow_symlinks=False)

@@ -1,18 +1,42 @@
-"""A user's own images for ``predict``: a support folder (one sub-folder per class) and a query folder."""
+"""A user's own images for ``predict``: a support folder (one sub-folder per class) and a query folder.
+
+Images that cannot be decoded (:mod:`fsl_lightning.data.images` says which and why): among the queries, the
+user's choice (:data:`BAD_IMAGE_CHOICES`): ``skip`` (the default: over thousands of photos, one bad file should
+not cost the others' predictions) scores the rest and reports the bad ones with their reasons; ``stop`` ends at
+the first. A bad support image always stops, after naming every bad one: the support set defines the classes,
+and dropping a shot would change the classifier without the user knowing.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
-from fsl_lightning.data.images import IMAGE_SUFFIXES
+from fsl_lightning.data.images import IMAGE_SUFFIXES, CorruptImageError
 from fsl_lightning.errors import UserError
 
 #: the dataset's decoding of one image file (path, name for errors) into uint8 [C, H, W]: ``FewShotDataset.decode_image``
 Decode = Callable[[Path, str], Tensor]
+#: what to do with a query image that cannot be decoded
+BadImages = Literal["skip", "stop"]
+BAD_IMAGE_CHOICES = ("skip", "stop")
+
+
+@dataclass
+class QueryImages:
+    """The query images that decoded (uint8 [M, C, H, W], with their files) and the ones that did not.
+
+    ``files`` lists every query file in order, ``decoded_files`` those of ``images``; ``unreadable`` maps each
+    file that did not decode to the one-line reason."""
+
+    images: Tensor
+    decoded_files: list[str]
+    files: list[str]
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def read_support_folder(root: str | Path, decode: Decode) -> tuple[Tensor, Tensor, list[str]]:
@@ -24,23 +48,84 @@ def read_support_folder(root: str | Path, decode: Decode) -> tuple[Tensor, Tenso
             f"The support folder {root} needs one sub-folder of images per class, at least 2 classes; "
             f"found {len(class_dirs)}."
         )
-    images, labels = [], []
+    files, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = _image_files(class_dir)
-        if not files:
+        class_files = _image_files(class_dir)
+        if not class_files:
             raise UserError(f"The support class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-        images += [_load(path, decode) for path in files]
-        labels += [label] * len(files)
-    return torch.stack(images), torch.tensor(labels), [d.name for d in class_dirs]
+        files += class_files
+        labels += [label] * len(class_files)
+    decoded, unreadable = decode_files(files, decode)
+    if unreadable:
+        raise CorruptImageError(
+            f"{_count(len(unreadable), 'support image')} of {root} cannot be used, and the support set defines the "
+            f"classes: {_listed(unreadable)}"
+        )
+    return torch.stack(decoded), torch.tensor(labels), [d.name for d in class_dirs]
 
 
-def read_query_folder(root: str | Path, decode: Decode) -> tuple[Tensor, list[str]]:
-    """Images uint8 [M, C, H, W] of every image file under ``root`` (recursively), and their paths."""
+def read_query_folder(root: str | Path, decode: Decode, bad_images: BadImages = "skip") -> QueryImages:
+    """Every image file under ``root`` (recursively), decoded; ``bad_images`` says what a file that does not
+    decode does (the module docstring)."""
     root = _existing_folder(root, "query")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UserError(f"The query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return torch.stack([_load(path, decode) for path in files]), [str(p) for p in files]
+    return decode_queries(files, decode, bad_images)
+
+
+def decode_queries(files: list[Path], decode: Decode, bad_images: BadImages = "skip") -> QueryImages:
+    """The query images of ``files`` (in order), as :func:`read_query_folder` decodes a folder's."""
+    check_bad_images_choice(bad_images)
+    decoded, unreadable = decode_files(files, decode, stop_at_first=bad_images == "stop")
+    names = [str(path) for path in files]
+    if not decoded:
+        raise no_usable_queries(len(files), unreadable)
+    decoded_files = [name for name in names if name not in unreadable]
+    return QueryImages(torch.stack(decoded), decoded_files, names, unreadable)
+
+
+def decode_files(files: list[Path], decode: Decode, stop_at_first: bool = False) -> tuple[list[Tensor], dict[str, str]]:
+    """The images of ``files`` that decode, in order, and ``{file: reason}`` for those that do not (with
+    ``stop_at_first``, the first of those raises its :class:`CorruptImageError`)."""
+    decoded, unreadable = [], {}
+    for path in files:
+        try:
+            decoded.append(decode(path, str(path)))
+        except CorruptImageError as error:
+            if stop_at_first:
+                raise
+            unreadable[str(path)] = str(error)
+    return decoded, unreadable
+
+
+def check_bad_images_choice(bad_images: str) -> None:
+    if bad_images not in BAD_IMAGE_CHOICES:
+        raise UserError(
+            f"bad_images={bad_images!r}: use `skip` (score the other queries, list the bad files) or `stop` (end at "
+            "the first bad file)."
+        )
+
+
+def no_usable_queries(count: int, unreadable: dict[str, str]) -> CorruptImageError:
+    """The error when not one of ``count`` query images decodes."""
+    return CorruptImageError(f"None of the {_count(count, 'query image')} can be used: {_listed(unreadable)}")
+
+
+def unreadable_summary(unreadable: dict[str, str]) -> str:
+    """One line for the query files skipped because they did not decode."""
+    return f"Skipped {_count(len(unreadable), 'query image')} that cannot be used: {_listed(unreadable)}"
+
+
+def _listed(unreadable: dict[str, str], shown: int = 3) -> str:
+    """The reasons of the first ``shown`` bad files (each names its file), and how many more."""
+    reasons = list(unreadable.values())
+    more = f" (and {len(reasons) - shown} more)" if len(reasons) > shown else ""
+    return " | ".join(reason.rstrip(".") for reason in reasons[:shown]) + more
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
 def check_class_names(names: list[str]) -> list[str]:
@@ -67,8 +152,5 @@ def _existing_folder(root: str | Path, role: str) -> Path:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _load(path: Path, decode: Decode) -> Tensor:
-    return decode(path, str(path))
+    """The files of ``folder`` named as images, broken links and other non-folders included (named when read)."""
+    return sorted(p for p in folder.iterdir() if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
