@@ -59,12 +59,15 @@ Support = str | Path | Mapping[str, Sequence[Image] | Tensor]
 @dataclass(frozen=True)
 class Prediction:
     """One query: its file (``None`` for an image given as a tensor), the predicted class, and that class's score,
-    which means what :attr:`FewShotClassifier.score_name` says (a probability, a distance...). A file that could
-    not be decoded has no class and no score, and ``error`` says why."""
+    which means what :attr:`FewShotClassifier.score_name` says (a probability, a distance...), and whether the query
+    is an ``outlier``, farther from every class than the validation queries were from theirs (``None`` when the
+    checkpoint has no validation to tell: :mod:`fsl_lightning.methods.score_calibration`). A file that could not be
+    decoded has no class and no score, and ``error`` says why."""
 
     file: str | None
     class_name: str | None
     score: float | None
+    outlier: bool | None = None
     error: str | None = None
 
 
@@ -177,7 +180,8 @@ class FewShotClassifier:
         a prediction with its ``error`` (and no class), ``stop`` raises its :class:`CorruptImageError`."""
         score_name = self.score_name
         return [
-            Prediction(row["query_file"], row["predicted_class"] or None, row.get(score_name), row.get("error"))
+            Prediction(row["query_file"], row["predicted_class"] or None, row.get(score_name),
+                       {"yes": True, "no": False}.get(row.get("outlier", "")), row.get("error"))
             for row in self._rows(queries, bad_images)
         ]
 

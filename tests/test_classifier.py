@@ -84,7 +84,7 @@ def test_predictions_of_files_and_of_tensors_agree_with_the_folders(checkpoint, 
 
     assert classifier.predict(files) == from_folder
     pixels = torch.stack([classifier.dataset.decode_image(Path(file), file) for file in files])
-    unnamed = [Prediction(None, p.class_name, p.score) for p in from_folder]
+    unnamed = [Prediction(None, p.class_name, p.score, p.outlier) for p in from_folder]
     assert classifier.predict(pixels) == unnamed  # uint8 [N, 1, 28, 28]
     assert classifier.predict(pixels.float() / 255) == unnamed  # floats in [0, 1]
     alone = classifier.predict(files[3])  # a batch of one: the same up to the rounding of batched convolutions

@@ -74,7 +74,7 @@ def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_pa
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["query_file"] for row in rows] == sorted(truth)
-    assert list(rows[0]) == ["query_file", "predicted_class", "probability", "error"]  # ProtoNet's softmax, 20 classes
+    assert list(rows[0]) == ["query_file", "predicted_class", "probability", "outlier", "error"]  # ProtoNet, 20 classes
     assert all(row["error"] == "" for row in rows)
     assert all(1 / 20 <= float(row["probability"]) <= 1 for row in rows)  # the highest of 20 is at least 1/20
     correct = sum(row["predicted_class"] == truth[row["query_file"]] for row in rows)

@@ -115,6 +115,7 @@ def test_predict_writes_the_attention_probability_of_the_best_class():
     rows = method.predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
     total = math.e + 1 + math.exp(-1)
     assert MatchingNet.score_name == "probability"
-    assert rows == [{"query_file": "q.png", "predicted_class": "a", "probability": pytest.approx(math.e / total)}]
+    assert rows == [{"query_file": "q.png", "predicted_class": "a", "probability": pytest.approx(math.e / total),
+                     "outlier": ""}]  # no validation behind this method: no outlier check
     probabilities = method.prediction_scores(method.episode_logits(episode))
     assert torch.allclose(probabilities, torch.tensor([[math.e / total, (1 + math.exp(-1)) / total]]))

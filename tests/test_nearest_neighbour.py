@@ -79,6 +79,6 @@ def test_predict_writes_the_distance_to_the_nearest_support_image_under_a_distan
                     return_predictions=False)
     with output.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["query_file", "predicted_class", "distance"]
+    assert list(rows[0]) == ["query_file", "predicted_class", "distance", "outlier", "error"]
     assert [(row["query_file"], row["predicted_class"]) for row in rows] == [("first.png", "a"), ("second.png", "b")]
     assert [float(row["distance"]) for row in rows] == pytest.approx([3.0, math.sqrt(5)], abs=1e-6)

@@ -91,6 +91,6 @@ def test_predict_writes_the_softmax_probability_of_the_best_class():
     rows = method.predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
     assert ProtoNet.score_name == "probability"
     assert rows == [{"query_file": "q.png", "predicted_class": "a",
-                     "probability": pytest.approx(1 / (1 + math.exp(-17)), abs=1e-7)}]
+                     "probability": pytest.approx(1 / (1 + math.exp(-17)), abs=1e-7), "outlier": ""}]
     probabilities = method.prediction_scores(method.episode_logits(episode))
     assert torch.allclose(probabilities.sum(dim=-1), torch.ones(1))

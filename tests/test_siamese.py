@@ -145,7 +145,7 @@ def test_predict_writes_p_same_of_the_best_class():
     rows = _flat_siamese().predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
     assert Siamese.score_name == "same_class_probability"
     assert rows == [{"query_file": "q.png", "predicted_class": "a",
-                     "same_class_probability": pytest.approx(1 / (1 + math.exp(-1)), abs=1e-6)}]
+                     "same_class_probability": pytest.approx(1 / (1 + math.exp(-1)), abs=1e-6), "outlier": ""}]
 
 
 def test_a_wrong_embedding_size_is_named():

@@ -1,5 +1,6 @@
-"""Writes ``predict`` results as a CSV: query file, predicted class, the method's score of that class, and why a
-query could not be scored (a file that did not decode; empty for the others)."""
+"""Writes ``predict`` results as a CSV: query file, predicted class, the method's score of that class, whether the
+query is an outlier (far from every class, :mod:`fsl_lightning.methods.score_calibration`), and why a query could
+not be scored (a file that did not decode; empty for the others)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from fsl_lightning.data.datamodule import EpisodicDataModule
 from fsl_lightning.data.folders import QueryImages, unreadable_summary
+from fsl_lightning.methods.score_calibration import ScoreCalibration
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -38,8 +40,19 @@ class PredictionCSVWriter(BasePredictionWriter):
         write_predictions_csv(rows, pl_module.score_name, self.output_path)
         scored = sum(not row.get("error") for row in rows)
         pl_module.print(f"Wrote {scored} predictions to {self.output_path}")
+        pl_module.print(scores_summary(rows, pl_module.score_calibration, pl_module.score_name))
         if queries is not None and queries.unreadable:
             pl_module.print(f"{unreadable_summary(queries.unreadable)} (in {self.output_path} too, with their reasons)")
+
+
+def scores_summary(rows: list[dict[str, Any]], calibration: ScoreCalibration | None, score_name: str) -> str:
+    """One line on what the scores are, and how many queries are outliers."""
+    if calibration is None:
+        return (f"Scores ({score_name}): not calibrated and no outlier check, since the checkpoint's run had no "
+                "validation episodes to fit them on; a query of none of the classes still gets the nearest one.")
+    outliers = sum(row.get("outlier") == "yes" for row in rows)
+    return (f"Scores: {calibration.description()}. {outliers} of {sum(not row.get('error') for row in rows)} "
+            "queries are outliers, far from every class (outlier=yes): their class is only the nearest one.")
 
 
 def rows_in_file_order(rows: list[dict[str, Any]], queries: QueryImages) -> list[dict[str, Any]]:
@@ -59,8 +72,8 @@ def write_predictions_csv(rows: Iterable[dict[str, Any]], score_name: str, path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name, "error"])
+        writer = csv.DictWriter(handle, fieldnames=["query_file", "predicted_class", score_name, "outlier", "error"])
         writer.writeheader()
         for row in rows:
             score = row.get(score_name)
-            writer.writerow({**row, score_name: "" if score is None else f"{score:.6f}", "error": row.get("error", "")})
+            writer.writerow({"outlier": "", "error": "", **row, score_name: "" if score is None else f"{score:.6f}"})

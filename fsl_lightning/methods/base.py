@@ -20,6 +20,7 @@ from fsl_lightning.backbones.batch_norm_folding import batch_norm_folded
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
+from fsl_lightning.methods.score_calibration import CHECKPOINT_KEY, ScoreCalibration, ScoreCalibrationFit
 
 class FewShotMethod(L.LightningModule):
     """Base class of every method: subclasses implement :meth:`fit_support` and :meth:`score` (and may override the
@@ -83,6 +84,10 @@ class FewShotMethod(L.LightningModule):
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.last_accuracy: dict[str, AccuracySummary] = {}
+        # The temperature and outlier threshold of the scores, fitted on each validation (score_calibration.py) and
+        # saved in checkpoints; None until a validation has run, or for a checkpoint without one.
+        self.val_calibration = ScoreCalibrationFit()
+        self.score_calibration: ScoreCalibration | None = None
         self._predict_support_state: Any = None  # the user's support set, fitted once per predict run
         # The trained backbone while an evaluation copy stands in for it (a list: not registered as a submodule).
         self._trained_backbone: list[nn.Module] = []
@@ -147,6 +152,18 @@ class FewShotMethod(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy(self.val_accuracy, "val")
+        fitted = self.val_calibration.compute()
+        self.val_calibration.reset()
+        if fitted is not None and not (self._trainer is not None and self.trainer.sanity_checking):
+            self.score_calibration = fitted
+            self.log("val/score_temperature", fitted.temperature)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.score_calibration is not None:
+            checkpoint[CHECKPOINT_KEY] = self.score_calibration.to_checkpoint()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.score_calibration = ScoreCalibration.from_checkpoint(checkpoint)
 
     def on_test_epoch_end(self) -> None:
         summary = self._log_accuracy(self.test_accuracy, "test")
@@ -158,9 +175,12 @@ class FewShotMethod(L.LightningModule):
     def prediction_scores(self, logits: Tensor) -> Tensor:
         """Per-class scores that mean what :attr:`score_name` says: logits [Q, way] -> [Q, way].
 
-        The default is the softmax probability, right for methods trained with cross-entropy on their logits;
+        The default is the softmax probability, right for methods trained with cross-entropy on their logits, at
+        the temperature fitted on validation episodes when the checkpoint has one (:attr:`score_calibration`);
         methods whose logits are something else (relation scores, distances) override both.
         """
+        if self.score_calibration is not None:
+            return self.score_calibration.probabilities(logits)
         return logits.float().softmax(dim=-1)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
@@ -183,13 +203,18 @@ class FewShotMethod(L.LightningModule):
     def prediction_rows(
         self, logits: Tensor, query_files: Sequence[str | None], class_names: Sequence[str]
     ) -> list[dict[str, Any]]:
-        """One row per query: its file, the predicted class and that class's score (:meth:`prediction_scores`, in
-        a column named :attr:`score_name`); the rows of ``predict``'s CSV."""
+        """One row per query: its file, the predicted class, that class's score (:meth:`prediction_scores`, in
+        a column named :attr:`score_name`) and whether the query is an outlier, far from every class (``yes`` /
+        ``no``; empty without a :attr:`score_calibration`); the rows of ``predict``'s CSV."""
         predicted = logits.argmax(dim=-1)
         scores = self.prediction_scores(logits).gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
+        if self.score_calibration is None:
+            outliers = [""] * len(predicted)
+        else:
+            outliers = ["yes" if far else "no" for far in self.score_calibration.outliers(logits).tolist()]
         return [
-            {"query_file": file, "predicted_class": class_names[label], self.score_name: score}
-            for file, label, score in zip(query_files, predicted.tolist(), scores.tolist())
+            {"query_file": file, "predicted_class": class_names[label], self.score_name: score, "outlier": outlier}
+            for file, label, score, outlier in zip(query_files, predicted.tolist(), scores.tolist(), outliers)
         ]
 
     def refuse_untrained_weights(self, action: str, how_to_load: str) -> None:
@@ -211,6 +236,8 @@ class FewShotMethod(L.LightningModule):
         logits = self.episode_logits(episode)
         getattr(self, f"{stage}_loss").update(self.episode_loss(episode, logits), len(episode.query_labels))
         metric.update(self._accuracy(logits, episode))
+        if stage == "val":
+            self.val_calibration.update(logits, episode.query_labels)
         return logits
 
     def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> AccuracySummary:

@@ -365,6 +365,7 @@ class CLIPFewShot(CLIPZeroShot):
             self.log(f"{stage}/mix_weight", float(weight))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["clip_chosen_mix_weight"] = self.chosen_mix_weight
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

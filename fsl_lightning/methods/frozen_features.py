@@ -130,6 +130,7 @@ class FrozenFeatureMethod(FewShotMethod):
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.clear_feature_cache()  # the checkpoint's weights replace the ones the features came from
 
     # ----- the split's features: disk cache or one batched pass ---------------------------------------------------
