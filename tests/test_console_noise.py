@@ -14,7 +14,8 @@ TINY = [
     "--data.train.way=5", "--data.train_episodes_per_epoch=2", "--data.val_episodes=2", "--data.test_episodes=2",
     "--trainer.max_steps=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
 ]
-NOISE = ("litlogger", "litmodels", "LeafSpec", "Couldn't infer the batch indices")
+NOISE = ("litlogger", "litmodels", "LeafSpec", "Couldn't infer the batch indices", "The dirpath has changed",
+         "callbacks used to create the checkpoint need to be provided", "decompression bomb")
 
 
 def run_cli(*args: str) -> str:

@@ -17,7 +17,7 @@ from test_timm_backbone import tiny_dinov2
 
 from fsl_lightning.backbones import Conv4, TorchvisionBackbone
 from fsl_lightning.callbacks.time_budget import TimeBudgetSchedule
-from fsl_lightning.checkpoint_io import UnsafeCheckpointError, load_checkpoint_file
+from fsl_lightning.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
 from fsl_lightning.data.decoded_cache import cached, read_cache_file
@@ -105,6 +105,13 @@ def test_the_process_exits_non_zero_with_one_line_on_stderr(evil, marker):
     assert ended.returncode == 1 and "Traceback" not in ended.stderr
     last = ended.stderr.strip().splitlines()[-1]
     assert_refused_in_one_line(last[len("error: "):], evil)
+
+
+def test_lightnings_own_load_reads_weights_only_whatever_it_is_asked(evil, marker):
+    """The Trainer restores through the checkpoint IO plugin, which Lightning may call with weights_only=False."""
+    with pytest.raises(UnsafeCheckpointError) as refused:
+        AtomicCheckpointIO().load_checkpoint(evil, weights_only=False)
+    assert_refused_in_one_line(str(refused.value), evil)
 
 
 def test_an_old_format_payload_file_is_refused_too(trained, marker, tmp_path):
