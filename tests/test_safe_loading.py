@@ -16,6 +16,7 @@ from test_clip import tiny_clip
 from test_timm_backbone import tiny_dinov2
 
 from fsl_lightning.backbones import Conv4, TorchvisionBackbone
+from fsl_lightning.backbones.torchvision_backbone import checkpoint_path, resolve_weights
 from fsl_lightning.callbacks.time_budget import TimeBudgetSchedule
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from fsl_lightning.classifier import FewShotClassifier
@@ -153,6 +154,19 @@ def test_pretrained_weight_files_refuse_a_payload(marker, tmp_path):
         with pytest.raises(UnsafeCheckpointError) as refused:
             load()
         assert_refused_in_one_line(str(refused.value), path)
+
+
+def test_a_payload_put_in_the_torch_hub_cache_is_refused(marker, tmp_path, monkeypatch):
+    """torchvision's weights are read from torch.hub's cache without checking their hash once downloaded; the
+    offline advice asks users to copy the file there."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    weights = resolve_weights("resnet18", "IMAGENET1K_V1")
+    cached_file = Path(checkpoint_path(weights))
+    cached_file.parent.mkdir(parents=True)
+    torch.save({"x": CreatesMarker(marker)}, cached_file)
+    with pytest.raises(UnsafeCheckpointError) as refused:
+        TorchvisionBackbone("resnet18", weights="IMAGENET1K_V1")
+    assert_refused_in_one_line(str(refused.value), cached_file)
 
 
 def test_a_cache_file_with_a_payload_is_rebuilt_never_run(marker, tmp_path, monkeypatch, caplog):
