@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsl_lightning.backbones import Conv4
+from fsl_lightning.backbones import Conv4, ResNet12
 from fsl_lightning.backbones.timm_backbone import TimmBackbone
 from fsl_lightning.cli import main
 from fsl_lightning.data import EpisodicDataModule
@@ -194,12 +194,28 @@ def test_laplacianshot_lets_neighbouring_queries_carry_a_borderline_query():
 
 
 # ----- PT-MAP ---------------------------------------------------------------------------------------------------------
-def test_power_transform_takes_the_root_then_normalises_and_refuses_negative_features():
+def test_power_transform_takes_the_root_then_normalises_and_clips_or_refuses_negative_features():
     transformed = power_transform(torch.tensor([[4.0, 0.0, 9.0]]), 0.5)
     root = torch.tensor([2.0, 1e-3, 3.0])
     assert torch.allclose(transformed[0], root / root.norm(), atol=1e-6)
-    with pytest.raises(UserError, match="non-negative"):
-        power_transform(torch.tensor([[1.0, -0.5]]), 0.5)
+    # a negative value is what a ReLU would have made it, 0 (the authors' pow would give NaN)
+    assert torch.equal(power_transform(torch.tensor([[4.0, -0.5, 9.0]]), 0.5), transformed)
+    with pytest.raises(UserError, match="non-negative.*negative_features: clip"):
+        power_transform(torch.tensor([[1.0, -0.5]]), 0.5, negative_features="refuse")
+
+
+def test_pt_map_on_this_projects_resnet12_features_is_pt_map_on_their_relu():
+    """ResNet12 ends in a leaky ReLU: about a fifth of its features are negative (random weights here)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        features = ResNet12(in_channels=3).eval()(torch.rand(20, 3, 32, 32))
+    assert bool((features < 0).any())
+    support, support_labels, queries = features[:10], torch.arange(5).repeat(2), features[10:]
+    clipped = PTMAP()(support, support_labels, queries, 5, seed=0)
+    assert torch.isfinite(clipped).all()
+    assert torch.equal(clipped, PTMAP()(support.relu(), support_labels, queries.relu(), 5, seed=0))
+    with pytest.raises(UserError, match="negative values"):
+        PTMAP(negative_features="refuse")(support, support_labels, queries, 5, seed=0)
 
 
 def test_sinkhorn_plan_has_unit_rows_and_balanced_columns():

@@ -3,9 +3,18 @@ ICANN; arXiv:2006.03806).
 
 Transductive: the queries of the episode are used together, so its accuracy assumes all of them arrive at once; the
 Sinkhorn step also assumes they are spread evenly over the classes (as in standard episodes).
+
+Negative features: the power transform ``(x + 1e-6)^beta`` is written for the non-negative features of a backbone
+that ends in a ReLU (the authors' WRN: ``relu(bn(out))`` before the average pool; on a negative value their
+``torch.pow`` gives NaN). This project's ResNet12 ends in a leaky ReLU, as the RFS / MetaOptNet ResNet-12, so its
+features can be negative. ``negative_features: clip`` (the default) sets them to 0 first, which is what a ReLU
+would have done and changes nothing for non-negative features, so PT-MAP on a ReLU backbone is the authors' exactly;
+``refuse`` ends the episode with a message instead.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +28,17 @@ from fsl_lightning.methods.functional import class_prototypes, squared_euclidean
 POWER_EPSILON = 1e-6
 
 
-def power_transform(features: Tensor, power: float) -> Tensor:
-    """``(x + 1e-6)^beta`` (eq. 1), then each vector L2-normalised. Features must be non-negative (the ReLU outputs
-    the method is written for)."""
-    if bool((features < 0).any()):
+def power_transform(features: Tensor, power: float, negative_features: Literal["clip", "refuse"] = "clip") -> Tensor:
+    """``(x + 1e-6)^beta`` (eq. 1), then each vector L2-normalised. The transform is for non-negative features (the
+    ReLU outputs the method is written for): negative values are set to 0 first (``clip``) or refused."""
+    if negative_features == "refuse" and bool((features < 0).any()):
         raise UserError(
-            "PT-MAP's power transform is for non-negative features (a backbone ending in a ReLU, e.g. Conv4 or "
-            "ResNet12), and these have negative values: use another episode classifier for this backbone."
+            "PT-MAP's power transform is for non-negative features (a backbone ending in a ReLU, e.g. Conv4, or "
+            "the torchvision ResNets), and these have negative values (a leaky ReLU, as this project's ResNet12, or "
+            "no activation at the end): set the classifier's negative_features: clip to set them to 0 first, or use "
+            "another episode classifier."
         )
-    return F.normalize((features + POWER_EPSILON).pow(power), dim=-1)
+    return F.normalize((features.clamp_min(0) + POWER_EPSILON).pow(power), dim=-1)
 
 
 def centred_on_own_mean(features: Tensor) -> Tensor:
@@ -64,7 +75,9 @@ class PTMAP(EpisodeClassifier):
     ``sinkhorn_regularisation`` = lambda, rows summing to 1, columns to Q / way); the support samples keep their
     labels; the centres move towards the assignment-weighted means of support and queries by ``alpha``:
     ``c_k <- c_k + alpha (mu_k - c_k)``. A query goes to its largest final assignment (logits: their log).
-    Defaults as the authors' code: beta = 0.5, lambda = 10, alpha = 0.2, 20 iterations.
+    Defaults as the authors' code: beta = 0.5, lambda = 10, alpha = 0.2, 20 iterations. ``negative_features``:
+    what the power transform does with negative features (the module docstring): ``clip`` them to 0 (default) or
+    ``refuse`` the episode.
 
     easyfsl 1.5's ``PTMAP`` neither L2-normalises after the power transform nor centres per set (it powers
     ``relu(x) + 1e-6``) and runs 10 iterations by default.
@@ -80,7 +93,11 @@ class PTMAP(EpisodeClassifier):
         iterations: int = 20,
         sinkhorn_tolerance: float = 1e-6,
         sinkhorn_max_iterations: int = 1000,
+        negative_features: Literal["clip", "refuse"] = "clip",
     ) -> None:
+        if negative_features not in ("clip", "refuse"):
+            raise UserError(f"PTMAP negative_features={negative_features!r}: use clip or refuse.")
+        self.negative_features = negative_features
         self.power, self.sinkhorn_regularisation, self.alpha, self.iterations = (
             power, sinkhorn_regularisation, alpha, iterations
         )
@@ -100,7 +117,7 @@ class PTMAP(EpisodeClassifier):
         return self.query_assignments(queries, centres).clamp_min(1e-30).log()
 
     def preprocess(self, features: Tensor) -> Tensor:
-        return centred_on_own_mean(power_transform(features, self.power))
+        return centred_on_own_mean(power_transform(features, self.power, self.negative_features))
 
     def query_assignments(self, queries: Tensor, centres: Tensor) -> Tensor:
         cost = squared_euclidean_distance(queries, centres)
