@@ -34,20 +34,25 @@ class SKD(RFSSimple):
 
     Generation 1 (``teacher_checkpoint``: a generation-0 checkpoint): no cross-entropy. The student starts
     from the teacher's weights (as their ``train_distillation.py``) and minimises
-    ``T^2 KL(teacher(x) || student(x))`` at temperature ``temperature`` (4) on the unrotated images plus
-    ``twin_loss_weight`` (beta, 0.1) times the mean Euclidean distance between the student's logits for a
-    rotated copy and for the original, over the images and the three rotations. (Their code computes this
-    distance for one rotation and divides it by 3, a remnant of the average over three written here.)
+    ``T^2 KL(teacher(x) || student(x))`` at temperature ``temperature`` on the unrotated images plus
+    ``twin_loss_weight`` (beta) times the mean Euclidean distance between the student's logits for a rotated copy
+    and for the original, over the images and the three rotations. T = 2 is their ``train_distillation.py``'s
+    ``--kd_T`` default, which no command of their README or ``run.sh`` changes (RFS-distill's is 4, the
+    :class:`Transfer` default). beta = 0.1 is the ``--gamma`` of their README's generation-1 command (CIFAR-FS;
+    ``run.sh`` tries 0.025-0.075 on miniImageNet). Their code computes the distance for one rotation and divides it
+    by 3, a remnant of the average over three (their commented-out lines) written here: with equal distances for the
+    three rotations the two agree.
 
     Args:
         rotation_loss_weight: alpha of generation 0.
         twin_loss_weight: beta of generation 1.
+        temperature: T of generation 1's distillation.
         other arguments: as :class:`~fsl_lightning.methods.transfer.Transfer` (``distillation_weight`` is unused).
     """
 
     def __init__(self, *args: Any, rotation_loss_weight: float = 2.0, twin_loss_weight: float = 0.1,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+                 temperature: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(*args, temperature=temperature, **kwargs)
         self.rotation_loss_weight = rotation_loss_weight
         self.twin_loss_weight = twin_loss_weight
 
