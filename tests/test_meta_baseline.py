@@ -4,21 +4,25 @@ stage 2 starting from (or refusing) a stage-1 Classifier-Baseline checkpoint mad
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from fsl_lightning.backbones import Conv4
+from fsl_lightning.backbones import Conv4, ResNet12
 from fsl_lightning.checkpoint_files import restore_weights
 from fsl_lightning.data import Caltech101, EpisodicDataModule
 from fsl_lightning.episode import Episode, EpisodeSpec, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ClassifierBaseline, MetaBaseline
 from fsl_lightning.methods.meta_baseline import CosineCentroid
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,3 +171,15 @@ def test_weights_from_a_meta_baseline_checkpoint_are_kept_when_fitting_starts(tm
     model.on_fit_start()  # no stage-1 file read
     assert model.tau.item() == 7.0
     assert torch.equal(model.backbone.encoder[0][0].weight, trained.backbone.encoder[0][0].weight)
+
+
+@pytest.mark.parametrize("config", ["meta_baseline_stage1", "meta_baseline_5w1s", "meta_baseline_5w5s"])
+def test_the_caltech_configs_use_the_reference_resnet12_widths(config):
+    """yinboc/few-shot-meta-baseline's `resnet12` is 64-128-256-512 (640 wide is its `resnet12-wide`), with the
+    same block as this project's ResNet12: three 3x3 conv-BN with leaky ReLU 0.1, a 1x1 conv-BN shortcut, max pool."""
+    sections = yaml.safe_load((REPO / "experiments" / "caltech101" / f"{config}.yaml").read_text())
+    backbone = sections["model"]["init_args"]["backbone"]
+    assert backbone["class_path"] == "fsl_lightning.backbones.ResNet12"
+    built = ResNet12(**backbone["init_args"])
+    assert [block.shortcut[0].out_channels for block in built.blocks] == [64, 128, 256, 512]
+    assert built.out_features == 512
