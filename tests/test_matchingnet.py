@@ -13,7 +13,7 @@ from fsl_lightning.backbones import Conv4
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import Episode, EpisodeSpec
 from fsl_lightning.methods.functional import attention_class_log_probabilities, cosine_similarity_matrix
-from fsl_lightning.methods.matchingnet import MatchingNet
+from fsl_lightning.methods.matchingnet import MatchingNet, QueryAttentionEmbedding
 
 
 def _episode(support, support_labels, queries, query_labels) -> Episode:
@@ -71,6 +71,16 @@ def test_full_context_embeddings_change_the_logits_and_get_gradients():
     method.episode_loss(episode, logits).backward()
     assert method.support_context.lstm.weight_hh_l0.grad.abs().sum() > 0
     assert method.query_attention.cell.weight_ih.grad.abs().sum() > 0
+
+
+def test_the_attention_lstm_reads_r_from_the_previous_hidden_state_as_eqs_3_to_6():
+    """One read step by hand: h_0 = f'(x), c_0 = 0, r_0 = softmax(h_0 . g) g (not 0), then the LSTM step."""
+    torch.manual_seed(0)
+    attention_lstm = QueryAttentionEmbedding(embedding_dim=3, read_steps=1)
+    queries, support = torch.randn(2, 3), torch.randn(4, 3)
+    readout = (queries @ support.T).softmax(dim=-1) @ support
+    hidden, _ = attention_lstm.cell(torch.cat([queries, readout], dim=-1), (queries, torch.zeros(2, 3)))
+    assert torch.allclose(attention_lstm(queries, support), hidden + queries, atol=1e-6)
 
 
 def test_full_context_embeddings_name_a_wrong_embedding_size():

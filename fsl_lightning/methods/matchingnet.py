@@ -33,8 +33,10 @@ class SupportContextEmbedding(nn.Module):
 class QueryAttentionEmbedding(nn.Module):
     """Full-context embedding f of the queries: an attention LSTM with K read steps (appendix A.1).
 
-    Each step k:  ĥ_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1});  h_k = ĥ_k + f'(x);
-    r_k = sum_i softmax_i(h_k · g(x_i)) g(x_i).  The output is h_K.
+    Each step k:  r_{k-1} = sum_i softmax_i(h_{k-1} · g(x_i)) g(x_i);  ĥ_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}],
+    c_{k-1});  h_k = ĥ_k + f'(x) (eqs. 3-6). The output is h_K. The paper leaves h_0, c_0 and K unstated: here
+    h_0 = f'(x) and c_0 = 0, as CloserLook's ``FullyContextualEmbedding``, whose r is read from h before each
+    step too; K is ``read_steps`` (CloserLook reads as many times as there are support images).
 
     The paper concatenates the read-out r to the LSTM's hidden state; here r is concatenated to the
     LSTM's input instead, which gives the same gate pre-activations (both are one linear map of
@@ -52,12 +54,11 @@ class QueryAttentionEmbedding(nn.Module):
     def forward(self, queries: Tensor, support: Tensor) -> Tensor:
         hidden = queries
         cell = torch.zeros_like(queries)
-        readout = torch.zeros_like(queries)
         for _ in range(self.read_steps):
+            attention = (hidden @ support.T).softmax(dim=-1)  # [Q, S]: a(h_{k-1}, g(x_i)), dot products (eq. 6)
+            readout = attention @ support  # r_{k-1} (eq. 5)
             lstm_hidden, cell = self.cell(torch.cat([queries, readout], dim=-1), (hidden, cell))
-            hidden = lstm_hidden + queries  # skip connection to f'(x)
-            attention = (hidden @ support.T).softmax(dim=-1)  # [Q, S], dot-product attention as in the paper
-            readout = attention @ support
+            hidden = lstm_hidden + queries  # skip connection to f'(x) (eq. 4)
         return hidden
 
 
