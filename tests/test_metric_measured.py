@@ -15,9 +15,11 @@ accuracy, CPU, 1 thread; ``python benchmarks/family_bars.py metric`` prints the 
   gives exactly the same loss at 1 shot, so no 1-shot bar can see it).
 * RelationNet  0.785 / 0.752 / 0.778. Broken: untrained 0.200; scores read back class-major, so on the wrong
   (query, class) pairs, 0.205. Bar 0.70 fails both.
-* Siamese      0.564 / 0.576 / 0.573 (Conv4 twin, 64-d embeddings, verification pairs of each training episode).
-  Broken: untrained 0.248 / 0.131 / 0.189; the weighted distance of eq. 1 on the signed difference h1 - h2 instead
-  of |h1 - h2| 0.200. Bar 0.45 fails both.
+* Siamese      0.588 / 0.618 / 0.616 (Conv4 twin, 64-d embeddings, verification pairs of each training episode;
+  prediction layer initialised as Koch et al. section 3.2; EPYC Zen 4; with PyTorch's default initialisation
+  0.535 / 0.565 / 0.586 there, 0.564 / 0.576 / 0.573 on the Xeon). Broken: untrained 0.112 / 0.158 / 0.242; the
+  weighted distance of eq. 1 on the signed difference h1 - h2 instead of |h1 - h2| 0.200 (Xeon, default
+  initialisation). Bar 0.45 fails both.
 
 Each test also checks that the same network left untrained stays under its bar, on the same episodes. About 35 s
 per test (1 thread, lightly loaded machine).

@@ -84,6 +84,18 @@ def test_koch_twin_on_105x105_images():
         KochNet(image_size=28)
 
 
+def test_the_prediction_layer_is_initialised_as_section_3_2_initialises_fully_connected_layers():
+    """Weights N(0, 0.2), biases N(0.5, 0.01); PyTorch's default (uniform in +-1/64 for 4096 inputs) on request."""
+    torch.manual_seed(0)
+    head = Siamese(backbone=nn.Flatten(), embedding_dim=4096).head
+    assert float(head.weight.std()) == pytest.approx(0.2, rel=0.05) and abs(float(head.weight.mean())) < 0.02
+    assert float(head.bias) == pytest.approx(0.5, abs=0.05)
+    default = Siamese(backbone=nn.Flatten(), embedding_dim=4096, head_initialisation="pytorch").head
+    assert float(default.weight.abs().max()) <= 1 / 64
+    with pytest.raises(ValueError, match="head_initialisation='xavier': use koch or pytorch"):
+        Siamese(backbone=nn.Flatten(), head_initialisation="xavier")
+
+
 def test_class_log_mean_exp_by_hand():
     log_scores = torch.log(torch.tensor([[0.2, 0.6, 0.5]]))
     expected = torch.log(torch.tensor([[0.4, 0.5]]))

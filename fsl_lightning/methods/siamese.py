@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.data.pairs import balanced_pairs, random_affine
 from fsl_lightning.episode import Episode, SupportSet
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import class_log_mean_exp
 
@@ -34,6 +35,10 @@ class Siamese(EmbeddingMethod):
             ``fsl_lightning.backbones.KochNet`` (105x105 images); ``Conv4`` is the 28x28 variant.
         embedding_dim: size of the backbone's flat embeddings (4096 for KochNet, 64 for Conv4 on 28x28).
         distort: draw Koch et al.'s random affine distortion for each image of each training pair.
+        head_initialisation: ``koch`` (default): the prediction layer's weights alpha from N(0, 0.2) and its bias
+            from N(0.5, 0.01), as section 3.2 initialises every fully connected layer; ``pytorch``: PyTorch's
+            default for ``nn.Linear`` (uniform in +-1/sqrt(embedding_dim)), what this method used before
+            2026-12-07 (the Omniglot figures of BENCHMARKS.md measured before then used it).
     """
 
     #: ``predict`` writes the verification probability p(same) of eq. 1 (mean over the class's support images)
@@ -48,12 +53,18 @@ class Siamese(EmbeddingMethod):
         scheduler_interval: Literal["step", "epoch"] = "step",
         embedding_dim: int = 4096,
         distort: bool = False,
+        head_initialisation: Literal["koch", "pytorch"] = "koch",
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         self.embedding_dim = embedding_dim
         self.distort = distort
         # the learned weights alpha_j of the component-wise L1 distance, and the bias, before the sigmoid
         self.head = nn.Linear(embedding_dim, 1)
+        if head_initialisation == "koch":
+            nn.init.normal_(self.head.weight, 0.0, 0.2)
+            nn.init.normal_(self.head.bias, 0.5, 0.01)
+        elif head_initialisation != "pytorch":
+            raise UserError(f"Siamese head_initialisation={head_initialisation!r}: use koch or pytorch.")
 
     def pair_logits(self, first: Tensor, second: Tensor) -> Tensor:
         """Logit of p(same) for pairs of embeddings: first and second [..., D] -> [...]."""
