@@ -108,3 +108,33 @@ def test_predict_writes_the_relation_score_of_the_best_class():
     assert RelationNet.score_name == "relation_score"
     assert [row["predicted_class"] for row in rows] == [["a", "b", "c"][c] for c in best_classes.tolist()]
     assert [row["relation_score"] for row in rows] == pytest.approx(best_scores.tolist(), abs=1e-6)
+
+
+def test_weights_start_as_the_reference_code_initialises_them():
+    """floodsung/LearningToCompare_FSL's weights_init: conv N(0, sqrt(2 / (3 * 3 * 64))) with zero bias, linear
+    N(0, 0.01) with bias 1; PyTorch's own defaults on request."""
+    torch.manual_seed(0)
+    method = RelationNet(RelationConv4(in_channels=1))
+    convolutions = [m for m in method.modules() if isinstance(m, nn.Conv2d)][1:]  # 64 -> 64: 36,864 weights each
+    assert all(float(conv.weight.std()) == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.03) for conv in convolutions)
+    assert all(bool((conv.bias == 0).all()) for conv in convolutions)
+    first_linear, last_linear = [m for m in method.relation.modules() if isinstance(m, nn.Linear)]
+    assert float(first_linear.weight.std()) == pytest.approx(0.01, rel=0.1)
+    assert bool((first_linear.bias == 1).all()) and bool((last_linear.bias == 1).all())
+    default = RelationNet(RelationConv4(in_channels=1), initialisation="pytorch")
+    assert not bool((default.relation.classifier[1].bias == 1).all())
+
+
+def test_each_module_gradient_is_clipped_to_half_as_the_reference_does():
+    method = RelationNet(RelationConv4(in_channels=1))
+    for parameter in method.parameters():
+        parameter.grad = torch.full_like(parameter, 3.0)
+    method.configure_gradient_clipping(torch.optim.Adam(method.parameters()))
+    for module in (method.backbone, method.relation):
+        norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in module.parameters()]))
+        assert float(norm) == pytest.approx(0.5, rel=1e-4)
+    unclipped = RelationNet(RelationConv4(in_channels=1), module_gradient_clip_norm=None)
+    for parameter in unclipped.parameters():
+        parameter.grad = torch.full_like(parameter, 3.0)
+    unclipped.configure_gradient_clipping(torch.optim.Adam(unclipped.parameters()))
+    assert all(bool((parameter.grad == 3.0).all()) for parameter in unclipped.parameters())

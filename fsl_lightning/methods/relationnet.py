@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,8 +13,25 @@ from torch import Tensor, nn
 
 from fsl_lightning.backbones.conv4 import conv_block
 from fsl_lightning.episode import Episode, SupportSet
+from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod
 from fsl_lightning.methods.functional import class_sums
+
+
+def reference_initialisation(module: nn.Module) -> None:
+    """The reference code's ``weights_init`` for one module: convolutions N(0, sqrt(2 / n)) with n = k_h * k_w *
+    out_channels and zero bias; batch norm weight 1, bias 0; linear layers N(0, 0.01) with bias 1."""
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.01)
+        nn.init.ones_(module.bias)
 
 
 class RelationModule(nn.Module):
@@ -64,9 +82,21 @@ class RelationNet(EmbeddingMethod):
     [B, C, s, s] with s >= 4 (``fsl_lightning.backbones.relation_conv4.RelationConv4``: 5x5 on 28x28 images; ``Conv4``
     with ``flatten: false`` keeps only 1x1 maps there, 5x5 on 84x84 images).
 
+    As the reference code (floodsung/LearningToCompare_FSL, ``omniglot_train_one_shot.py``), the gradients of the
+    embedding module and of the relation module are each clipped to norm 0.5 before every step, and both modules
+    start from its ``weights_init``: convolutions N(0, sqrt(2 / (k * k * out_channels))) with zero bias, batch norm
+    1 and 0, linear layers N(0, 0.01) with bias 1. A departure, named: evaluation here runs batch norm on its
+    running statistics (eval mode), where the reference never leaves training mode and so normalises each
+    evaluation batch (the support images, then the queries) by its own statistics; that would make every
+    prediction depend on the other images of its batch (a single query could not be classified).
+
     Args:
         backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
         feature_channels, feature_size, hidden_channels, hidden_units: see :class:`RelationModule`.
+        module_gradient_clip_norm: the norm each module's gradient is clipped to (``null``: none), on top of any
+            ``trainer.gradient_clip_val``.
+        initialisation: ``reference`` (the reference's ``weights_init``, default) or ``pytorch`` (PyTorch's
+            defaults, what this method used before 2026-12-07).
     """
 
     #: ``predict`` writes the relation score itself: a sigmoid output regressed to 0/1, not a normalised probability
@@ -82,9 +112,29 @@ class RelationNet(EmbeddingMethod):
         feature_size: int = 5,
         hidden_channels: int = 64,
         hidden_units: int = 8,
+        module_gradient_clip_norm: float | None = 0.5,
+        initialisation: Literal["reference", "pytorch"] = "reference",
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         self.relation = RelationModule(feature_channels, feature_size, hidden_channels, hidden_units)
+        self.module_gradient_clip_norm = module_gradient_clip_norm
+        if initialisation == "reference":
+            for module in (*self.backbone.modules(), *self.relation.modules()):
+                reference_initialisation(module)
+        elif initialisation != "pytorch":
+            raise UserError(f"RelationNet initialisation={initialisation!r}: use reference or pytorch.")
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """The trainer's clipping (if any), then each module's gradient clipped to ``module_gradient_clip_norm``, as
+        the reference clips the embedding and the relation module separately."""
+        if gradient_clip_val is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if self.module_gradient_clip_norm is not None:
+            for module in (self.backbone, self.relation):
+                torch.nn.utils.clip_grad_norm_(module.parameters(), self.module_gradient_clip_norm)
 
     def embed(self, images: Tensor) -> Tensor:
         features = self.backbone(images)
