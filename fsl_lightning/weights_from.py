@@ -12,6 +12,7 @@ from pathlib import Path
 from lightning import LightningModule
 from torch import nn
 
+from fsl_lightning.backbones.dropblock import restart_dropblock_schedules
 from fsl_lightning.checkpoint_files import restore_weights
 from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.errors import UserError
@@ -38,8 +39,9 @@ def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, option: st
     """Loads the ``prefix``-ed weights of another run's checkpoint into ``backbone``, and nothing else: a method
     that meta-trains from a pre-trained backbone (FEAT's ``backbone_checkpoint``, Meta-Baseline's stage 1) starts
     from a pre-training run (Transfer, ProtoNet...) whose other weights (its classifier head) it does not have.
-    Every weight of ``backbone`` must be in the checkpoint, with its shape. Errors name the config ``option`` and,
-    for a missing file, say ``how_to_make_it``."""
+    Every weight of ``backbone`` must be in the checkpoint, with its shape; DropBlock ramps restart from 0 (the
+    reference codes do not save their counters with the weights). Errors name the config ``option`` and, for a
+    missing file, say ``how_to_make_it``."""
     if not checkpoint_file.is_file():
         raise UserError(f"{option}: no checkpoint file {checkpoint_file}. {how_to_make_it}")
     state = load_checkpoint_file(checkpoint_file).get("state_dict", {})
@@ -48,6 +50,7 @@ def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, option: st
         if not wanted:
             raise RuntimeError(f"it holds no {prefix}* weights")
         backbone.load_state_dict(wanted, strict=True)
+        restart_dropblock_schedules(backbone)  # a new stage: its DropBlock ramps up from the start
     except RuntimeError as error:
         reason = " ".join(str(error).split())  # PyTorch lists the mismatched keys over many lines
         raise UserError(

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl_lightning.backbones import Conv4
+from fsl_lightning.backbones import Conv4, ResNet12
+from fsl_lightning.backbones.dropblock import DropBlock
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
-from fsl_lightning.methods import FEAT, ProtoNet
+from fsl_lightning.methods import FEAT, ProtoNet, Transfer
 from fsl_lightning.methods.base import Prototypes
 from fsl_lightning.methods.feat import SetToSetAttention, contrastive_regulariser
 from fsl_lightning.methods.functional import class_prototypes
@@ -166,3 +167,25 @@ def test_a_backbone_checkpoint_of_another_backbone_is_named(tmp_path):
         feat(backbone_checkpoint=str(checkpoint)).setup("fit")
     with pytest.raises(UserError, match="no checkpoint file"):
         feat(backbone_checkpoint=str(tmp_path / "missing.ckpt")).setup("fit")
+
+
+def test_meta_training_ramps_dropblock_up_from_the_start_after_loading_the_pre_trained_backbone(tmp_path):
+    """Sha-Lab/FEAT's ResNet-12 counts its forward passes in a plain attribute, not saved with the pre-trained
+    weights, so meta-training starts its DropBlock ramp at 0; this project's counter is a buffer, loaded with them."""
+    torch.manual_seed(0)
+    pretrained = Transfer(ResNet12(in_channels=3, drop_rate=0.1, dropblock_schedule_steps=100), num_base_classes=4,
+                          feature_dim=640)
+    pretrained.train()
+    for _ in range(30):
+        pretrained.backbone(torch.rand(2, 3, 32, 32))
+    ramps = [m for m in pretrained.backbone.modules() if isinstance(m, DropBlock)]
+    assert ramps and all(int(ramp.training_steps) == 30 for ramp in ramps)
+    checkpoint = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": pretrained.state_dict()}, checkpoint)
+    method = FEAT(ResNet12(in_channels=3, drop_rate=0.1, dropblock_schedule_steps=100), feature_dim=640,
+                  backbone_checkpoint=str(checkpoint))
+    method.setup("fit")
+    loaded = [m for m in method.backbone.modules() if isinstance(m, DropBlock)]
+    assert all(int(ramp.training_steps) == 0 and float(ramp.current_drop_rate()) == 0.0 for ramp in loaded)
+    torch.testing.assert_close(method.backbone.state_dict()["blocks.0.body.0.weight"],
+                               pretrained.backbone.state_dict()["blocks.0.body.0.weight"])

@@ -61,3 +61,12 @@ class DropBlock(nn.Module):
         # a max filter over zero padding grows each seed into the block whose top-left corner it is
         blocks = F.max_pool2d(F.pad(seeds.to(features.dtype), (size - 1,) * 4), size, stride=1)
         return 1 - blocks
+
+
+def restart_dropblock_schedules(module: nn.Module) -> None:
+    """Sets the ramp of every DropBlock in ``module`` back to its start: a new training stage started from another
+    run's weights ramps its DropBlock up again, as FEAT's meta-training does (its counter is a plain attribute,
+    not saved with the pre-trained weights)."""
+    for block in module.modules():
+        if isinstance(block, DropBlock):
+            block.training_steps.zero_()
