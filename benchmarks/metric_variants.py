@@ -6,8 +6,9 @@ fixed test episodes), seeds 0, 1 and 2.
     OMP_NUM_THREADS=1 python benchmarks/metric_variants.py relationnet reference # or: relationnet previous
 
 * ``siamese``: the prediction layer initialised as Koch et al. section 3.2 (``koch``) or PyTorch's default.
-* ``relationnet``: the reference code's weight initialisation and per-module gradient clipping at 0.5
-  (``reference``), or neither (``previous``: PyTorch's initialisation, no clipping).
+* ``relationnet``: the reference code's weight initialisation, per-module gradient clipping at 0.5 and support /
+  query backbone passes apart (``reference``), or none of them (``previous``: PyTorch's initialisation, no
+  clipping, one pass per episode).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ VARIANTS = {
                                             head_initialisation="pytorch"),
     ("relationnet", "reference"): lambda: RelationNet(RelationConv4(in_channels=1), metric.adam),
     ("relationnet", "previous"): lambda: RelationNet(RelationConv4(in_channels=1), metric.adam,
-                                                     initialisation="pytorch", module_gradient_clip_norm=None),
+                                                     initialisation="pytorch", module_gradient_clip_norm=None,
+                                                     embedding_batches="episode"),
 }
 
 

@@ -13,9 +13,9 @@ accuracy, CPU, 1 thread; ``python benchmarks/family_bars.py metric`` prints the 
   normalised over the batch 0.755. Bar 0.715 fails the first two (thin margin: 0.015 to the nearest run on
   each side), NOT the last two, which learn as well at this budget (and dropping the attention softmax altogether
   gives exactly the same loss at 1 shot, so no 1-shot bar can see it).
-* RelationNet  0.768 / 0.761 / 0.769 with the reference's initialisation and per-module gradient clipping at 0.5
-  (EPYC Zen 4; without them, as before 2026-12-07: 0.785 / 0.760 / 0.792 there, 0.785 / 0.752 / 0.778 on the
-  Xeon). Broken: untrained 0.213 / 0.229 / 0.206; scores read back class-major, so on the wrong (query, class)
+* RelationNet  0.769 / 0.764 / 0.776 with the reference's initialisation, per-module gradient clipping at 0.5 and
+  support / query passes apart (EPYC Zen 4; without them, as before 2026-12-07: 0.785 / 0.760 / 0.792 there,
+  0.785 / 0.752 / 0.778 on the Xeon). Broken: untrained 0.213 / 0.229 / 0.206; scores read back class-major, so on the wrong (query, class)
   pairs, 0.205 (Xeon). Bar 0.70 fails both.
 * Siamese      0.588 / 0.618 / 0.616 (Conv4 twin, 64-d embeddings, verification pairs of each training episode;
   prediction layer initialised as Koch et al. section 3.2; EPYC Zen 4; with PyTorch's default initialisation

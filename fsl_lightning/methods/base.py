@@ -259,6 +259,13 @@ class FewShotMethod(L.LightningModule):
         )
 
 
+def check_embedding_batches(choice: str, method: str) -> str:
+    """``embedding_batches`` of a method that trains through :meth:`EmbeddingMethod.logits_from_separate_passes`."""
+    if choice not in ("reference", "episode"):
+        raise UserError(f"{method} embedding_batches={choice!r}: use reference or episode.")
+    return choice
+
+
 @dataclass(frozen=True)
 class Prototypes:
     """A fitted support set of the prototype family (ProtoNet, nearest centroid): one vector per class, [way, D]."""
@@ -282,9 +289,11 @@ class EmbeddingMethod(FewShotMethod):
     scores their features (:meth:`score_features`).
 
     :meth:`episode_logits`, used in training and evaluation, embeds support and queries in ONE backbone batch, as
-    the papers' code does: in training mode batch norm then normalises with the statistics of the whole episode,
-    which separate calls for each side do not reproduce. In eval mode (running statistics) an image's features do
-    not depend on its batch, so ``score(fit_support(support), queries)`` gives the episode's logits, up to the
+    the code of Prototypical Networks does: in training mode batch norm then normalises with the statistics of the
+    whole episode, which separate calls for each side do not reproduce. Methods whose reference code embeds the
+    support images and the queries in separate passes (MetaOptNet, Relation Networks) train through
+    :meth:`logits_from_separate_passes` instead. In eval mode (running statistics) an image's features do not
+    depend on its batch, so ``score(fit_support(support), queries)`` gives the episode's logits, up to the
     floating-point rounding of batched convolutions (tests/test_support_split.py checks every method).
     """
 
@@ -344,3 +353,15 @@ class EmbeddingMethod(FewShotMethod):
         num_support = len(episode.support_images)
         state = self.fit_features(features[:num_support], SupportSet.of(episode))
         return self.score_features(state, features[num_support:])
+
+    def logits_from_separate_passes(self, tasks: list[Episode]) -> list[Tensor]:
+        """The logits of each task, with the support images of all the tasks embedded in one backbone pass and
+        their queries in another (in training mode, batch norm normalises each side by its own statistics)."""
+        support_features = self.embed(torch.cat([task.support_images for task in tasks]))
+        query_features = self.embed(torch.cat([task.query_images for task in tasks]))
+        supports = support_features.split([len(task.support_images) for task in tasks])
+        queries = query_features.split([len(task.query_images) for task in tasks])
+        return [
+            self.score_features(self.fit_features(support, SupportSet.of(task)), query)
+            for task, support, query in zip(tasks, supports, queries)
+        ]

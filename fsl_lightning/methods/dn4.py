@@ -3,14 +3,14 @@ Few-shot Learning"): images as sets of local descriptors, classes scored by an i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsl_lightning.episode import SupportSet
-from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
+from fsl_lightning.episode import Episode, SupportSet
+from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures, check_embedding_batches
 
 
 def local_descriptors(feature_maps: Tensor) -> Tensor:
@@ -66,13 +66,35 @@ class DN4(EmbeddingMethod):
     Args:
         backbone, optimizer, lr_scheduler, scheduler_interval: see :class:`FewShotMethod`.
         neighbours: k, the nearest support descriptors each query descriptor counts (3, the paper's default).
+        embedding_batches: in training, ``reference`` (default) embeds the queries in one backbone pass and each
+            class's support images in a pass of their own, as the reference's ``forward`` (its batch norm
+            normalises each pass by its own statistics); ``episode``: the whole episode in one pass, what this
+            method did before 2026-12-07.
     """
 
-    def __init__(self, *args: Any, neighbours: int = 3, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, neighbours: int = 3, embedding_batches: Literal["reference", "episode"] = "reference",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if neighbours < 1:
             raise ValueError(f"neighbours must be at least 1 (the paper's k = 3), got {neighbours}.")
         self.neighbours = neighbours
+        self.embedding_batches = check_embedding_batches(embedding_batches, "DN4")
+
+    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
+        if self.embedding_batches == "episode":
+            return super().training_logits(episode, tasks)
+        return [self._logits_from_class_passes(task) for task in tasks]
+
+    def _logits_from_class_passes(self, task: Episode) -> Tensor:
+        """The queries in one backbone pass, then each class's support images in one pass each."""
+        query_features = self.embed(task.query_images)
+        by_class = [torch.nonzero(task.support_labels == label).flatten() for label in range(task.way)]
+        class_features = torch.cat([self.embed(task.support_images[indices]) for indices in by_class])
+        support_features = torch.empty_like(class_features)
+        support_features[torch.cat(by_class)] = class_features  # back in the support set's order
+        return self.score_features(self.fit_features(support_features, SupportSet.of(task)), query_features)
 
     def embed(self, images: Tensor) -> Tensor:
         feature_maps = self.backbone(images)

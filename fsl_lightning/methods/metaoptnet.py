@@ -5,14 +5,14 @@ its dual quadratic program, differentiated through the solver's optimality condi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.methods.base import EmbeddingMethod
+from fsl_lightning.methods.base import EmbeddingMethod, check_embedding_batches
 from fsl_lightning.methods.qp import solve_qp
 
 
@@ -62,6 +62,10 @@ class MetaOptNet(EmbeddingMethod):
             class and eps / (way - 1) on each other class (not ``F.cross_entropy``'s eps / way spread). Evaluation
             losses use plain cross-entropy, as the reference's validation.
         initial_scale: starting logit scale.
+        embedding_batches: in training, ``reference`` (default) embeds the support images of all the
+            meta-batch's episodes in one backbone pass and their queries in another, as the reference's train.py
+            (its batch norm normalises each side by its own statistics); ``episode``: each episode's support and
+            queries in one pass, what this method did before 2026-12-07.
     """
 
     #: the solver's float32 products need full precision: TF32 would blur the residuals the interior point reads
@@ -77,9 +81,11 @@ class MetaOptNet(EmbeddingMethod):
         double_precision: bool = False,
         label_smoothing: float = 0.1,
         initial_scale: float = 1.0,
+        embedding_batches: Literal["reference", "episode"] = "reference",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.embedding_batches = check_embedding_batches(embedding_batches, "MetaOptNet")
         if c_reg <= 0:
             raise ValueError(f"c_reg must be positive (the reference's 0.1), got {c_reg}.")
         if max_iter < 1 or test_max_iter < 1:
@@ -93,6 +99,11 @@ class MetaOptNet(EmbeddingMethod):
 
     def embed(self, images: Tensor) -> Tensor:
         return self.backbone(images).flatten(1).float()
+
+    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
+        if self.embedding_batches == "episode":
+            return super().training_logits(episode, tasks)
+        return self.logits_from_separate_passes(tasks)
 
     def fit_features(self, support_features: Tensor, support: SupportSet) -> SVMWeights:
         dtype = torch.float64 if self.double_precision else torch.float32

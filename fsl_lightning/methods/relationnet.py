@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from fsl_lightning.backbones.conv4 import conv_block
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
-from fsl_lightning.methods.base import EmbeddingMethod
+from fsl_lightning.methods.base import EmbeddingMethod, check_embedding_batches
 from fsl_lightning.methods.functional import class_sums
 
 
@@ -97,6 +97,9 @@ class RelationNet(EmbeddingMethod):
             ``trainer.gradient_clip_val``.
         initialisation: ``reference`` (the reference's ``weights_init``, default) or ``pytorch`` (PyTorch's
             defaults, what this method used before 2026-12-07).
+        embedding_batches: in training, ``reference`` (default) embeds the support images in one backbone
+            pass and the queries in another, as the reference (its batch norm normalises each side by its own
+            statistics); ``episode``: both in one pass, what this method did before 2026-12-07.
     """
 
     #: ``predict`` writes the relation score itself: a sigmoid output regressed to 0/1, not a normalised probability
@@ -114,15 +117,22 @@ class RelationNet(EmbeddingMethod):
         hidden_units: int = 8,
         module_gradient_clip_norm: float | None = 0.5,
         initialisation: Literal["reference", "pytorch"] = "reference",
+        embedding_batches: Literal["reference", "episode"] = "reference",
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         self.relation = RelationModule(feature_channels, feature_size, hidden_channels, hidden_units)
         self.module_gradient_clip_norm = module_gradient_clip_norm
+        self.embedding_batches = check_embedding_batches(embedding_batches, "RelationNet")
         if initialisation == "reference":
             for module in (*self.backbone.modules(), *self.relation.modules()):
                 reference_initialisation(module)
         elif initialisation != "pytorch":
             raise UserError(f"RelationNet initialisation={initialisation!r}: use reference or pytorch.")
+
+    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
+        if self.embedding_batches == "episode":
+            return super().training_logits(episode, tasks)
+        return self.logits_from_separate_passes(tasks)
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
