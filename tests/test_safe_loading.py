@@ -22,7 +22,9 @@ from fsl_lightning.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointErro
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
 from fsl_lightning.data.decoded_cache import cached, read_cache_file
-from fsl_lightning.methods import RFSDistill
+from fsl_lightning.data.augment import BatchAugmentation
+from fsl_lightning.methods import RFSDistill, RFSSimple
+from fsl_lightning.methods.episode_classifiers import NearestCentroid
 from fsl_lightning.weights_from import load_backbone_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,3 +186,14 @@ def test_a_checkpoint_of_the_first_time_budget_still_resumes_with_its_plan():
     budget = TimeBudgetSchedule()
     budget.load_state_dict({"planned_steps": 8000, "plan_step": 70, "configured_steps": 8000})
     assert budget.planned_steps == 8000 and budget.plan_changes == [(70, 8000)]
+
+
+def test_a_method_built_in_python_keeps_no_live_object_in_its_checkpoint_hyperparameters(tmp_path):
+    """Objects given as arguments (an episode classifier, an augmentation) would be pickled into every checkpoint
+    Lightning writes (``hyper_parameters``), which ``weights_only`` would then refuse to load."""
+    method = RFSSimple(Conv4(in_channels=3), num_base_classes=4, feature_dim=64, episode_classifier=NearestCentroid(),
+                       support_augmentation=BatchAugmentation())
+    assert "episode_classifier" not in method.hparams and "support_augmentation" not in method.hparams
+    assert method.hparams["num_base_classes"] == 4 and method.hparams["augmented_support_copies"] == 5
+    torch.save({"hyper_parameters": dict(method.hparams), "state_dict": method.state_dict()}, tmp_path / "m.ckpt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "m.ckpt")) == []

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from fsl_lightning.built_by_cli import built_by_cli
+from fsl_lightning.built_by_cli import built_by_cli, drop_live_objects
 from fsl_lightning.backbones.batch_norm_folding import batch_norm_folded
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
@@ -71,6 +71,8 @@ class FewShotMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_by_cli() else ["backbone", "optimizer", "lr_scheduler"])
+        if not built_by_cli():
+            drop_live_objects(self.hparams)
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler

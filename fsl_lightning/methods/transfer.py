@@ -11,6 +11,7 @@ fitted classifier is the state of :meth:`~fsl_lightning.methods.base.FewShotMeth
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +22,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.checkpoint_io import load_checkpoint_file
+from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages
-from fsl_lightning.episode import LabelledBatch, SupportSet
+from fsl_lightning.episode import Episode, LabelledBatch, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod
 from fsl_lightning.methods.episode_classifiers import (
@@ -77,6 +79,12 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
             ``(1 - w) * CE + w * T^2 * KL(teacher || student)`` at temperature T.
         distillation_weight: ``w`` above.
         temperature: ``T`` above.
+        support_augmentation: at evaluation (validate, test, predict), the support set the episode classifier is
+            fitted on becomes ``augmented_support_copies`` copies of each support image, each through this
+            augmentation (seeded by the episode: the same episode gives the same copies), and no original: RFS's
+            ``eval_fewshot.py`` (``--n_aug_support_samples 5``, its training transform), which SKD's evaluation
+            uses too. Give it the training augmentation of the config. ``null``: the support images as they are.
+        augmented_support_copies: the copies above (5, RFS's default).
     """
 
     trains_on_episodes = False
@@ -96,6 +104,8 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
         teacher_checkpoint: str | None = None,
         distillation_weight: float = 0.5,
         temperature: float = 4.0,
+        support_augmentation: BatchAugmentation | None = None,
+        augmented_support_copies: int = 5,
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         self.num_base_classes = num_base_classes
@@ -109,6 +119,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
         self.teacher_checkpoint = teacher_checkpoint
         self.distillation_weight = distillation_weight
         self.temperature = temperature
+        if augmented_support_copies < 1:
+            raise UserError(f"augmented_support_copies must be at least 1 (RFS uses 5), got {augmented_support_copies}.")
+        self.support_augmentation, self.augmented_support_copies = support_augmentation, augmented_support_copies
         self._teacher: tuple[nn.Module, ...] = ()  # a tuple keeps it out of the state dict and the optimiser
 
     @property
@@ -201,6 +214,25 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     def embed(self, images: Tensor) -> Tensor:
         with torch.no_grad():
             return self.backbone(images).float()
+
+    def fit_support(self, support: SupportSet) -> Any:
+        return super().fit_support(self.augmented_support(support))
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        if self.training or self.support_augmentation is None:
+            return super().episode_logits(episode)
+        # the augmented support set and the queries go through the backbone apart (eval mode: the same features)
+        return self.score(self.fit_support(SupportSet.of(episode)), episode.query_images, episode.query_indices)
+
+    def augmented_support(self, support: SupportSet) -> SupportSet:
+        """At evaluation with a ``support_augmentation``: ``augmented_support_copies`` augmented copies of each
+        support image (seeded by the episode's seed), with their labels; otherwise the support set unchanged."""
+        if self.training or self.support_augmentation is None or not len(support.images):
+            return support
+        generator = torch.Generator(device=support.images.device).manual_seed(support.seed or 0)
+        copies = [self.support_augmentation(support.images, generator) for _ in range(self.augmented_support_copies)]
+        return replace(support, images=torch.cat(copies), labels=support.labels.repeat(self.augmented_support_copies),
+                       indices=None)
 
     def fit_features(self, support_features: Tensor, support: SupportSet) -> Any:
         """The episode classifier fitted on the support features; the episode's own seed drives any randomness of
