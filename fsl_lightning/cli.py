@@ -78,9 +78,13 @@ class FewShotCLI(LightningCLI):
         parser.add_lightning_class_args(TimeBudgetSchedule, "time_budget")
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyperparameters first (weights_only): an unsafe or damaged file is
-        # refused there, in one line
         subcommand = self.config.get("subcommand")
+        if subcommand in EVALUATION_SUBCOMMANDS:
+            # parse_arguments made the checkpoint's settings the defaults, under the user's (and read it safely);
+            # LightningCLI's own step would lay the checkpoint's model settings over the user's instead
+            return
+        # fit --ckpt_path: LightningCLI reads the checkpoint's hyperparameters (weights_only); an unsafe or damaged
+        # file is refused there, in one line
         with checkpoint_load_errors_reported(self.config[subcommand].get("ckpt_path") if subcommand else None):
             super()._parse_ckpt_path()
 

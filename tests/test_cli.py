@@ -270,3 +270,12 @@ def test_only_methods_with_something_to_train_need_a_checkpoint():
     assert not NearestNeighbour(torch.nn.Flatten()).needs_trained_weights
     assert not CLIPZeroShot.needs_trained_weights and not FrozenFeatures.needs_trained_weights
     assert ProtoNet(Conv4(in_channels=1)).needs_trained_weights
+
+
+def test_a_model_setting_on_the_command_line_wins_over_the_checkpoints_in_evaluation(fitted):
+    """The checkpoint's settings are the defaults of `test`; the user's command line goes over them (LightningCLI's
+    own reading of the checkpoint would lay its model settings over the user's)."""
+    _, _, best = fitted
+    trained = main(["test", "--ckpt_path", best, "--data.test_episodes=5"])
+    changed = main(["test", "--ckpt_path", best, "--data.test_episodes=5", "--model.init_args.distance=euclidean"])
+    assert trained.model.distance == "squared_euclidean" and changed.model.distance == "euclidean"
