@@ -28,7 +28,8 @@ BAD_IMAGE_CHOICES = ("skip", "stop")
 
 @dataclass
 class QueryImages:
-    """The query images that decoded (uint8 [M, C, H, W], with their files) and the ones that did not.
+    """The query images that decoded ([M, C, H, W]: uint8 as decoded from files, model input once the Python API
+    has checked them), with their files, and the ones that did not.
 
     ``files`` lists every query file in order, ``decoded_files`` those of ``images``; ``unreadable`` maps each
     file that did not decode to the one-line reason."""
