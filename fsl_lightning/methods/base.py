@@ -303,6 +303,9 @@ class EmbeddingMethod(FewShotMethod):
     #: convolutions (:func:`~fsl_lightning.backbones.batch_norm_folding.batch_norm_folded`): the same function in eval
     #: mode, faster; off for a method whose evaluation trains the backbone
     folds_batch_norm_for_evaluation: bool = True
+    #: the backbone passes of training: ``episode`` (one per episode) or ``reference`` (those of the method's
+    #: reference code, :meth:`reference_training_logits`); methods that offer both set it from ``embedding_batches``
+    embedding_batches: str = "episode"
 
     def setup(self, stage: str) -> None:
         self.restore_trained_backbone()  # every stage starts from the trained module, even after a failed test
@@ -355,6 +358,16 @@ class EmbeddingMethod(FewShotMethod):
         num_support = len(episode.support_images)
         state = self.fit_features(features[:num_support], SupportSet.of(episode))
         return self.score_features(state, features[num_support:])
+
+    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
+        if self.embedding_batches == "reference":
+            return self.reference_training_logits(tasks)
+        return super().training_logits(episode, tasks)
+
+    def reference_training_logits(self, tasks: list[Episode]) -> list[Tensor]:
+        """The logits of each task through the backbone passes of the method's reference code; by default
+        :meth:`logits_from_separate_passes` (MetaOptNet, Relation Networks)."""
+        return self.logits_from_separate_passes(tasks)
 
     def logits_from_separate_passes(self, tasks: list[Episode]) -> list[Tensor]:
         """The logits of each task, with the support images of all the tasks embedded in one backbone pass and

@@ -82,9 +82,7 @@ class DN4(EmbeddingMethod):
         self.neighbours = neighbours
         self.embedding_batches = check_embedding_batches(embedding_batches, "DN4")
 
-    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
-        if self.embedding_batches == "episode":
-            return super().training_logits(episode, tasks)
+    def reference_training_logits(self, tasks: list[Episode]) -> list[Tensor]:
         return [self._logits_from_class_passes(task) for task in tasks]
 
     def _logits_from_class_passes(self, task: Episode) -> Tensor:

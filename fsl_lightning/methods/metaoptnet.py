@@ -100,11 +100,6 @@ class MetaOptNet(EmbeddingMethod):
     def embed(self, images: Tensor) -> Tensor:
         return self.backbone(images).flatten(1).float()
 
-    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
-        if self.embedding_batches == "episode":
-            return super().training_logits(episode, tasks)
-        return self.logits_from_separate_passes(tasks)
-
     def fit_features(self, support_features: Tensor, support: SupportSet) -> SVMWeights:
         dtype = torch.float64 if self.double_precision else torch.float32
         # The solve stays out of autocast: an interior point needs its residuals in full precision.

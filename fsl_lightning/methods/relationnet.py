@@ -129,11 +129,6 @@ class RelationNet(EmbeddingMethod):
         elif initialisation != "pytorch":
             raise UserError(f"RelationNet initialisation={initialisation!r}: use reference or pytorch.")
 
-    def training_logits(self, episode: Episode, tasks: list[Episode]) -> list[Tensor]:
-        if self.embedding_batches == "episode":
-            return super().training_logits(episode, tasks)
-        return self.logits_from_separate_passes(tasks)
-
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
