@@ -216,6 +216,8 @@ def test_pt_map_on_this_projects_resnet12_features_is_pt_map_on_their_relu():
     assert torch.equal(clipped, PTMAP()(support.relu(), support_labels, queries.relu(), 5, seed=0))
     with pytest.raises(UserError, match="negative values"):
         PTMAP(negative_features="refuse")(support, support_labels, queries, 5, seed=0)
+    with pytest.raises(UserError, match="negative_features='drop': use clip or refuse"):
+        PTMAP(negative_features="drop")
 
 
 def test_sinkhorn_plan_has_unit_rows_and_balanced_columns():

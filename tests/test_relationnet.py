@@ -123,6 +123,8 @@ def test_weights_start_as_the_reference_code_initialises_them():
     assert bool((first_linear.bias == 1).all()) and bool((last_linear.bias == 1).all())
     default = RelationNet(RelationConv4(in_channels=1), initialisation="pytorch")
     assert not bool((default.relation.classifier[1].bias == 1).all())
+    with pytest.raises(ValueError, match="initialisation='xavier': use reference or pytorch"):
+        RelationNet(RelationConv4(in_channels=1), initialisation="xavier")
 
 
 def test_each_module_gradient_is_clipped_to_half_as_the_reference_does():
