@@ -44,7 +44,8 @@ def test_ridge_weights_equal_the_primal_normal_equations():
 
 
 def test_r2d2_logits_are_scaled_ridge_predictions_with_an_intercept():
-    model = R2D2(torch.nn.Flatten(), initial_lambda=2.0, initial_scale=3.0).double()
+    """``plain`` scaling: the ridge term is lambda itself, as the paper's Eq. 6 reads."""
+    model = R2D2(torch.nn.Flatten(), initial_lambda=2.0, initial_scale=3.0, regulariser_scaling="plain").double()
     with torch.no_grad():
         model.bias.fill_(0.5)
     support, labels, queries, query_labels = separable_episode()
@@ -55,8 +56,46 @@ def test_r2d2_logits_are_scaled_ridge_predictions_with_an_intercept():
     assert torch.allclose(model.episode_logits(episode).double(), 3.0 * xq @ w + 0.5, atol=1e-5)
 
 
-def test_r2d2_meta_learns_its_regulariser_and_scale():
-    model = R2D2(torch.nn.Linear(16, 8))
+def reference_r2d2_logits(support, labels, queries, way, lam, scale, bias):
+    """bertinetto/r2d2's RRNet.loss, step by step (``fewshots/models/r2d2.py``, Woodbury branch): ones appended
+    to the support features, features and one-hot targets divided by sqrt(S), W = X^T (X X^T + lambda I)^-1 Y,
+    query scores z_q w + b (the queries unscaled, no ones column), then the AdjustLayer: scale * out + bias."""
+    count = len(support)
+    x = torch.cat([support, torch.ones(count, 1, dtype=support.dtype)], 1) / count**0.5
+    y = F.one_hot(labels, way).to(support.dtype) / count**0.5
+    wb = x.T @ torch.inverse(x @ x.T + lam * torch.eye(count, dtype=support.dtype)) @ y
+    w, b = wb[:-1], wb[-1:]
+    return (queries @ w + b) * scale + bias
+
+
+@pytest.mark.parametrize("shot", [1, 3])
+def test_r2d2_matches_the_reference_solver_on_the_same_features(shot):
+    """The default head against the authors' computation: a plain lambda (this project before) would not match."""
+    model = R2D2(torch.nn.Flatten(), initial_scale=10.0).double()
+    with torch.no_grad():
+        model.bias.fill_(0.25)
+    support, labels, queries, query_labels = separable_episode(way=5, shot=shot)
+    support, queries = support.double(), queries.double()
+    ours = model.episode_logits(Episode(support, labels, queries, query_labels, torch.arange(5)))
+    reference = reference_r2d2_logits(support, labels, queries, 5, 50.0, 10.0, 0.25)
+    assert torch.allclose(ours.double(), reference, atol=1e-5)  # features are embedded in float32
+    plain = R2D2(torch.nn.Flatten(), initial_scale=10.0, regulariser_scaling="plain").double()
+    with torch.no_grad():
+        plain.bias.fill_(0.25)
+    assert not torch.allclose(plain.episode_logits(Episode(support, labels, queries, query_labels, torch.arange(5))).double(),
+                              reference, atol=1e-3)
+
+
+def test_r2d2_defaults_are_the_reference_configuration():
+    """bertinetto/r2d2's fewshots.yaml: lambda fixed at 50, the logit scale from 1e-4 and the bias from 0."""
+    model = R2D2(torch.nn.Flatten())
+    assert not model.log_lambda.requires_grad and model.log_lambda.exp().item() == pytest.approx(50.0)
+    assert model.scale.item() == pytest.approx(1e-4) and model.bias.item() == 0.0
+    assert model.regulariser_scaling == "per_support_image"
+
+
+def test_r2d2_meta_learns_its_regulariser_and_scale_when_asked():
+    model = R2D2(torch.nn.Linear(16, 8), learn_lambda=True)
     support, labels, queries, query_labels = separable_episode()
     logits = model.episode_logits(Episode(support, labels, queries, query_labels, torch.arange(4)))
     F.cross_entropy(logits, query_labels).backward()

@@ -247,3 +247,26 @@ def test_training_on_the_validation_classes_too_trains_on_both_and_validates_on_
         EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, train_on_val_classes=True).setup("fit")
     with pytest.raises(UserError, match=r"--data.val_episodes=200"):
         EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, val_episodes=0).setup("validate")
+
+
+def test_a_training_shot_range_draws_each_batch_its_shot_and_keeps_the_images_per_class(omniglot):
+    """R2D2's episodes (bertinetto/r2d2): 10 images per class, the shot drawn in 1..9 per batch, the rest queries."""
+    spec = EpisodeSpec(way=5, shot=1, query=9)
+    datamodule = make_datamodule(omniglot, train=spec, train_shot_range=(1, 9), train_episodes_per_epoch=60)
+    attach_trainer(datamodule, RunningStage.TRAINING)
+    episodes = episodes_of(datamodule.train_dataloader(), datamodule)
+    shots = [len(episode.support_labels) // 5 for episode in episodes]
+    assert set(shots) == set(range(1, 10))  # 60 draws over 9 values: all of them (a fixed shot would give one)
+    for episode, shot in zip(episodes, shots):
+        assert len(episode.query_labels) == 5 * (10 - shot)
+        assert torch.equal(episode.support_labels, torch.arange(5).repeat_interleave(shot))
+    again = [datamodule.training_batch(key, torch.device("cpu")) for key in range(5)]
+    assert [len(episode.support_labels) // 5 for episode in again] == shots[:5]  # a pure function of the batch key
+    datamodule.trainer.state.stage = RunningStage.VALIDATING
+    validation = episodes_of(datamodule.val_dataloader(), datamodule)
+    assert {len(episode.support_labels) for episode in validation} == {5 * SPEC.shot}  # evaluation keeps its spec
+
+
+def test_a_training_shot_range_beyond_the_images_per_class_is_refused(omniglot):
+    with pytest.raises(UserError, match=r"train_shot_range \[1, 10\] must satisfy .* \(= 10 images per class"):
+        make_datamodule(omniglot, train=EpisodeSpec(way=5, shot=1, query=9), train_shot_range=(1, 10))

@@ -8,6 +8,7 @@ from fsl_lightning.backbones.conv4 import Conv4
 from fsl_lightning.backbones.koch import KochNet
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4
 from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d
+from fsl_lightning.backbones.r2d2_conv import R2D2Conv
 from fsl_lightning.backbones.relation_conv4 import RelationConv4
 from fsl_lightning.backbones.resnet12 import ResNet12
 from fsl_lightning.backbones.resnet18 import ResNet18
@@ -20,6 +21,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "koch": KochNet,
     "relation_conv4": RelationConv4,
     "maml_conv4": MAMLConv4,
+    "r2d2_conv": R2D2Conv,
     "resnet18": ResNet18,
     "wrn28_10": WideResNet,
     "torchvision": TorchvisionBackbone,
@@ -45,6 +47,7 @@ __all__ = [
     "MAMLConv4",
     "PlainBatchNorm2d",
     "PretrainedWeightsUnavailableError",
+    "R2D2Conv",
     "RelationConv4",
     "ResNet12",
     "ResNet18",

@@ -35,6 +35,7 @@ from fsl_lightning.episode import Episode, EpisodeSpec, LabelledBatch, split_sup
 from fsl_lightning.errors import UserError
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
+TRAIN_SHOT_STREAM = 3  # the random shot of each training batch (train_shot_range)
 
 # Episode streams know their length and are read in the main process (sampling is cheap), so Lightning's
 # warning about `__len__` with several loader workers does not apply.
@@ -55,6 +56,11 @@ class EpisodicDataModule(L.LightningDataModule):
     Args:
         dataset: the dataset, for example ``fsl_lightning.data.Omniglot``.
         train: way / shot / query of training episodes.
+        train_shot_range: ``[low, high]``: each training batch draws its shot uniformly in ``low..high`` and keeps
+            ``train.shot + train.query`` images per class, the rest being queries (all tasks of a meta-batch share
+            the shot). Bertinetto et al.'s R2D2 trains so (a fixed number of images per episode, shot 1..9 at
+            random: ``shot_min``/``shot_max`` in bertinetto/r2d2), and so one model serves every test shot.
+            The shot is a pure function of the batch key, like the episode: the same on resume and on any device.
         evaluation: way / shot / query of validation and test episodes.
         train_episodes_per_epoch: training batches (steps) between two validations.
         train_tasks_per_batch: episodes per training step; above 1, each batch is a meta-batch of tasks
@@ -90,6 +96,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self,
         dataset: FewShotDataset,
         train: EpisodeSpec = EpisodeSpec(way=5, shot=1, query=15),
+        train_shot_range: tuple[int, int] | None = None,
         evaluation: EpisodeSpec = EpisodeSpec(way=5, shot=1, query=15),
         train_episodes_per_epoch: int = 500,
         train_tasks_per_batch: int = 1,
@@ -114,6 +121,7 @@ class EpisodicDataModule(L.LightningDataModule):
             _pin_image_size(self.hparams["dataset"], dataset)
         self.dataset = dataset
         self.specs = {"train": train, "val": evaluation, "test": evaluation}
+        self.train_shot_range = _checked_shot_range(train_shot_range, train)
         self.episode_counts = {"train": train_episodes_per_epoch, "val": val_episodes, "test": test_episodes}
         if train_tasks_per_batch < 1:
             raise UserError(f"train_tasks_per_batch must be at least 1, got {train_tasks_per_batch}.")
@@ -243,14 +251,14 @@ class EpisodicDataModule(L.LightningDataModule):
         if split == "train":
             self._train_batches_done = self._batches_done() + 1
         if isinstance(batch, int):  # a key: the training episode is drawn here, on the device
-            batch = self._device_sampler(batch, self._compute_device())
+            batch = (*self._device_sampler(batch, self._compute_device()), batch)
         return self._assemble(split, *batch)
 
     def training_batch(self, key: int, device: torch.device) -> Episode | LabelledBatch:
         """Training batch ``key`` on ``device`` as ``training_step`` receives it, outside any Trainer loop (for
         benchmarks that time the bare model step on resident data). Call after ``setup("fit")``."""
         indices, class_ids, *_ = next(iter(self._index_stream("train", lambda: range(key, key + 1))))
-        return self._assemble("train", indices.to(device), class_ids.to(device))
+        return self._assemble("train", indices.to(device), class_ids.to(device), key)
 
     def _assemble(
         self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None
@@ -262,7 +270,15 @@ class EpisodicDataModule(L.LightningDataModule):
         if split == "train" and self.pretrain_batch_size:
             return LabelledBatch(images, class_ids)
         seed = None if split == "train" else self.episode_seed(split, key)
-        return split_support_query(images, class_ids, self.specs[split], image_indices, seed)
+        return split_support_query(images, class_ids, self._spec_of(split, key), image_indices, seed)
+
+    def _spec_of(self, split: str, key: int | None) -> EpisodeSpec:
+        spec = self.specs[split]
+        if split != "train" or self.train_shot_range is None:
+            return spec
+        low, high = self.train_shot_range
+        shot = low + mixed_seed(self.seed, TRAIN_SHOT_STREAM, key) % (high - low + 1)
+        return EpisodeSpec(way=spec.way, shot=shot, query=spec.images_per_class - shot)
 
     def episode_seed(self, split: str, key: int) -> int:
         """The seed of validation or test episode ``key`` (:attr:`Episode.seed`): a pure function of
@@ -359,6 +375,20 @@ class EpisodicDataModule(L.LightningDataModule):
         if resident is None or resident.device != device:
             resident = self._resident[split] = self.splits[split].images.to(device)
         return resident
+
+
+def _checked_shot_range(shot_range: tuple[int, int] | None, train: EpisodeSpec) -> tuple[int, int] | None:
+    """``shot_range`` as a tuple, or a :class:`UserError` saying how to fix it."""
+    if shot_range is None:
+        return None
+    low, high = shot_range
+    if not 1 <= low <= high < train.images_per_class:
+        raise UserError(
+            f"train_shot_range [{low}, {high}] must satisfy 1 <= low <= high < train.shot + train.query "
+            f"(= {train.images_per_class} images per class, at least one of them a query): lower the range or raise "
+            "--data.train.query."
+        )
+    return low, high
 
 
 def _pin_image_size(dataset_config: dict, dataset: FewShotDataset) -> None:
