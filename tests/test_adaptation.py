@@ -34,13 +34,15 @@ INNER_LR = 0.3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(seed: int = 0) -> MAMLConv4:
+def tiny_model(seed: int = 0, batch_norm_scale: bool = True) -> MAMLConv4:
     torch.manual_seed(seed)
-    model = MAMLConv4(in_channels=1, way=WAY, hidden_channels=2, image_size=SIDE).double()
+    model = MAMLConv4(in_channels=1, way=WAY, hidden_channels=2, image_size=SIDE, batch_norm_scale=batch_norm_scale)
+    model = model.double()
     with torch.no_grad():  # batch norm affine away from (1, 0), so that its gradients are exercised in general
         for module in model.modules():
             if isinstance(module, PlainBatchNorm2d):
-                module.weight.uniform_(0.8, 1.2)
+                if module.weight is not None:
+                    module.weight.uniform_(0.8, 1.2)
                 module.bias.uniform_(-0.1, 0.1)
     return model
 
@@ -158,6 +160,19 @@ def test_engines_agree_on_adapted_weights_logits_and_meta_gradient(steps, first_
         for name in dict(model.named_parameters()):
             torch.testing.assert_close(adapted[engine][name], adapted[REFERENCE][name], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(logits[engine], logits[REFERENCE], rtol=1e-12, atol=1e-12)
+        assert_gradients_close(grads[engine], grads[REFERENCE], rtol=1e-10, atol=1e-12)
+
+
+def test_engines_agree_with_a_shift_only_batch_norm():
+    """MAML's reference network (batch norm without a scale): torch's fused kernel, which the loop engine uses, is
+    given a scale of 1 there (its double backward fails on a shift without a scale); same answer as vmap's plain ops."""
+    model, batch = tiny_model(batch_norm_scale=False), meta_batch()
+    params = list(model.parameters())
+    grads = {
+        name: analytic_gradient(lambda name=name: engine_meta_loss(name, model, batch, 2, False), params)
+        for name in ENGINES
+    }
+    for engine in OTHERS:
         assert_gradients_close(grads[engine], grads[REFERENCE], rtol=1e-10, atol=1e-12)
 
 
@@ -298,13 +313,31 @@ def test_second_order_method_meta_gradient_matches_finite_differences(method_cla
     assert_gradients_close(exact, numeric, rtol=1e-5, atol=1e-7)
 
 
-def test_metasgd_with_equal_rates_is_maml():
+@pytest.mark.parametrize("adapt_batch_norm", [False, True])
+def test_metasgd_with_equal_rates_is_maml(adapt_batch_norm):
     batch = meta_batch()
-    maml = tiny_method(MAML, "vmap", 2, False)
+    maml = MAML(backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap", adapt_batch_norm=adapt_batch_norm)
     metasgd = MetaSGD(
-        backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap", initial_rate_range=None
+        backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap", initial_rate_range=None,
+        adapt_batch_norm=adapt_batch_norm,
     ).double()
+    maml.double()
     torch.testing.assert_close(metasgd.meta_loss(batch)[0], maml.meta_loss(batch)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_maml_holds_batch_norm_out_of_the_inner_loop_and_meta_learns_it(engine):
+    """cbfinn/maml: batch norm's offsets are not among the adapted weights, yet the outer loop trains them."""
+    method = tiny_method(MAML, engine, 2, False)
+    batch = meta_batch()
+    learner = method.inner_learner()
+    adapted = method.adapt_tasks(batch.support_images, batch.support_labels, 2, False, None)
+    norms = [name for name, module in learner.named_modules() if isinstance(module, PlainBatchNorm2d)]
+    for name, parameter in learner.named_parameters():
+        moved = not torch.equal(adapted[name], parameter.expand_as(adapted[name]))
+        assert moved != (name.rpartition(".")[0] in norms), name
+    method.meta_loss(batch)[0].backward()
+    assert all(learner.get_submodule(name).bias.grad.abs().sum() > 0 for name in norms)
 
 
 def test_anil_adapts_only_the_head():

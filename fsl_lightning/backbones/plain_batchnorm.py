@@ -35,18 +35,20 @@ class PlainBatchNorm2d(nn.Module):
         num_features: channels C.
         eps: added to the variance.
         affine: learnable per-channel scale (init 1) and shift (init 0).
+        scale: with ``affine``, whether the scale is learned; ``False`` keeps the shift only, as MAML's reference
+            (cbfinn/maml, TensorFlow's ``batch_norm`` with its default ``scale=False``).
         running_statistics: keep and use running averages in ``eval()``.
         momentum: weight of the newest batch in the running averages.
     """
 
     def __init__(
         self, num_features: int, eps: float = 1e-5, affine: bool = True, running_statistics: bool = False,
-        momentum: float = 0.1,
+        momentum: float = 0.1, scale: bool = True,
     ) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine and scale else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
         self.running_statistics = running_statistics
         self.momentum = momentum
@@ -68,15 +70,21 @@ class PlainBatchNorm2d(nn.Module):
             if self.recording:
                 self._record(mean, variance, inputs.numel() // inputs.shape[1])
         normalised = (inputs - mean) * torch.rsqrt(variance + self.eps)
-        if self.weight is None:
-            return normalised
-        return normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if self.weight is not None:
+            normalised = normalised * self.weight.view(1, -1, 1, 1)
+        if self.bias is not None:
+            normalised = normalised + self.bias.view(1, -1, 1, 1)
+        return normalised
 
     def _fused(self, inputs: Tensor) -> Tensor:
         """The same maths by ``F.batch_norm``; momentum 0 and no buffers passed in training: nothing is updated."""
         running = self.running_statistics and not self.training
         mean, variance = (self.running_mean, self.running_var) if running else (None, None)
-        return F.batch_norm(inputs, mean, variance, self.weight, self.bias, not running, 0.0, self.eps)
+        weight = self.weight
+        if weight is None and self.bias is not None:
+            # a shift without a scale: torch's double backward fails on a bias without a weight, so pass a scale of 1
+            weight = torch.ones(self.num_features, device=inputs.device, dtype=inputs.dtype)
+        return F.batch_norm(inputs, mean, variance, weight, self.bias, not running, 0.0, self.eps)
 
     @torch.no_grad()
     def _record(self, mean: Tensor, variance: Tensor, count: int) -> None:
@@ -92,7 +100,7 @@ class PlainBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, "
+        return (f"{self.num_features}, eps={self.eps}, scale={self.weight is not None}, shift={self.bias is not None}, "
                 f"running_statistics={self.running_statistics}")
 
 

@@ -20,6 +20,7 @@ from fsl_lightning.adaptation import (
     inner_precision,
     usable_in_autograd,
 )
+from fsl_lightning.adaptation.base import rate_of
 from fsl_lightning.backbones.plain_batchnorm import (
     PlainBatchNorm2d,
     recording_running_statistics,
@@ -28,6 +29,15 @@ from fsl_lightning.backbones.plain_batchnorm import (
 )
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import FewShotMethod
+
+
+def batch_norm_parameter_names(module: nn.Module) -> set[str]:
+    """Names (as ``module.named_parameters()`` gives them) of the parameters of its :class:`PlainBatchNorm2d` layers."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, layer in module.named_modules() if isinstance(layer, PlainBatchNorm2d)
+        for name, _ in layer.named_parameters(recurse=False)
+    }
 
 
 def as_meta_batch(episode: Episode) -> Episode:
@@ -76,6 +86,11 @@ class MAML(FewShotMethod):
             ``torch.func``) or ``"learn2learn"`` (task by task); same meta-gradients.
         inner_loop_fp32: run adaptation and query scoring with autocast disabled (recommended; a warning is
             given when switched off).
+        adapt_batch_norm: whether the inner loop adapts batch norm's own parameters. ``false`` (cbfinn/maml: its
+            batch-norm offsets are TensorFlow layer variables, outside the ``weights`` dict that the inner loop
+            updates, so only the outer loop learns them): they keep their meta-learned values in every task.
+            ``true`` adapts every parameter, as learn2learn and this project did before (measured effect in
+            BENCHMARKS.md).
     """
 
     tf32_by_default = False  # TF32 perturbs second-order meta-gradients (issue 8: opt-in, error reported)
@@ -97,6 +112,7 @@ class MAML(FewShotMethod):
         first_order: bool = False,
         engine: EngineName = "auto",
         inner_loop_fp32: bool = True,
+        adapt_batch_norm: bool = False,
     ) -> None:
         replaced = replace_torch_batch_norm(backbone)
         if replaced:
@@ -118,6 +134,7 @@ class MAML(FewShotMethod):
         self.first_order = first_order
         self.engine = build_engine(engine)
         self.inner_loop_fp32 = inner_loop_fp32
+        self.adapt_batch_norm = adapt_batch_norm
 
     # What is adapted, on what inputs, with which step sizes: the hooks ANIL and Meta-SGD override.
 
@@ -131,7 +148,22 @@ class MAML(FewShotMethod):
 
     def inner_rates(self) -> InnerLR:
         """Inner step size(s)."""
-        return self.inner_lr
+        return self.held_batch_norm(self.inner_lr)
+
+    def held_batch_norm(self, rates: InnerLR) -> InnerLR:
+        """``rates`` with a step size of 0 for the inner learner's batch-norm parameters, unless
+        ``adapt_batch_norm``: a zero step leaves them at their meta-learned values in every task while the outer loop
+        still learns them, exactly as parameters outside the adapted set (and the same in every engine)."""
+        learner = self.inner_learner()
+        held = batch_norm_parameter_names(learner)
+        if self.adapt_batch_norm or not held:
+            return rates
+        # tensors, not floats: learn2learn's MetaSGD clones its rates
+        return {
+            name: torch.zeros((), dtype=p.dtype, device=p.device) if name in held
+            else torch.as_tensor(rate_of(rates, name), dtype=p.dtype, device=p.device)
+            for name, p in learner.named_parameters()
+        }
 
     # The computation.
 

@@ -40,6 +40,9 @@ class MetaSGD(MAML):
             ``initial_rate_range`` is ``None``.
         initial_rate_range: (low, high) of the uniform initial rates; ``None`` starts every rate at ``inner_lr``
             (a departure: the first meta-iterations are then exactly MAML's).
+        adapt_batch_norm: ``true`` by default: Li et al. learn a rate for every parameter of the network and say
+            nothing of batch norm (no reference code was published); ``false`` holds batch norm's parameters as
+            MAML's reference does.
     """
 
     def __init__(
@@ -47,13 +50,14 @@ class MetaSGD(MAML):
         *args: Any,
         test_inner_steps: int = 1,
         initial_rate_range: tuple[float, float] | None = (0.005, 0.1),
+        adapt_batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, test_inner_steps=test_inner_steps, **kwargs)
+        super().__init__(*args, test_inner_steps=test_inner_steps, adapt_batch_norm=adapt_batch_norm, **kwargs)
         self.inner_lrs = nn.ParameterDict(
             {_key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))
              for name, p in self.backbone.named_parameters()}
         )
 
     def inner_rates(self) -> InnerLR:
-        return {name: self.inner_lrs[_key(name)] for name, _ in self.backbone.named_parameters()}
+        return self.held_batch_norm({name: self.inner_lrs[_key(name)] for name, _ in self.backbone.named_parameters()})

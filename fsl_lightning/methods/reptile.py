@@ -45,6 +45,8 @@ class Reptile(MAML):
         inner_batch_size: images per inner step in meta-training, cut from shuffled passes over the task's
             images (the reference's ``--inner-batch``, 10 on Omniglot); ``None``: all of them every step.
         test_inner_batch_size: the same for adaptation on a support set (``--eval-batch``, 5 on Omniglot).
+        adapt_batch_norm: ``true`` (the reference's inner Adam updates every trainable variable, batch norm's
+            included); ``false`` only with ``inner_optimizer: sgd``.
         other arguments: as :class:`~fsl_lightning.methods.maml.MAML` (``first_order`` is ignored: Reptile is
             first order).
     """
@@ -61,12 +63,18 @@ class Reptile(MAML):
         inner_optimizer: Literal["adam", "sgd"] = "adam",
         inner_batch_size: int | None = 10,
         test_inner_batch_size: int | None = 5,
+        adapt_batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             backbone, optimizer, *args, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
-            first_order=True, **kwargs,
+            first_order=True, adapt_batch_norm=adapt_batch_norm, **kwargs,
         )
+        if inner_optimizer == "adam" and not adapt_batch_norm:
+            raise ValueError(
+                "Reptile's Adam inner loop adapts every parameter, batch norm's included (the reference's): "
+                "adapt_batch_norm: false needs inner_optimizer: sgd."
+            )
         if inner_optimizer not in ("adam", "sgd"):
             raise ValueError(f"Unknown inner_optimizer {inner_optimizer!r}: use 'adam' (the reference's) or 'sgd'.")
         for name, size in (("inner_batch_size", inner_batch_size), ("test_inner_batch_size", test_inner_batch_size)):
