@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,25 +23,58 @@ log = logging.getLogger(__name__)
 def cached(key: str, stamp: Any, build: Callable[[], Any]) -> Any:
     """Returns ``build()``, from ``<cache dir>/<key>.pt`` when that was built from the same source ``stamp``.
 
-    The file is written atomically, so that concurrent processes (DDP ranks) never read half a file.
+    The file's tensors are memory-mapped, not read into the process: every process of a machine that maps it (DDP
+    ranks, parallel runs) shares one copy in the page cache, and a split larger than the memory at hand is paged in
+    as episodes touch it. Only one process builds a missing file (the others wait on a lock beside it, then map it);
+    it is written atomically, so that no reader ever sees half a file.
     """
     path = decoded_cache_dir() / f"{key}.pt"
-    entry = read_cache_file(path)
-    if isinstance(entry, dict) and entry.get("stamp") == list(stamp):
-        return entry["payload"]
-    payload = build()
-    save_atomically({"stamp": list(stamp), "payload": payload}, path)
+    payload = _payload_if_current(path, stamp)
+    if payload is not None:
+        return payload
+    with _building(path):
+        payload = _payload_if_current(path, stamp)  # another process may have built it while this one waited
+        if payload is None:
+            save_atomically({"stamp": list(stamp), "payload": build()}, path)
+            payload = _payload_if_current(path, stamp)  # mapped like every other reader's, the built copy freed
     return payload
 
 
-def read_cache_file(path: Path, map_location: Any = None) -> Any:
+def _payload_if_current(path: Path, stamp: Any) -> Any:
+    entry = read_cache_file(path, mmap=True)
+    if isinstance(entry, dict) and _plain(entry.get("stamp")) == _plain(list(stamp)):
+        return entry["payload"]
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every tuple a list, for comparing a stamp with the one a cache file holds."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+@contextmanager
+def _building(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` (``flock``: released by the system if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def read_cache_file(path: Path, map_location: Any = None, mmap: bool = False) -> Any:
     """The contents of the cache file ``path``, or ``None`` when there is none or it cannot be read safely
     (damaged, or holding anything beyond tensors and plain data, which is refused before it can run): a cache is
-    rebuilt, never trusted, so a bad one costs a rebuild and a one-line warning."""
+    rebuilt, never trusted, so a bad one costs a rebuild and a one-line warning. ``mmap``: map its tensors
+    (read on demand, shared between processes) instead of reading them."""
     if not path.exists():
         return None
     try:
-        return load_checkpoint_file(path, map_location=map_location)
+        return load_checkpoint_file(path, map_location=map_location, mmap=mmap)
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]  # what, not advice
         log.warning("Rebuilding the cache file %s (%s)", path, reason)

@@ -54,6 +54,15 @@ class ClassImages:
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         return ClassImages(torch.cat(groups), offsets, list(class_names), class_groups)
 
+    def as_payload(self) -> dict:
+        """Tensors and plain data only, for the decoded-image cache (:func:`~fsl_lightning.data.decoded_cache.cached`)."""
+        return {"images": self.images, "offsets": self.class_offsets, "names": self.class_names, "groups": self.class_groups}
+
+    @staticmethod
+    def from_payload(payload: dict) -> ClassImages:
+        """The split of :meth:`as_payload`, its tensors as they come (memory-mapped from the cache: shared, not copied)."""
+        return ClassImages(payload["images"], payload["offsets"], payload["names"], payload.get("groups"))
+
     def joined_with(self, other: ClassImages) -> ClassImages:
         """The classes of both splits, this one's first (e.g. train + val: the final run of Snell et al., which
         trains on the validation classes too once the schedule is chosen). Group ids stay apart per split."""

@@ -134,20 +134,12 @@ class NaturalImageDataset(FewShotDataset):
         check_split_name(split)
         if split not in self._splits:
             key = "-".join(filter(None, [self.cache_name, self.split_key(), split, str(self.image_size)]))
-            payload = cached(key, self.source_stamp(), lambda: _to_payload(self.decode_split(split)))
-            self._splits[split] = _from_payload(payload)
+            payload = cached(key, self.source_stamp(), lambda: self.decode_split(split).as_payload())
+            self._splits[split] = ClassImages.from_payload(payload)
         return self._splits[split]
 
     def decode_image(self, data: Path | bytes, name: str) -> Tensor:
         return decode_rgb(data, name, self.image_size)
-
-
-def _to_payload(classes: ClassImages) -> dict:
-    return {"images": classes.images, "offsets": classes.class_offsets, "names": classes.class_names}
-
-
-def _from_payload(payload: dict) -> ClassImages:
-    return ClassImages(payload["images"], payload["offsets"], payload["names"])
 
 
 def path_stamp(path: Path) -> tuple[str, int, int]:

@@ -83,6 +83,7 @@ class Omniglot(FewShotDataset):
         self.root = data_root(root) / "omniglot"
         self.download = download
         self._loaded: dict[str, tuple[list[str], Tensor]] = {}  # archive -> decoded characters, read once
+        self._stamps: dict[str, list] = {}  # archive -> its stamp
 
     def prepare(self) -> None:
         for part in PARTS:
@@ -92,10 +93,28 @@ class Omniglot(FewShotDataset):
                 self._vinyals_split_file(split)
 
     def load_split(self, split: str) -> ClassImages:
+        """The split as its own cache file (built once from the archives' cached characters), so that every process
+        of a machine maps the same file instead of assembling a copy of its own."""
         check_split_name(split)
-        if self.protocol == "vinyals":
-            return self._vinyals_split(split)
-        return self._lake_split(split)
+        build = self._vinyals_split if self.protocol == "vinyals" else self._lake_split
+        key = f"omniglot-{self.protocol}-{split}-{self.image_size}"
+        return ClassImages.from_payload(cached(key, self._split_stamp(split), lambda: build(split).as_payload()))
+
+    def _split_stamp(self, split: str) -> list:
+        """What the split is built from: its archives (read, or checked against their cache, in the order that
+        building needs them, so that a broken one is reported as building would) and its class list."""
+        if self.protocol == "lake":
+            parts = ["images_evaluation" if split == "test" else "images_background"]
+            return [[self._archive_stamp(part) for part in parts], sorted(LAKE_VALIDATION_ALPHABETS)]
+        archives = [self._archive_stamp(part) for part in PARTS]
+        return [archives, self._vinyals_split_file(split).read_text().split()]
+
+    def _archive_stamp(self, part: str) -> list:
+        self._characters(part)
+        return self._stamps[part]
+
+    def _archive(self, part: str) -> ImageArchive:
+        return locate_archive(self.root, part, ARCHIVE_URL.format(part=part) if self.download else None)
 
     def decode_image(self, data: Path | bytes, name: str) -> Tensor:
         return decode_character_image(data, name, self.image_size)
@@ -127,9 +146,10 @@ class Omniglot(FewShotDataset):
     def _characters(self, part: str) -> tuple[list[str], Tensor]:
         """Names ``Alphabet/characterNN`` and images uint8 [characters, 20, 1, S, S] of one archive."""
         if part not in self._loaded:
-            archive = locate_archive(self.root, part, ARCHIVE_URL.format(part=part) if self.download else None)
+            archive = self._archive(part)
             key = f"omniglot-{part}-{self.image_size}"
-            payload = cached(key, archive.stamp(), lambda: _decode_characters(archive, part, self.image_size))
+            self._stamps[part] = list(archive.stamp())
+            payload = cached(key, self._stamps[part], lambda: _decode_characters(archive, part, self.image_size))
             self._loaded[part] = payload["names"], payload["images"]
         return self._loaded[part]
 
