@@ -49,26 +49,32 @@ def test_one_ddp_step_equals_one_step_on_the_mean_loss_of_both_ranks_episodes(om
     # full-size steps (see the conv biases below).
     ddp = fit(tmp_path / "ddp", "--trainer.devices=2", "--trainer.strategy=ddp", f"--model.init_args.optimizer={SGD}")
 
+    expected = expected_ddp_step(initial, EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC))
+    changed = 0
+    for name, weight in expected.items():
+        assert torch.allclose(ddp[name], weight, atol=1e-5), name
+        changed += not torch.allclose(initial[name], weight)
+    assert changed > 0
+
+
+def expected_ddp_step(initial: dict, train: EpisodicDataModule, world: int = 2) -> dict:
+    """The weights after one SGD step (lr 0.1) from ``initial`` on the mean loss of the training episodes keyed
+    0..world-1 (step 0 of rank r has key step * world + rank), those that DDP is checked against: batch-norm buffers
+    (per rank in DDP; rank 0's are saved) and Conv4's conv biases (fed to batch norm, which subtracts them again:
+    their gradient is rounding noise) left out."""
     model = ProtoNet(backbone=Conv4(in_channels=1))
     model.load_state_dict(initial)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train = EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC)
     train.setup("fit")
     classes = train.splits["train"]
     losses = []
-    for rank in range(2):  # step 0 of rank r has key step * world + rank
+    for rank in range(world):
         indices, class_ids = sample_episode(classes.class_offsets, SPEC, episode_generator(0, STREAMS["train"], rank))
         episode = split_support_query(classes.images[indices].float() / 255, class_ids, SPEC)
         losses.append(model.episode_loss(episode, model.episode_logits(episode)))
     torch.stack(losses).mean().backward()
     optimizer.step()
-
-    changed = 0
-    for name, weight in model.state_dict().items():
-        if name.endswith("num_batches_tracked") or "running_" in name:
-            continue  # batch-norm buffers are per rank in DDP (rank 0's are saved)
-        if name.endswith(".0.bias"):
-            continue  # Conv4's conv bias feeds batch norm, which subtracts it again: its gradient is rounding noise
-        assert torch.allclose(ddp[name], weight, atol=1e-5), name
-        changed += not torch.allclose(initial[name], weight)
-    assert changed > 0
+    return {
+        name: weight for name, weight in model.state_dict().items()
+        if not (name.endswith("num_batches_tracked") or "running_" in name or name.endswith(".0.bias"))
+    }
