@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -23,6 +24,7 @@ from fsl_lightning.data.folders import (
 )
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, prediction_batches, prediction_episode
+from fsl_lightning.data.residency import GatheredBatch, HostGatheredStream, Residency, choose_residency
 from fsl_lightning.data.sampler import (
     DeviceEpisodeSampler,
     EpisodeStream,
@@ -70,8 +72,13 @@ class EpisodicDataModule(L.LightningDataModule):
             images from all training classes (:class:`LabelledBatch`), for methods that pre-train a classifier
             over the base classes (Baseline, RFS, SKD...); validation and test stay episodic.
         sample_on_device: draw training episodes on the compute device (:class:`DeviceEpisodeSampler`: no host
-            work or copy per step; another random stream than the host sampler). ``None``: on for CUDA devices.
-            Validation and test episodes are always drawn on the host, identical on every device.
+            work or copy per step; another random stream than the host sampler). ``None``: on for CUDA devices
+            with ``device`` residency. Validation and test episodes are always drawn on the host, identical on
+            every device.
+        resident: where the splits' images live (:mod:`fsl_lightning.data.residency`): ``device`` (each split
+            copied to the device once, episodes gathered there), ``host`` (episodes gathered from the mapped split
+            by a background loader, only they cross to the device) or ``auto`` (``device`` when the splits fit in
+            half the device's free memory; one log line says which and why).
         augmentation: applied on the device to every training batch (episodes or mini-batches), e.g.
             :class:`~fsl_lightning.data.augment.BatchAugmentation`; never to validation or test images.
         val_episodes: fixed validation episodes.
@@ -103,6 +110,7 @@ class EpisodicDataModule(L.LightningDataModule):
         pretrain_batch_size: int | None = None,
         augmentation: BatchAugmentation | None = None,
         sample_on_device: bool | None = None,
+        resident: Residency = "auto",
         val_episodes: int = 200,
         test_episodes: int = 1000,
         evaluation_within_group: bool = False,
@@ -129,6 +137,10 @@ class EpisodicDataModule(L.LightningDataModule):
         self.pretrain_batch_size = pretrain_batch_size
         self.augmentation = augmentation
         self.sample_on_device = sample_on_device
+        if resident not in ("device", "host", "auto"):
+            raise UserError(f"data.resident must be device, host or auto, got {resident!r}.")
+        self.resident = resident
+        self._residency: str | None = None  # what `resident` resolved to, once the device is known
         self._device_sampler: DeviceEpisodeSampler | None = None
         self.evaluation_within_group = evaluation_within_group
         self.train_on_val_classes = train_on_val_classes
@@ -252,6 +264,8 @@ class EpisodicDataModule(L.LightningDataModule):
             self._train_batches_done = self._batches_done() + 1
         if isinstance(batch, int):  # a key: the training episode is drawn here, on the device
             batch = (*self._device_sampler(batch, self._compute_device()), batch)
+        if isinstance(batch, GatheredBatch):  # host residency: the images came gathered
+            return self._assemble(split, batch.image_indices, batch.class_ids, batch.key, batch.images)
         return self._assemble(split, *batch)
 
     def training_batch(self, key: int, device: torch.device) -> Episode | LabelledBatch:
@@ -261,10 +275,13 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._assemble("train", indices.to(device), class_ids.to(device), key)
 
     def _assemble(
-        self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None
+        self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None, gathered: Tensor | None = None
     ) -> Episode | LabelledBatch:
-        """Gathers the images of the given indices from the resident split and builds the batch."""
-        images = as_model_input(self._resident_images(split, image_indices.device)[image_indices])
+        """Builds the batch from the images of the given indices: ``gathered`` on the host, or gathered here from
+        the resident split."""
+        if gathered is None:
+            gathered = self._resident_images(split, image_indices.device)[image_indices]
+        images = as_model_input(gathered)
         if split == "train" and self.augmentation is not None:
             images = self._augmented(images)
         if split == "train" and self.pretrain_batch_size:
@@ -291,17 +308,33 @@ class EpisodicDataModule(L.LightningDataModule):
         return self.augmentation(flat).reshape(images.shape)
 
     def _samples_on_device(self) -> bool:
+        if self._residency_choice() == "host":
+            return False  # the device sampler gathers from a split on the device
         if self.sample_on_device is not None:
             return self.sample_on_device
         return self._compute_device().type == "cuda"
+
+    def _residency_choice(self) -> str:
+        """``resident`` resolved for the compute device, once (and said in one log line when chosen by ``auto``)."""
+        if self._residency is None:
+            split_bytes = sum(classes.images.numel() for classes in self.splits.values())
+            self._residency, reason = choose_residency(self.resident, split_bytes, self._compute_device())
+            if self.resident == "auto":
+                rank_zero_info(f"Images resident on the {self._residency} ({reason}).")
+        return self._residency
 
     def _compute_device(self) -> torch.device:
         strategy = getattr(self.trainer, "strategy", None)  # no trainer (or a stand-in) before fit: the CPU
         return strategy.root_device if strategy is not None else torch.device("cpu")
 
     def _loader(self, split: str, keys) -> DataLoader:
-        # Pinned index tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
-        return DataLoader(self._index_stream(split, keys), batch_size=None, pin_memory=torch.cuda.is_available())
+        # Pinned tensors copy to the GPU without a stream synchronisation (a pageable copy would sync).
+        pinned = torch.cuda.is_available()
+        if self._residency_choice() == "host":
+            # One background process gathers the episodes (it shares the mapped split: forked, not copied).
+            stream = HostGatheredStream(self._index_stream(split, keys), self.splits[split].images)
+            return DataLoader(stream, batch_size=None, pin_memory=pinned, num_workers=1)
+        return DataLoader(self._index_stream(split, keys), batch_size=None, pin_memory=pinned)
 
     def _index_stream(self, split: str, keys) -> EpisodeStream | ImageBatchStream:
         """The image indices (and class ids) of each batch of ``split``, one batch per key of ``keys()``."""
