@@ -4,7 +4,8 @@ A synthetic Omniglot-sized dataset (28x28 grey images, 20 per class; each class 
 episodes are learnable) whose training split takes ``--gib`` GiB is decoded into the project's cache and trained on
 with ProtoNet (Conv4, 5-way 1-shot) with ``data.resident: host``, then tested, all inside a cgroup-v1 memory cgroup
 limited to ``--limit-gib`` (Linux, root: ``/sys/fs/cgroup/memory``). The cache entry is built as a decoder that
-streams would build it: into a file-backed buffer, one chunk of classes at a time. A process that copied the split
+streams would build it: into a file-backed buffer (``file_backed_uint8``, which the Omniglot and natural-image
+decoders fill too), one chunk of classes at a time. A process that copied the split
 into its own memory (the cache read with a plain ``torch.load``, as before 2026-12-07) is killed by the cgroup.
 
     FSL_CACHE_DIR=/tmp/large-cache python benchmarks/larger_than_memory.py --gib 6 --limit-gib 2 [--steps 200]
@@ -28,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset  # noqa: E402
-from fsl_lightning.data.decoded_cache import cached  # noqa: E402
-from fsl_lightning.data.roots import decoded_cache_dir  # noqa: E402
+from fsl_lightning.data.decoded_cache import cached, file_backed_uint8  # noqa: E402
 
 SIDE, PER_CLASS, CLASSES_PER_CHUNK = 28, 20, 4096
 CGROUP = Path("/sys/fs/cgroup/memory/fsl_larger_than_memory")
@@ -55,19 +55,15 @@ class SyntheticSplits(FewShotDataset):
 
     def load_split(self, split: str) -> ClassImages:
         key = f"synthetic-{self.gib}gib-{split}"
-        return ClassImages.from_payload(cached(key, ["synthetic", self.gib, split, 1], lambda: self._build(split, key)))
+        return ClassImages.from_payload(cached(key, ["synthetic", self.gib, split, 1], lambda: self._build(split)))
 
     def decode_image(self, data, name):
         raise NotImplementedError("synthetic images have no files")
 
-    def _build(self, split: str, key: str) -> dict:
+    def _build(self, split: str) -> dict:
         classes = self.classes_of(split)
         count = classes * PER_CLASS
-        buffer_path = decoded_cache_dir() / f"{key}.buffer"
-        buffer_path.parent.mkdir(parents=True, exist_ok=True)
-        images = torch.from_file(str(buffer_path), shared=True, size=count * SIDE * SIDE, dtype=torch.uint8)
-        os.unlink(buffer_path)  # the mapping keeps the pages; the disk space goes with it
-        images = images.view(count, 1, SIDE, SIDE)
+        images = file_backed_uint8((count, 1, SIDE, SIDE))  # as the project's decoders fill theirs, chunk by chunk
         generator = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[split])
         for first in range(0, classes, CLASSES_PER_CHUNK):
             chunk = min(CLASSES_PER_CHUNK, classes - first)

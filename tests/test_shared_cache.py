@@ -60,3 +60,36 @@ def test_one_process_builds_a_missing_entry_while_the_others_wait_and_map_it(tmp
         worker.join(timeout=60)
     assert outcomes == [list(range(10))] * 2
     assert marker.read_text() == "built\n", "both processes decoded: the second did not wait for the first's file"
+
+
+def scratch_mappings() -> list[tuple[int, int]]:
+    """Address ranges mapped from unlinked ``.decoding`` files of the cache directory (file_backed_uint8)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and ".decoding" in fields[5] and fields[5].endswith("(deleted)"):
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def is_file_backed(tensor: torch.Tensor) -> bool:
+    start, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    return any(low <= start and start + size <= high for low, high in scratch_mappings())
+
+
+def test_decoders_write_a_split_into_file_pages_not_process_memory(tmp_path, monkeypatch):
+    """A split larger than the memory can be decoded: the decoders fill a file-backed buffer image by image."""
+    from PIL import Image
+
+    from fsl_lightning.data.datasets.natural import decode_classes, decode_rgb
+
+    monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
+    files = []
+    for index in range(6):
+        path = tmp_path / f"image{index}.png"
+        Image.new("RGB", (40, 30), color=(40 * index, 10, 200)).save(path)
+        files.append((path, path.name))
+    classes = decode_classes(["a", "b"], [files[:3], files[3:]], image_size=16)
+    assert is_file_backed(classes.images)
+    assert torch.equal(classes.images[4], decode_rgb(files[4][0], files[4][1], 16))  # each image in its slot

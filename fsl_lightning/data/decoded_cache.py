@@ -81,6 +81,22 @@ def read_cache_file(path: Path, map_location: Any = None, mmap: bool = False) ->
         return None
 
 
+def file_backed_uint8(shape: Sequence[int]) -> torch.Tensor:
+    """A zeroed uint8 tensor of ``shape`` whose pages are a file's in the cache directory, not the process's memory:
+    a decoder fills it image by image, and the system writes the pages out and frees them as memory runs short, so
+    that a split larger than the memory can be decoded (then saved by :func:`cached`). The file is unlinked at once:
+    its space goes with the last reference to the tensor."""
+    directory = decoded_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    count = 1
+    for size in shape:
+        count *= size
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".decoding") as scratch:
+        scratch.truncate(count)
+        tensor = torch.from_file(scratch.name, shared=True, size=count, dtype=torch.uint8)
+    return tensor.view(*shape)
+
+
 def save_atomically(value: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename, so that concurrent readers (DDP ranks, other runs)
     never see half a file."""

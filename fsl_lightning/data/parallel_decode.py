@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 Chunk = TypeVar("Chunk")
 Result = TypeVar("Result")
@@ -35,15 +35,17 @@ def split_evenly(items: Sequence[Chunk], pieces: int) -> list[Sequence[Chunk]]:
     return [items[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
-def map_in_processes(function: Callable[[Chunk], Result], chunks: Sequence[Chunk], workers: int) -> list[Result]:
-    """``[function(chunk) for chunk in chunks]``, computed by ``workers`` forked processes (in this process when
-    ``workers`` is 1, there is one chunk, or this process may not have children). ``function`` must be defined at
-    module level, and its results small to pickle (arrays, not open files)."""
+def in_processes(function: Callable[[Chunk], Result], chunks: Sequence[Chunk], workers: int) -> Iterator[Result]:
+    """``function(chunk)`` for each chunk, in order, as each is ready, computed by ``workers`` forked processes (in
+    this process when ``workers`` is 1, there is one chunk, or this process may not have children): a consumer can
+    store each result and drop it before the next. ``function`` must be defined at module level, and its results
+    small to pickle (arrays, not open files)."""
     if workers <= 1 or len(chunks) <= 1 or not _may_fork():
-        return [function(chunk) for chunk in chunks]
+        yield from (function(chunk) for chunk in chunks)
+        return
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_one_thread_each) as pool:
-        return list(pool.map(function, chunks))
+        yield from pool.map(function, chunks)
 
 
 def _may_fork() -> bool:

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages, FewShotDataset, check_split_name
-from fsl_lightning.data.decoded_cache import cached
+from fsl_lightning.data.decoded_cache import cached, file_backed_uint8
 from fsl_lightning.data.images import IMAGE_SUFFIXES, CorruptImageError, open_image, pil_to_uint8
 from fsl_lightning.data.parallel_decode import decode_workers
 from fsl_lightning.data.roots import DatasetNotFoundError
@@ -51,12 +51,17 @@ def decode_classes(
     for name, class_sources in zip(class_names, sources):
         if not class_sources:
             raise ValueError(f"Class {name!r} has no images: add images to it or remove it from the class split.")
-    workers = decode_workers()
-    with ThreadPoolExecutor(workers) as pool:
-        images = list(pool.map(lambda source: decode_rgb(source[0], source[1], image_size), flat, chunksize=64))
+    images = file_backed_uint8((len(flat), 3, image_size, image_size))  # streamed to disk: no split-sized copy
+
+    def decode_into(index: int) -> None:
+        images[index] = decode_rgb(flat[index][0], flat[index][1], image_size)
+
+    with ThreadPoolExecutor(decode_workers()) as pool:
+        for _ in pool.map(decode_into, range(len(flat)), chunksize=64):
+            pass  # re-raises a failed decode here, with its file's name
     counts = torch.tensor([len(class_sources) for class_sources in sources])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    return ClassImages(torch.stack(images), offsets, list(class_names))
+    return ClassImages(images, offsets, list(class_names))
 
 
 def seeded_class_split(

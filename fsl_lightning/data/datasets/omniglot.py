@@ -30,9 +30,9 @@ from torch import Tensor
 
 from fsl_lightning.data.datasets.archives import ImageArchive, download_file, locate_archive
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset, check_split_name
-from fsl_lightning.data.decoded_cache import cached
+from fsl_lightning.data.decoded_cache import cached, file_backed_uint8
 from fsl_lightning.data.images import open_image, pil_to_uint8, resize_uint8
-from fsl_lightning.data.parallel_decode import decode_workers, map_in_processes, split_evenly
+from fsl_lightning.data.parallel_decode import decode_workers, in_processes, split_evenly
 from fsl_lightning.data.roots import DatasetNotFoundError, data_root
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,13 @@ def decode_character_groups(
     workers = decode_workers() if workers is None else workers
     pieces = 4 * workers if workers > 1 else 1  # a few chunks per worker even out their speeds
     jobs = [(archive.path, archive.top, chunk, image_size) for chunk in split_evenly(groups, pieces)]
-    return torch.from_numpy(np.concatenate(map_in_processes(_decode_group_run, jobs, workers)))
+    drawers = len(groups[0]) if groups else 0
+    images = file_backed_uint8((len(groups), drawers, 1, image_size, image_size))  # no archive-sized copy
+    done = 0
+    for run in in_processes(_decode_group_run, jobs, workers):
+        images[done : done + len(run)] = torch.from_numpy(run)
+        done += len(run)
+    return images
 
 
 def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray:
