@@ -15,10 +15,8 @@ the checkpoint's name is always either the previous checkpoint or the new one, w
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import secrets
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +27,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.errors import UserError
 
 
@@ -61,19 +60,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = _create_beside(target)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        _sync_folder(target.parent)  # makes the rename itself survive a power cut
+        with written_atomically(Path(path), "wb", durable=True) as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(
         self,
@@ -145,19 +133,6 @@ def _is_local_checkpoint_file(path: _PATH | None) -> bool:
     return bool(path) and _is_local_file_protocol(path) and Path(path).is_file()
 
 
-def _create_beside(target: Path) -> tuple[int, Path]:
-    """A new, empty file in the folder of ``target``, with the permissions a plain ``open`` gives (umask applied).
-
-    Its name is hidden and matches no checkpoint pattern (``last*.ckpt``, ``*.ckpt``), should a kill leave it behind.
-    """
-    while True:
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
-        except FileExistsError:
-            continue
-
-
 def _unreadable_message(path: Path, error: BaseException) -> str:
     others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path and p.stat().st_size > 0)
     alternatives = f" (beside it: {', '.join(others)})" if others else ""
@@ -169,13 +144,3 @@ def _unreadable_message(path: Path, error: BaseException) -> str:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
-
-
-def _sync_folder(folder: Path) -> None:
-    if os.name == "nt":  # folders cannot be opened for fsync on Windows; there the rename is durable on its own
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

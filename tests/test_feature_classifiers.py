@@ -9,7 +9,6 @@ import math
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fsl_lightning.backbones import Conv4, ResNet12
 from fsl_lightning.backbones.timm_backbone import TimmBackbone

@@ -13,7 +13,7 @@ from fsl_lightning.episode import Episode
 from fsl_lightning.methods.maml import MAML
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_adaptation import TASKS, meta_batch, tiny_method  # noqa: E402
+from test_adaptation import meta_batch, tiny_method  # noqa: E402
 
 WORKER = Path(__file__).with_name("ddp_meta_gradient_worker.py")
 

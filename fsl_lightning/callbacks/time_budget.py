@@ -32,8 +32,6 @@ every rank. Schedulers whose length it knows how to scale: ``CosineAnnealingLR``
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,6 +44,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR, StepLR
 
+from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.errors import UserError
 
 STATE_KEY = "fsl_time_budget"
@@ -216,7 +215,8 @@ class TimeBudgetSchedule(Callback):
         if config_file is not None:
             config = yaml.safe_load(config_file.read_text()) or {}
             config.setdefault("time_budget", {})["plan"] = plan
-            _write_atomically(config_file, yaml.safe_dump(config, sort_keys=False))
+            with written_atomically(config_file, "w") as file:
+                file.write(yaml.safe_dump(config, sort_keys=False))
             repeat = f"python -m fsl_lightning fit --config {config_file} --trainer.max_time=null"
         else:
             repeat = f"the same command with --time_budget.plan='{plan}' --trainer.max_time=null"
@@ -290,9 +290,3 @@ def _saved_config_file(trainer: L.Trainer) -> Path | None:
     path = Path(trainer.log_dir) / saver.config_filename
     return path if path.is_file() else None
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)

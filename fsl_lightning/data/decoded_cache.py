@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.data.roots import decoded_cache_dir
 
@@ -100,10 +101,8 @@ def file_backed_uint8(shape: Sequence[int]) -> torch.Tensor:
 def save_atomically(value: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename, so that concurrent readers (DDP ranks, other runs)
     never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        torch.save(value, tmp)
-    os.replace(tmp.name, path)
+    with written_atomically(path) as file:
+        torch.save(value, file)
 
 
 def folder_stamp(folder: Path, suffixes: Sequence[str]) -> tuple[str, int, str]:

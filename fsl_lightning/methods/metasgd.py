@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fsl_lightning.adaptation import EngineName, InnerLR
+from fsl_lightning.adaptation import InnerLR
 from fsl_lightning.methods.maml import MAML
 
 

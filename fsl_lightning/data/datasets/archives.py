@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from collections import defaultdict
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.data.images import IMAGE_SUFFIXES
 from fsl_lightning.data.roots import DatasetNotFoundError
 
@@ -99,17 +98,9 @@ def locate_archive(folder: Path, top: str, url: str | None) -> ImageArchive:
 
 def download_file(url: str, target: Path, timeout_s: float = 60.0) -> None:
     """Downloads ``url`` to ``target`` through a temporary file, so that a broken download leaves nothing."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.info("Downloading %s to %s", url, target)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as part:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                shutil.copyfileobj(response, part)
-        except BaseException:
-            part.close()
-            os.unlink(part.name)
-            raise
-    os.replace(part.name, target)
+    with written_atomically(target) as part, urllib.request.urlopen(url, timeout=timeout_s) as response:
+        shutil.copyfileobj(response, part)
 
 
 def _is_image(name: str) -> bool:

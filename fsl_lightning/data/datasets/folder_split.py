@@ -19,11 +19,10 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.data.datasets.base import SPLITS
 from fsl_lightning.data.datasets.natural import read_split_file
 
@@ -148,9 +147,8 @@ def _write(path: Path, split: dict[str, list[str]], seed: int, fractions: Sequen
     folder keeps no file (the same classes give the same first split again)."""
     content = {**split, "split_seed": seed, "split_fractions": list(fractions), "rule": SPLIT_RULE}
     try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write(json.dumps(content, indent=1) + "\n")
-        os.replace(tmp.name, path)
+        with written_atomically(path, "w") as file:
+            file.write(json.dumps(content, indent=1) + "\n")
     except OSError as error:
         if note:  # the file on disk no longer says which split is used: say so
             log.warning("%s Could not rewrite the file (%s): this run uses the updated split.", note, error)
