@@ -35,6 +35,19 @@ def silence_library_noise() -> None:
     )
 
 
+def silence_episode_stream_noise() -> None:
+    """Hides Lightning's warnings that do not apply to :class:`~fsl_lightning.data.EpisodicDataModule`'s loaders
+    (called by its ``setup``, so that a data module used from Python is as quiet as the command line's):
+
+    * "Your `IterableDataset` has `__len__` defined": episode streams know their length and are read by one process
+      (the main one, or one background loader), so no worker sees a wrong length;
+    * "You're resuming from a checkpoint that ended before the epoch ended": the training stream resumes from the
+      data module's own state (its ``state_dict``: the batches done), which Lightning's check does not see.
+    """
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
 def silence_evaluation_noise() -> None:
     """Hides, in ``validate``, ``test`` and ``predict`` from a checkpoint, Lightning's advice to provide the
     callbacks that wrote it (a ModelCheckpoint, the Timer): they save and time training, and evaluation needs

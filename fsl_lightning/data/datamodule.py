@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import lightning as L
@@ -35,16 +34,11 @@ from fsl_lightning.data.sampler import (
 )
 from fsl_lightning.episode import Episode, EpisodeSpec, LabelledBatch, split_support_query
 from fsl_lightning.errors import UserError
+from fsl_lightning.quiet import silence_episode_stream_noise
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
 TRAIN_SHOT_STREAM = 3  # the random shot of each training batch (train_shot_range)
 
-# Episode streams know their length and are read in the main process (sampling is cheap), so Lightning's
-# warning about `__len__` with several loader workers does not apply.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-# The training stream resumes from the data module's own state (state_dict: the batches done), which Lightning's
-# check for a resumable data loader does not see.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class EpisodicDataModule(L.LightningDataModule):
@@ -170,6 +164,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.dataset.prepare()
 
     def setup(self, stage: str) -> None:
+        silence_episode_stream_noise()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}[stage]
         if stage == "fit" and self.train_on_val_classes:
             self._check_no_validation()
