@@ -54,7 +54,7 @@ class EpisodeClassifier(ABC):
 
     ``classifier(support, support_labels, queries, way, seed)`` does both at once; :meth:`fit` and :meth:`score`
     split them (fit a support set once, score queries as they come). A subclass implements either
-    :meth:`fit_features` and :meth:`score_features` (the fit kept in a small state) or :meth:`fit_predict` alone:
+    :meth:`fit_state` and :meth:`score_state` (the fit kept in a small state) or :meth:`fit_predict` alone:
     then the fit waits for the queries (:class:`SupportFeatures`), and a classifier that reads all the queries
     together (transductive) sets :attr:`transductive`.
     """
@@ -75,7 +75,7 @@ class EpisodeClassifier(ABC):
             support, support_labels = _fp32_copy(support), support_labels.clone()
             if self._fits_with_the_queries():
                 return SupportFeatures(support, support_labels, way, seed)
-            return self.fit_features(support, support_labels, way, episode_generator(seed))
+            return self.fit_state(support, support_labels, way, episode_generator(seed))
 
     def score(self, state: Any, queries: Tensor) -> Tensor:
         """Logits [Q, way] of query features [Q, D] under a fitted classifier (``state`` of :meth:`fit`)."""
@@ -84,32 +84,32 @@ class EpisodeClassifier(ABC):
             if isinstance(state, SupportFeatures):
                 generator = episode_generator(state.seed)
                 return self.fit_predict(state.support, state.labels, queries, state.way, generator)
-            return self.score_features(state, queries)
+            return self.score_state(state, queries)
 
-    def fit_features(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> Any:
+    def fit_state(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> Any:
         """The fitted state from fp32 support features [S, D] (outside inference mode, autograd on); any randomness
         comes from ``generator`` (CPU)."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither fit_features nor fit_predict.")
+        raise NotImplementedError(f"{type(self).__name__} implements neither fit_state nor fit_predict.")
 
-    def score_features(self, state: Any, queries: Tensor) -> Tensor:
-        """Logits [Q, way] of fp32 query features [Q, D] under the state of :meth:`fit_features`."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither score_features nor fit_predict.")
+    def score_state(self, state: Any, queries: Tensor) -> Tensor:
+        """Logits [Q, way] of fp32 query features [Q, D] under the state of :meth:`fit_state`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither score_state nor fit_predict.")
 
     def fit_predict(
         self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, generator: torch.Generator
     ) -> Tensor:
         """support [S, D], support_labels [S] in ``0..way-1``, queries [Q, D] -> logits [Q, way]; any randomness
-        comes from ``generator`` (CPU). The one-step alternative to :meth:`fit_features` + :meth:`score_features`."""
-        return self.score_features(self.fit_features(support, support_labels, way, generator), queries)
+        comes from ``generator`` (CPU). The one-step alternative to :meth:`fit_state` + :meth:`score_state`."""
+        return self.score_state(self.fit_state(support, support_labels, way, generator), queries)
 
     def _fits_with_the_queries(self) -> bool:
         """Whether this class's most specific fitting code is a one-step :meth:`fit_predict` (written for, or
-        overriding, a fit that has to see the queries), rather than :meth:`fit_features`."""
+        overriding, a fit that has to see the queries), rather than :meth:`fit_state`."""
         def owner(name: str) -> type:
             return next(cls for cls in type(self).__mro__ if name in vars(cls))
 
         one_step = owner("fit_predict")
-        return one_step is not EpisodeClassifier and issubclass(one_step, owner("fit_features"))
+        return one_step is not EpisodeClassifier and issubclass(one_step, owner("fit_state"))
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class LinearProbe(EpisodeClassifier):
         self.epochs, self.batch_size = epochs, batch_size
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
 
-    def fit_features(
+    def fit_state(
         self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
     ) -> LinearWeights:
         initial = self.initial_parameters(support.shape[1], way, generator)
@@ -178,7 +178,7 @@ class LinearProbe(EpisodeClassifier):
             optimiser.step()
         return LinearWeights(tuple(parameter.detach() for parameter in parameters), way)
 
-    def score_features(self, state: LinearWeights, queries: Tensor) -> Tensor:
+    def score_state(self, state: LinearWeights, queries: Tensor) -> Tensor:
         with torch.no_grad():
             return self.scores(list(state.parameters), queries, state.way)
 
@@ -243,7 +243,7 @@ class LogisticRegression(EpisodeClassifier):
             raise ValueError(f"newton_steps must be at least 1, got {newton_steps}.")
         self.C, self.normalize, self.newton_steps = C, normalize, newton_steps
 
-    def fit_features(
+    def fit_state(
         self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
     ) -> LinearWeights:
         if self.normalize:
@@ -253,7 +253,7 @@ class LogisticRegression(EpisodeClassifier):
         coefficients = self.fit_coefficients(gram, support_labels, way)
         return LinearWeights((coefficients[:, :-1] @ support64, coefficients[:, -1]), way)  # W = B X, b (float64)
 
-    def score_features(self, state: LinearWeights, queries: Tensor) -> Tensor:
+    def score_state(self, state: LinearWeights, queries: Tensor) -> Tensor:
         if self.normalize:
             queries = F.normalize(queries, dim=-1)
         weights, bias = state.parameters
@@ -290,13 +290,13 @@ class NearestCentroid(EpisodeClassifier):
     def __init__(self, scale: float = 10.0) -> None:
         self.scale = scale
 
-    def fit_features(
+    def fit_state(
         self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
     ) -> Prototypes:
         """The class means of the L2-normalised support features."""
         return Prototypes(class_prototypes(F.normalize(support, dim=-1), support_labels, way))
 
-    def score_features(self, state: Prototypes, queries: Tensor) -> Tensor:
+    def score_state(self, state: Prototypes, queries: Tensor) -> Tensor:
         return self.scale * cosine_similarity_matrix(queries, state.prototypes)
 
 

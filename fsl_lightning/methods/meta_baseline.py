@@ -51,10 +51,10 @@ class CosineCentroid(EpisodeClassifier):
     def __init__(self, scale: float = REFERENCE_TAU) -> None:
         self.scale = scale
 
-    def fit_features(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> Prototypes:
+    def fit_state(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> Prototypes:
         return Prototypes(class_prototypes(support, support_labels, way))
 
-    def score_features(self, state: Prototypes, queries: Tensor) -> Tensor:
+    def score_state(self, state: Prototypes, queries: Tensor) -> Tensor:
         return centroid_cosine_logits(queries, state.prototypes, self.scale)
 
 
