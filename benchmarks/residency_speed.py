@@ -29,7 +29,7 @@ def fit_seconds(config: str, resident: str, steps: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "fsl_lightning", "fit", "--config", config, f"--trainer.max_steps={steps}",
                    f"--data.resident={resident}", "--trainer.logger=false", "--trainer.limit_val_batches=0",
-                   "--test_after_fit=false", "--trainer.enable_checkpointing=false"]
+                   "--test_after_fit=false"]
         start = time.perf_counter()
         subprocess.run(command, cwd=folder, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - start
