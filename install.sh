@@ -9,6 +9,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
-"$PY" -m pip install -q -e ".[dev]"
+# The dependency versions the tests last passed with (constraints.txt), unless FSL_NEWEST=1 asks for the newest
+# versions pyproject.toml allows: then the same install may differ from one month to the next.
+if [ "${FSL_NEWEST:-0}" = "1" ]; then
+    "$PY" -m pip install -q -e ".[dev]"
+else
+    "$PY" -m pip install -q -e ".[dev]" -c constraints.txt
+fi
 bash scripts/install_learn2learn.sh "$PY"
 echo "fsl_lightning installed in $VENV (activate with: source $VENV/bin/activate)"
