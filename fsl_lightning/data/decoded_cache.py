@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,16 +44,9 @@ def cached(key: str, stamp: Any, build: Callable[[], Any]) -> Any:
 
 def _payload_if_current(path: Path, stamp: Any) -> Any:
     entry = read_cache_file(path, mmap=True)
-    if isinstance(entry, dict) and _plain(entry.get("stamp")) == _plain(list(stamp)):
+    if isinstance(entry, dict) and entry.get("stamp") == list(stamp):
         return entry["payload"]
     return None
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with every tuple a list, for comparing a stamp with the one a cache file holds."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
 
 
 @contextmanager
@@ -89,9 +83,7 @@ def file_backed_uint8(shape: Sequence[int]) -> torch.Tensor:
     its space goes with the last reference to the tensor."""
     directory = decoded_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".decoding") as scratch:
         scratch.truncate(count)
         tensor = torch.from_file(scratch.name, shared=True, size=count, dtype=torch.uint8)
