@@ -33,7 +33,8 @@ from fsl_lightning.cpu_features import this_cpu
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
 
-SETTINGS = ("fp32", "bf16", "channels_last", "channels_last+bf16", "compile", "compile+bf16", "compile+channels_last+bf16")
+SETTINGS = ("fp32", "bf16", "channels_last", "channels_last+bf16", "compile", "compile+bf16", "compile+channels_last",
+            "compile+channels_last+bf16")
 
 
 def protonet_workload(way: int) -> tuple[nn.Module, Callable[[nn.Module], Tensor], Tensor]:

@@ -7,6 +7,11 @@ On the 2-core Xeon this project is measured on, a bf16 Conv4 60-way episode then
 in the kernel (BENCHMARKS.md, "CPU precision and kernels": 6.2 against 9.7 steps/s). Serving every allocation up to
 32 MiB from the heap and keeping up to 1 GiB of freed heap for reuse removes those page faults; the cost is that a
 process holds on to memory it has freed (up to that much), which a training run reuses at its next step anyway.
+Buffers above 32 MiB (the largest threshold glibc accepts) would still be mmapped afresh at every step: the first
+block's activations of a 60-way Conv4 episode are 72 MiB each. glibc's mmap is therefore switched off
+(``M_MMAP_MAX`` 0), so that they too come from the reusable heap: on a 2-core AVX2-only EPYC the step's kernel time
+fell from 45-128 to 3-6 ms and the step went 1.08-1.22x faster (BENCHMARKS.md, "Where a training step's time
+goes"). Memory mapped from files (the decoded-image cache) is not malloc's and is unaffected.
 
 ``FSL_GLIBC_MALLOC_DEFAULTS=1`` keeps glibc's defaults. Other C libraries (macOS, Windows, musl) are left alone.
 """
@@ -18,9 +23,10 @@ import os
 import sys
 
 # mallopt(3) parameters (glibc's malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
 SETTINGS = {
     M_MMAP_THRESHOLD: 32 * 2**20,  # the largest glibc accepts: allocations below it come from the heap
+    M_MMAP_MAX: 0,  # and those above it too (no mmapped blocks at all)
     M_TRIM_THRESHOLD: 2**30,  # free heap kept before any is returned to the kernel
     M_TOP_PAD: 256 * 2**20,  # extra heap taken per growth, so a step's first allocations fault in fewer times
 }

@@ -10,8 +10,9 @@ import pytest
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc settings apply on Linux only")
 
-# A fresh interpreter allocates 16 MiB (a Conv4 activation buffer's size) with and without the settings and reports
-# whether glibc served it with its own mmap (mallinfo2's count of mmapped blocks goes up) or from the heap.
+# A fresh interpreter allocates 16 MiB and 72 MiB (Conv4 activation buffers of a 20-way and a 60-way episode) with
+# and without the settings and reports whether glibc served each with its own mmap (mallinfo2's count of mmapped
+# blocks goes up) or from the heap.
 PROBE = textwrap.dedent("""
     import ctypes, sys
     from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
@@ -21,10 +22,13 @@ PROBE = textwrap.dedent("""
     libc.mallinfo2.restype, libc.malloc.restype = Mallinfo2, ctypes.c_void_p
     libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
     applied = keep_freed_memory_for_reuse() if sys.argv[1] == "tuned" else False
-    before = libc.mallinfo2().hblks
-    block = libc.malloc(16 * 2**20)
-    print(applied, libc.mallinfo2().hblks > before)
-    libc.free(block)
+    mapped = []
+    for size in (16 * 2**20, 72 * 2**20):
+        before = libc.mallinfo2().hblks
+        block = libc.malloc(size)
+        mapped.append(libc.mallinfo2().hblks > before)
+        libc.free(block)
+    print(applied, *mapped)
 """)
 
 
@@ -37,9 +41,9 @@ def _probe(mode: str, **env: str) -> str:
 
 
 def test_glibc_defaults_mmap_a_large_buffer_the_settings_serve_it_from_the_heap():
-    assert _probe("defaults") == "False True"
-    assert _probe("tuned") == "True False"
+    assert _probe("defaults") == "False True True"
+    assert _probe("tuned") == "True False False"
 
 
 def test_the_environment_variable_keeps_glibc_defaults():
-    assert _probe("tuned", FSL_GLIBC_MALLOC_DEFAULTS="1") == "False True"
+    assert _probe("tuned", FSL_GLIBC_MALLOC_DEFAULTS="1") == "False True True"
