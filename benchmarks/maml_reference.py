@@ -217,9 +217,12 @@ def l2l_network(init: str, seed: int):
 
 
 def our_network():
+    """MAMLConv4 laid out as learn2learn's OmniglotCNN: batch norm with a scale and PyTorch's eps and initialisation
+    (MAMLConv4's defaults are cbfinn/maml's: no scale, eps 1e-3, Glorot initialisation)."""
     from fsl_lightning.backbones.maml_conv4 import MAMLConv4
 
-    return MAMLConv4(in_channels=1, way=WAY, hidden_channels=64, image_size=28, downsampling="stride")
+    return MAMLConv4(in_channels=1, way=WAY, hidden_channels=64, image_size=28, downsampling="stride",
+                     initialisation="pytorch", batch_norm_scale=True, batch_norm_eps=1e-5)
 
 
 def our_key_of(l2l_key: str) -> str | None:
