@@ -16,6 +16,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = EpisodeSpec(way=5, shot=2, query=3)
 BASE_CLASSES = 8  # the transfer family's num_base_classes in the zoo
+#: parameters that no training step moves, by design of the method's reference code
+UNTRAINED_BY_DESIGN = {
+    # bertinetto/r2d2's AdjustLayer adds one scalar to the logit of every class: the softmax cross-entropy does not
+    # depend on it, so its gradient is exactly zero (kept, as the reference keeps it)
+    ("R2D2", "bias"),
+}
 
 
 def test_every_registered_method_is_exported_and_in_the_zoo():
@@ -56,6 +62,9 @@ def test_one_training_step_reaches_every_trained_parameter(name):
     method.train()
     loss = method.training_step(synthetic_training_batch(method, name), 0)
     loss.backward()
-    unreached = [key for key, parameter in trained.items() if parameter.grad is None or not parameter.grad.any()]
+    unreached = [
+        key for key, parameter in trained.items()
+        if (parameter.grad is None or not parameter.grad.any()) and (name, key) not in UNTRAINED_BY_DESIGN
+    ]
     assert not unreached, f"{name}: one training step leaves {unreached} without a gradient"
     assert all(torch.isfinite(parameter.grad).all() for parameter in trained.values())
