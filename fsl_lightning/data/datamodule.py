@@ -241,8 +241,10 @@ class EpisodicDataModule(L.LightningDataModule):
         """No support images, the given class names: for methods that classify from names (``supports_zero_shot``)."""
         if self.predict_support_dir:
             raise UserError("Give either data.predict_support_dir or data.predict_class_names for predict, not both.")
+        from fsl_lightning.methods.base import FewShotMethod  # here: the methods import the data package
+
         method = self.trainer.lightning_module if self.trainer is not None else None
-        if method is not None and not getattr(method, "supports_zero_shot", False):
+        if isinstance(method, FewShotMethod) and not method.supports_zero_shot:
             raise UserError(
                 f"data.predict_class_names without support images is zero-shot prediction, which "
                 f"{type(method).__name__} cannot do (CLIPZeroShot and CLIPFewShot can): give "

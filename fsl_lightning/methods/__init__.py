@@ -1,4 +1,6 @@
-"""Few-shot methods, one per module, each a LightningModule over :class:`FewShotMethod`."""
+"""Few-shot methods, one per module, each a LightningModule over :class:`FewShotMethod`, registered in
+:data:`METHODS` by its ``@registered`` decorator (name -> class, for the CLI, its error messages and the tests).
+Importing a method module registers its methods; this package imports them all."""
 
 from fsl_lightning.methods.anil import ANIL
 from fsl_lightning.methods.base import FewShotMethod
@@ -17,41 +19,13 @@ from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
 from fsl_lightning.methods.protonet import ProtoNet
 from fsl_lightning.methods.r2d2 import R2D2
 from fsl_lightning.methods.relationnet import RelationNet
+from fsl_lightning.methods.registry import METHODS
 from fsl_lightning.methods.reptile import Reptile
 from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.rfs_distill import RFSDistill
 from fsl_lightning.methods.siamese import Siamese
 from fsl_lightning.methods.skd import SKD
 from fsl_lightning.methods.transfer import Transfer
-
-#: name -> class, for error messages and programmatic use; the CLI also takes full class paths
-METHODS: dict[str, type[FewShotMethod]] = {
-    "ProtoNet": ProtoNet,
-    "MatchingNet": MatchingNet,
-    "RelationNet": RelationNet,
-    "Siamese": Siamese,
-    "NearestNeighbour": NearestNeighbour,
-    "MAML": MAML,
-    "FOMAML": FOMAML,
-    "MetaSGD": MetaSGD,
-    "ANIL": ANIL,
-    "Reptile": Reptile,
-    "R2D2": R2D2,
-    "DN4": DN4,
-    "FEAT": FEAT,
-    "MetaOptNet": MetaOptNet,
-    "Transfer": Transfer,
-    "Baseline": Baseline,
-    "BaselinePlusPlus": BaselinePlusPlus,
-    "RFSSimple": RFSSimple,
-    "RFSDistill": RFSDistill,
-    "SKD": SKD,
-    "ClassifierBaseline": ClassifierBaseline,
-    "MetaBaseline": MetaBaseline,
-    "FrozenFeatures": FrozenFeatures,
-    "CLIPZeroShot": CLIPZeroShot,
-    "CLIPFewShot": CLIPFewShot,
-}
 
 __all__ = [
     "ANIL", "Baseline", "BaselinePlusPlus", "ClassifierBaseline", "CLIPFewShot", "CLIPZeroShot", "DN4", "FEAT",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fsl_lightning.methods.maml import MAML
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class ANIL(MAML):
     """MAML whose inner loop adapts only the final linear layer; the body is meta-learned in the outer loop.
 

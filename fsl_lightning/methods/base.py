@@ -17,6 +17,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from fsl_lightning.built_by_cli import built_by_cli, drop_live_objects
 from fsl_lightning.backbones.batch_norm_folding import batch_norm_folded
+from fsl_lightning.data.method_data import MethodData, method_data
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
@@ -61,6 +62,9 @@ class FewShotMethod(L.LightningModule):
     #: whether :meth:`score` reads the queries it is given together (each query's logits depend on the others), so
     #: that its numbers assume all the queries of an episode arrive at once
     transductive: bool = False
+    #: whether the method can classify from class names alone, without support images (``predict`` with
+    #: ``data.predict_class_names``): CLIP's zero-shot and few-shot methods
+    supports_zero_shot: bool = False
 
     def __init__(
         self,
@@ -94,9 +98,14 @@ class FewShotMethod(L.LightningModule):
         # The trained backbone while an evaluation copy stands in for it (a list: not registered as a submodule).
         self._trained_backbone: list[nn.Module] = []
 
+    @property
+    def data(self) -> MethodData | None:
+        """The trainer's data module, through the part of it methods may read (:class:`MethodData`); None when the
+        method runs without a trainer or with a data module of another kind."""
+        return method_data(self._trainer)
+
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        batch_size = getattr(datamodule, "pretrain_batch_size", None)
+        batch_size = self.data.pretrain_batch_size if self.data is not None else None
         if stage == "fit" and self.trains_on_episodes and batch_size:
             raise UserError(
                 f"{type(self).__name__} trains on episodes, but data.pretrain_batch_size is {batch_size}, which makes "

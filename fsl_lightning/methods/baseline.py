@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LinearProbe
 from fsl_lightning.methods.transfer import Transfer
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class Baseline(Transfer):
     """Pre-train backbone + linear classifier on the base classes; for each episode, train a new linear layer
     on the support features (:class:`LinearProbe`: 100 epochs of SGD in mini-batches of 4, as Chen et al.).

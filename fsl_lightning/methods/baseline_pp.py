@@ -6,8 +6,10 @@ from typing import Any
 
 from fsl_lightning.methods.episode_classifiers import CosineProbe, EpisodeClassifier
 from fsl_lightning.methods.transfer import Transfer
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class BaselinePlusPlus(Transfer):
     """Baseline with Chen et al.'s cosine classifier (weight-normalised, ``distLinear`` in their code) for the
     base classes in pre-training (:class:`~fsl_lightning.methods.transfer.CosineClassifier`) and for each episode

@@ -29,6 +29,7 @@ from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, NearestCentroid
 from fsl_lightning.methods.frozen_features import FrozenFeatureMethod
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
+from fsl_lightning.methods.registry import registered
 
 #: Names of the prompt ensembles that :func:`prompt_ensembles` knows.
 PROMPT_ENSEMBLE_NAMES = ("openai_imagenet", "simple_imagenet")
@@ -123,6 +124,7 @@ class MixedClassifier(ZeroShotClassifier):
 
 
 # ----- the methods ----------------------------------------------------------------------------------------------------
+@registered
 class CLIPZeroShot(FrozenFeatureMethod):
     """CLIP zero-shot classification: queries against the text classifier of the episode's class names.
 
@@ -222,6 +224,7 @@ class CLIPZeroShot(FrozenFeatureMethod):
         return summary
 
 
+@registered
 class CLIPFewShot(CLIPZeroShot):
     """CLIP few-shot: a classifier on the support set's image features, mixed with the zero-shot text classifier.
 
@@ -335,8 +338,8 @@ class CLIPFewShot(CLIPZeroShot):
         return counts[:-1], counts[-1]
 
     def _datamodule_with_validation_split(self):
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "val_dataloader"):
+        datamodule = self.data
+        if datamodule is None:
             raise ValueError(
                 "CLIPFewShot chooses its mix weight on validation episodes, which need an EpisodicDataModule: "
                 "run it through the CLI / a Trainer with one, or set `mix_weight` (e.g. 0.5)."

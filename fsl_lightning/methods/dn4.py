@@ -11,6 +11,7 @@ from torch import Tensor
 
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures, check_embedding_batches
+from fsl_lightning.methods.registry import registered
 
 
 def local_descriptors(feature_maps: Tensor) -> Tensor:
@@ -45,6 +46,7 @@ def image_to_class_similarity(
     return torch.stack(scores, dim=1)
 
 
+@registered
 class DN4(EmbeddingMethod):
     """Deep Nearest Neighbor Neural Network: no global pooling, each image is the set of its local descriptors
     (the positions of the backbone's last feature map), and a query's score for a class is the image-to-class

@@ -62,6 +62,15 @@ class EpisodeClassifier(ABC):
     #: whether the logits of a query depend on the other queries scored with it
     transductive: bool = False
 
+    @property
+    def needs_base_features(self) -> bool:
+        """Whether :meth:`prepare` must be given the base classes' features before scoring (a feature transform
+        centred on their mean); the method embeds its training split when an evaluation starts if so."""
+        return False
+
+    def prepare(self, base_features: Tensor) -> None:
+        """Takes the features [M, D] of the training split's images (called only if :attr:`needs_base_features`)."""
+
     def __call__(
         self, support: Tensor, support_labels: Tensor, queries: Tensor, way: int, seed: int | None = None
     ) -> Tensor:

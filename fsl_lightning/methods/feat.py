@@ -16,6 +16,7 @@ from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
 from fsl_lightning.weights_from import load_backbone_weights
+from fsl_lightning.methods.registry import registered
 
 
 class SetToSetAttention(nn.Module):
@@ -71,6 +72,7 @@ def contrastive_regulariser(
     return F.cross_entropy(-squared_euclidean_distance(features, centres) / temperature2, labels)
 
 
+@registered
 class FEAT(EmbeddingMethod):
     """Few-shot Embedding Adaptation with Transformer: the class prototypes (support means) are adapted together by
     :class:`SetToSetAttention`, and a query scores ``-||f(q) - adapted prototype||^2 / temperature`` (the

@@ -28,6 +28,7 @@ from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
 from fsl_lightning.methods.feature_classifiers.base_features import EpisodeClassifierHooks
+from fsl_lightning.methods.registry import registered
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ class FrozenFeatureMethod(FewShotMethod):
         if trainer is None:
             return None
         split = STAGE_SPLITS.get(trainer.state.stage)
-        splits = getattr(getattr(trainer, "datamodule", None), "splits", {})
-        return split if split in splits else None
+        data = self.data
+        return split if data is not None and split in data.splits else None
 
     def precision_context(self) -> contextlib.AbstractContextManager:
         """The trainer's autocast (``bf16-mixed``...), also outside its steps; nothing without a trainer."""
@@ -159,6 +160,7 @@ class FrozenFeatureMethod(FewShotMethod):
         return Path(self.feature_cache_dir).expanduser() / f"{type(self.backbone).__name__}-{split}-{key}.pt"
 
 
+@registered
 class FrozenFeatures(EpisodeClassifierHooks, FrozenFeatureMethod):
     """A frozen pretrained backbone (DINOv2, any timm or torchvision model) and a light classifier fitted on each
     episode's support features: the standard few-shot baseline of foundation models.

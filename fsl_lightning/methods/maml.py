@@ -29,6 +29,7 @@ from fsl_lightning.backbones.plain_batchnorm import (
 )
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import FewShotMethod
+from fsl_lightning.methods.registry import registered
 
 
 def batch_norm_parameter_names(module: nn.Module) -> set[str]:
@@ -55,6 +56,7 @@ class AdaptedWeights:
     weights: AdaptedParams
 
 
+@registered
 class MAML(FewShotMethod):
     """Learns an initialisation from which a few gradient steps on a task's support set fit its queries.
 
@@ -243,6 +245,7 @@ class MAML(FewShotMethod):
             )
 
 
+@registered
 class FOMAML(MAML):
     """First-order MAML (Finn et al. 2017, section 5.2): the inner gradients are treated as constants, so the
     meta-gradient is the query gradient at the adapted parameters. Same arguments as :class:`MAML`, with

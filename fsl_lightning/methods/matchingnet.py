@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import attention_class_log_probabilities, cosine_similarity_matrix
+from fsl_lightning.methods.registry import registered
 
 
 class SupportContextEmbedding(nn.Module):
@@ -62,6 +63,7 @@ class QueryAttentionEmbedding(nn.Module):
         return hidden
 
 
+@registered
 class MatchingNet(EmbeddingMethod):
     """Softmax attention over cosine similarities to the support set, summed per class (eq. 1-2).
 

@@ -26,6 +26,7 @@ from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
 from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix
 from fsl_lightning.methods.transfer import Transfer
 from fsl_lightning.weights_from import load_backbone_weights
+from fsl_lightning.methods.registry import registered
 
 #: the reference's initial (and, for the Classifier-Baseline's evaluation, fixed) temperature ``temp``
 REFERENCE_TAU = 10.0
@@ -58,6 +59,7 @@ class CosineCentroid(EpisodeClassifier):
         return centroid_cosine_logits(queries, state.prototypes, self.scale)
 
 
+@registered
 class ClassifierBaseline(Transfer):
     """Stage 1 of Meta-Baseline: a backbone and a linear classifier over all base classes, trained with
     cross-entropy on plain mini-batches (``data.pretrain_batch_size``); each episode is then solved by the cosine
@@ -71,6 +73,7 @@ class ClassifierBaseline(Transfer):
         return CosineCentroid()
 
 
+@registered
 class MetaBaseline(EmbeddingMethod):
     """Stage 2 of Meta-Baseline: the Classifier-Baseline's backbone meta-trained on episodes.
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, check_embedding_batches
 from fsl_lightning.methods.qp import solve_qp
+from fsl_lightning.methods.registry import registered
 
 
 def crammer_singer_dual(features: Tensor, labels: Tensor, way: int, c_reg: float, diagonal: float):
@@ -37,6 +38,7 @@ def crammer_singer_dual(features: Tensor, labels: Tensor, way: int, c_reg: float
     return Q.unsqueeze(0), -one_hot, identity.unsqueeze(0), c_reg * one_hot, A.unsqueeze(0), b
 
 
+@registered
 class MetaOptNet(EmbeddingMethod):
     """MetaOptNet-SVM: per episode, the Crammer-Singer SVM on the support features, its dual QP solved by a
     differentiable interior-point solver (:mod:`fsl_lightning.methods.qp`, the algorithm of the ``qpth`` solver the

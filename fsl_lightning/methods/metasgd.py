@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.adaptation import InnerLR
 from fsl_lightning.methods.maml import MAML
+from fsl_lightning.methods.registry import registered
 
 
 def _key(parameter_name: str) -> str:
@@ -26,6 +27,7 @@ def _initial_rates(parameter: Tensor, inner_lr: float, rate_range: tuple[float, 
     return torch.empty_like(parameter, requires_grad=False).uniform_(low, high)
 
 
+@registered
 class MetaSGD(MAML):
     """The inner update is ``phi = theta - alpha * grad`` with ``alpha`` a tensor of each parameter's shape,
     meta-learned together with ``theta`` by the same optimiser (Li et al. 2017, eq. 3; second order).

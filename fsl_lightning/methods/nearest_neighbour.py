@@ -9,8 +9,10 @@ from torch import Tensor
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import nearest_in_class, squared_euclidean_distance
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class NearestNeighbour(EmbeddingMethod):
     """Each query takes the class of its nearest support image in Euclidean distance; nothing is trained.
 

@@ -10,8 +10,10 @@ from torch import Tensor
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class ProtoNet(EmbeddingMethod):
     """Each class is the mean of its support embeddings; a query scores ``-||f(q) - prototype||^2``.
 

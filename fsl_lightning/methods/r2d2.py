@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.episode import SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod
+from fsl_lightning.methods.registry import registered
 
 
 def ridge_regression_weights(features: Tensor, targets: Tensor, regulariser: Tensor | float) -> Tensor:
@@ -28,6 +29,7 @@ def ridge_regression_weights(features: Tensor, targets: Tensor, regulariser: Ten
     return features.T @ torch.linalg.solve(gram + regulariser * identity, targets)
 
 
+@registered
 class R2D2(EmbeddingMethod):
     """Ridge regression from the support features to one-hot labels, solved in closed form per episode;
     query logits ``scale * (x W) + bias`` with a learned scale and bias calibrating them for the cross-entropy.

@@ -16,6 +16,7 @@ from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, check_embedding_batches
 from fsl_lightning.methods.functional import class_sums
+from fsl_lightning.methods.registry import registered
 
 
 def reference_initialisation(module: nn.Module) -> None:
@@ -71,6 +72,7 @@ class RelationModule(nn.Module):
         return self.classifier(self.convolutions(pairs)).squeeze(-1).sigmoid()
 
 
+@registered
 class RelationNet(EmbeddingMethod):
     """Learned comparison: a relation module scores each (class, query) pair of feature maps (eq. 1-3).
 

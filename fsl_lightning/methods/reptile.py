@@ -14,6 +14,7 @@ from fsl_lightning.episode import Episode
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.episode_classifiers import UNSEEDED_EPISODE_SEED
 from fsl_lightning.methods.maml import MAML, as_meta_batch
+from fsl_lightning.methods.registry import registered
 
 
 def reptile_surrogate(learner: nn.Module, adapted: AdaptedParams) -> Tensor:
@@ -28,6 +29,7 @@ def reptile_surrogate(learner: nn.Module, adapted: AdaptedParams) -> Tensor:
     )
 
 
+@registered
 class Reptile(MAML):
     """Per task, ``inner_steps`` first-order steps on all its labelled images (support and queries: Reptile has no
     query split), then the Reptile update of the initialisation; no gradient flows through the inner loop. Use

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fsl_lightning.methods.transfer import Transfer
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class RFSSimple(Transfer):
     """Pre-train backbone + linear classifier on all base classes (cross-entropy); for each episode, fit a
     logistic regression on the L2-normalised support features

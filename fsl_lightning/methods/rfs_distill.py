@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fsl_lightning.methods.rfs import RFSSimple
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class RFSDistill(RFSSimple):
     """An RFS network of the next generation: the same architecture, trained from scratch on the base classes
     with ``(1 - w) * CE + w * KD`` against the previous generation (``teacher_checkpoint``, required; RFS uses

@@ -14,8 +14,10 @@ from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import class_log_mean_exp
+from fsl_lightning.methods.registry import registered
 
 
+@registered
 class Siamese(EmbeddingMethod):
     """Twin embeddings with shared weights; ``p(same) = sigmoid(sum_j alpha_j |h1_j - h2_j| + b)`` (eq. 1).
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fsl_lightning.episode import LabelledBatch
 from fsl_lightning.methods.rfs import RFSSimple
+from fsl_lightning.methods.registry import registered
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -24,6 +25,7 @@ def rotated_copies(images: Tensor) -> tuple[Tensor, Tensor]:
     return copies, labels
 
 
+@registered
 class SKD(RFSSimple):
     """SKD's two generations; episodes as RFS (logistic regression on normalised features). Images must be square.
 

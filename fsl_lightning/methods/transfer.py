@@ -34,6 +34,7 @@ from fsl_lightning.methods.episode_classifiers import (
     weight_normalised_cosine,
 )
 from fsl_lightning.methods.feature_classifiers.base_features import EpisodeClassifierHooks, embed_in_batches
+from fsl_lightning.methods.registry import registered
 
 
 class CosineClassifier(nn.Module):
@@ -56,6 +57,7 @@ class CosineClassifier(nn.Module):
         return weight_normalised_cosine(features, self.direction, self.gain, self.scale)
 
 
+@registered
 class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     """Supervised pre-training over the base classes, an episode classifier on frozen features at test.
 
@@ -135,8 +137,8 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     # ----- stage 1: supervised pre-training ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if stage != "fit" or datamodule is None or not hasattr(datamodule, "num_train_classes"):
+        datamodule = self.data
+        if stage != "fit" or datamodule is None:
             return
         if not datamodule.pretrain_batch_size:
             raise UserError(

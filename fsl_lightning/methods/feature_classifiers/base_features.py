@@ -1,9 +1,9 @@
 """How an episode classifier receives the features of the base classes (SimpleShot's CL2N centring).
 
-A classifier that needs them says so with ``needs_base_features = True`` and takes them in
+A classifier that needs them says so with :attr:`~EpisodeClassifier.needs_base_features` and takes them in
 ``prepare(base_features)``; the methods that evaluate with episode classifiers (FrozenFeatures, Transfer) call
 :func:`prepare_with_base_features` when an evaluation starts, embedding the training split with the current
-backbone. Classifiers without the attribute are left alone, at no cost.
+backbone. Other classifiers are left alone, at no cost.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from torch import Tensor, nn
 
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.data.images import as_model_input
+from fsl_lightning.data.method_data import MethodData
 from fsl_lightning.errors import UserError
+from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
 
 
-def needs_base_features(classifier: object) -> bool:
-    return bool(getattr(classifier, "needs_base_features", False))
-
-
-def prepare_with_base_features(classifier: object, trainer, embed_split: Callable[[ClassImages], Tensor]) -> None:
+def prepare_with_base_features(
+    classifier: EpisodeClassifier, data: MethodData | None, embed_split: Callable[[ClassImages], Tensor]
+) -> None:
     """Calls ``classifier.prepare`` with ``embed_split(training split)`` if the classifier needs base features."""
-    if needs_base_features(classifier):
-        classifier.prepare(embed_split(base_class_split(trainer, type(classifier).__name__)))
+    if classifier.needs_base_features:
+        classifier.prepare(embed_split(base_class_split(data, type(classifier).__name__)))
 
 
 class EpisodeClassifierHooks:
@@ -43,7 +43,7 @@ class EpisodeClassifierHooks:
         self.prepare_episode_classifier()
 
     def prepare_episode_classifier(self) -> None:
-        prepare_with_base_features(self.episode_classifier, self.trainer, self.embed_base_split)
+        prepare_with_base_features(self.episode_classifier, self.data, self.embed_base_split)
 
     def embed_base_split(self, split: ClassImages) -> Tensor:
         """Features [M, D] of the training split's images (computed only for classifiers that need them)."""
@@ -54,21 +54,18 @@ class EpisodeClassifierHooks:
         return self.episode_classifier.transductive
 
 
-def base_class_split(trainer, classifier_name: str) -> ClassImages:
-    """The training split of the trainer's data module: the one already loaded, else loaded now (``test`` and
+def base_class_split(data: MethodData | None, classifier_name: str) -> ClassImages:
+    """The training split of the run's data module: the one already loaded, else loaded now (``test`` and
     ``predict`` load only what they score)."""
-    datamodule = getattr(trainer, "datamodule", None)
-    splits = getattr(datamodule, "splits", {})
-    if "train" in splits:
-        return splits["train"]
-    dataset = getattr(datamodule, "dataset", None)
-    if dataset is None:
+    if data is not None and "train" in data.splits:
+        return data.splits["train"]
+    if data is None:
         raise UserError(
             f"{classifier_name} centres features on the mean of the base classes, which it computes from the data "
             "module's training split, and this data module has none: use an EpisodicDataModule with its dataset, or "
             "set the classifier's feature_transform: L2N."
         )
-    return dataset.load_split("train")
+    return data.dataset.load_split("train")
 
 
 @torch.no_grad()
