@@ -38,9 +38,12 @@ def reference_with_pytorch_initialisation():
     return measured.reference_maml(initialisation="pytorch")
 
 
-VARIANTS = {"reference": measured.reference_maml, "previous": measured.calibrated_maml,
-            "reference_adapting_batch_norm": reference_adapting_batch_norm,
-            "reference_with_pytorch_initialisation": reference_with_pytorch_initialisation}
+VARIANTS = {
+    "reference": measured.reference_maml,
+    "previous": measured.calibrated_maml,
+    "reference_adapting_batch_norm": reference_adapting_batch_norm,
+    "reference_with_pytorch_initialisation": reference_with_pytorch_initialisation,
+}
 
 
 def main() -> None:

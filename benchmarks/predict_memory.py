@@ -52,8 +52,10 @@ def main() -> None:
         shutil.copytree(normal, bombs)
         add_bombs(bombs)
         env = {**os.environ, "PYTHONPATH": str(REPO), "FSL_DATA_ROOT": str(work / "no_data")}
-        results = {name: predict(checkpoint, support, folder, work / f"{name}.csv", env)
-                   for name, folder in (("normal", normal), ("with_bombs", bombs))}
+        results = {
+            name: predict(checkpoint, support, folder, work / f"{name}.csv", env)
+            for name, folder in (("normal", normal), ("with_bombs", bombs))
+        }
     for name, (peak, scored, skipped) in results.items():
         print(f"  {name:10s}: peak RSS {peak / 2**20:7.1f} MiB, {scored} queries scored, {skipped} skipped")
     print(f"  ratio with_bombs / normal: {results['with_bombs'][0] / results['normal'][0]:.2f}x")
@@ -68,10 +70,19 @@ def add_bombs(folder: Path) -> None:
 
 def predict(checkpoint: Path, support: Path, queries: Path, output: Path, env: dict) -> tuple[int, int, int]:
     """Peak RSS in bytes of one ``predict`` process, and the queries it scored and skipped."""
-    command = [sys.executable, "-m", "fsl_lightning", "predict", "--ckpt_path", str(checkpoint),
-               f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-               f"--prediction_writer.output_path={output}", "--trainer.accelerator=cpu",
-               "--trainer.enable_progress_bar=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "predict",
+        "--ckpt_path",
+        str(checkpoint),
+        f"--data.predict_support_dir={support}",
+        f"--data.predict_query_dir={queries}",
+        f"--prediction_writer.output_path={output}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+    ]
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: wait4 must not wait on a full pipe
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)

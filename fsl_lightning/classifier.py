@@ -107,8 +107,9 @@ class FewShotClassifier:
     ) -> None:
         if not trained:
             method.refuse_untrained_weights(
-                "predict", "use FewShotClassifier.from_checkpoint(<file.ckpt>), or pass trained=True for a method "
-                "whose weights you trained yourself"
+                "predict",
+                "use FewShotClassifier.from_checkpoint(<file.ckpt>), or pass trained=True for a method "
+                "whose weights you trained yourself",
             )
         self.device = torch.device(device)
         # The evaluation form that `predict` uses (layout, folded batch norm), so that both give the same scores.
@@ -180,8 +181,13 @@ class FewShotClassifier:
         a prediction with its ``error`` (and no class), ``stop`` raises its :class:`CorruptImageError`."""
         score_name = self.score_name
         return [
-            Prediction(row["query_file"], row["predicted_class"] or None, row.get(score_name),
-                       {"yes": True, "no": False}.get(row.get("outlier", "")), row.get("error"))
+            Prediction(
+                row["query_file"],
+                row["predicted_class"] or None,
+                row.get(score_name),
+                {"yes": True, "no": False}.get(row.get("outlier", "")),
+                row.get("error"),
+            )
             for row in self._rows(queries, bad_images)
         ]
 
@@ -225,8 +231,11 @@ class FewShotClassifier:
         if not decoded_files:
             raise no_usable_queries(len(queries), unreadable)
         decoded_in_order = iter(decoded)
-        tensors = [next(decoded_in_order) if file is not None else query
-                   for query, file in zip(queries, all_files) if file not in unreadable]
+        tensors = [
+            next(decoded_in_order) if file is not None else query
+            for query, file in zip(queries, all_files)
+            if file not in unreadable
+        ]
         images = torch.cat([self._as_input(tensor.unsqueeze(0), "query") for tensor in tensors])
         return QueryImages(images, decoded_files, all_files, unreadable)
 
@@ -245,7 +254,9 @@ class FewShotClassifier:
         self, images: Tensor, labels: Tensor | Sequence[int] | None, class_names: Sequence[str] | None
     ) -> tuple[Tensor, Tensor, list[str]]:
         if labels is None:
-            raise UserError("fit_support(images) needs the label of each image: fit_support(images, labels=[0, 1, ...]).")
+            raise UserError(
+                "fit_support(images) needs the label of each image: fit_support(images, labels=[0, 1, ...])."
+            )
         labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
         way = int(labels.max()) + 1 if len(labels) else 0
         if len(labels) != len(images) or labels.min() < 0 or len(labels.unique()) != way or way < 2:

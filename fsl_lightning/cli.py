@@ -29,7 +29,11 @@ from lightning.pytorch.loggers import WandbLogger
 
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.callbacks import (
-    NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, TimeBudgetSchedule, WandbTestMedia,
+    NonFiniteLossGuard,
+    PredictionCSVWriter,
+    SpeedSettings,
+    TimeBudgetSchedule,
+    WandbTestMedia,
 )
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
@@ -65,7 +69,9 @@ class FewShotCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint (or the last)."
         )
         parser.add_argument(
-            "--weights_from", type=str | None, default=None,
+            "--weights_from",
+            type=str | None,
+            default=None,
             help="fit only: start from the weights of this checkpoint (a .ckpt file, `last` or `best`) with a fresh "
             "optimiser, learning-rate schedule and step count; --ckpt_path resumes all of those instead.",
         )
@@ -166,7 +172,9 @@ class FewShotCLI(LightningCLI):
     def _weights_file(self, weights_from: str) -> Path:
         if weights_from not in ALIASES:
             return Path(weights_from)
-        return resolve_checkpoint_alias(weights_from, experiment_root(self.trainer.logger, self.trainer.default_root_dir))
+        return resolve_checkpoint_alias(
+            weights_from, experiment_root(self.trainer.logger, self.trainer.default_root_dir)
+        )
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -251,8 +259,6 @@ def remove_run_folder_without_results(trainer: Trainer | None) -> None:
         shutil.rmtree(folder)
         with contextlib.suppress(OSError):  # the experiment's folder, if this run was its only one
             folder.parent.rmdir()
-
-
 
 
 def _experiment_root_of_config(config) -> Path:

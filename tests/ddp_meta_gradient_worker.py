@@ -38,9 +38,18 @@ class MetaLoss(nn.Module):
 def shard(batch: Episode, rank: int) -> Episode:
     per_rank = TASKS // WORLD
     pick = slice(rank * per_rank, (rank + 1) * per_rank)
-    return Episode(*(field[pick] for field in (
-        batch.support_images, batch.support_labels, batch.query_images, batch.query_labels, batch.class_ids
-    )))
+    return Episode(
+        *(
+            field[pick]
+            for field in (
+                batch.support_images,
+                batch.support_labels,
+                batch.query_images,
+                batch.query_labels,
+                batch.class_ids,
+            )
+        )
+    )
 
 
 def worker(rank: int, engine: str, port: int, output: str) -> None:

@@ -62,8 +62,9 @@ def test_second_order_meta_gradient_with_torch_batch_norm_is_exact_in_both_engin
     batch = meta_batch()
     gradients = {}
     for engine in ("vmap", "loop", "learn2learn"):
-        method = MAML(torch_batch_norm_net(track_running_stats=track_running_stats), inner_lr=0.3, inner_steps=2,
-                      engine=engine)
+        method = MAML(
+            torch_batch_norm_net(track_running_stats=track_running_stats), inner_lr=0.3, inner_steps=2, engine=engine
+        )
         gradients[engine] = analytic_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
     numeric = finite_difference_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
     for engine in ("vmap", "loop"):

@@ -9,7 +9,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from method_zoo import (
-    BUILDERS, RGB_METHODS, SPEC, build, episode_of, load_episodes,
+    BUILDERS,
+    RGB_METHODS,
+    SPEC,
+    build,
+    episode_of,
+    load_episodes,
 )
 
 from fsl_lightning.data import EpisodicDataModule
@@ -77,8 +82,14 @@ class FitThenScoreInTheTestLoop(Callback):
 def test_clip_scores_a_fitted_support_set_as_its_test_episodes(name, caltech_subset32, tmp_path):
     method, check = build(name), FitThenScoreInTheTestLoop()
     datamodule = EpisodicDataModule(caltech_subset32, evaluation=SPEC, test_episodes=2)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[check])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[check],
+    )
     trainer.test(method, datamodule=datamodule, verbose=False)
     assert len(check.results) == 2
     for results in check.results:

@@ -31,8 +31,12 @@ def batch_norm_folded(backbone: nn.Module) -> nn.Module:
 
 
 def _foldable(convolution: nn.Module, norm: nn.Module) -> bool:
-    return (isinstance(convolution, nn.Conv2d) and type(norm) is nn.BatchNorm2d and norm.running_mean is not None
-            and norm.running_var is not None)
+    return (
+        isinstance(convolution, nn.Conv2d)
+        and type(norm) is nn.BatchNorm2d
+        and norm.running_mean is not None
+        and norm.running_var is not None
+    )
 
 
 def _same_layout(convolution: nn.Conv2d, like: torch.Tensor) -> nn.Conv2d:

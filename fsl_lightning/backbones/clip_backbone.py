@@ -145,7 +145,8 @@ class CLIPBackbone(FreezableWrapper):
         self.tokenizer = open_clip.get_tokenizer(name, context_length=architecture["text_cfg"].get("context_length"))
         self.input = ModelInput(
             _side(architecture["vision_cfg"].get("image_size", 224)),
-            tag_config.get("mean", OPENAI_DATASET_MEAN), tag_config.get("std", OPENAI_DATASET_STD),
+            tag_config.get("mean", OPENAI_DATASET_MEAN),
+            tag_config.get("std", OPENAI_DATASET_STD),
             tag_config.get("interpolation", "bicubic"),
         )
         self.out_features = int(architecture["embed_dim"])
@@ -187,8 +188,10 @@ class CLIPBackbone(FreezableWrapper):
         return self.model.logit_scale.exp().clamp(max=100.0)
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, pretrained={self.pretrained!r}, frozen={self.frozen}, "
-                f"out_features={self.out_features}")
+        return (
+            f"name={self.name!r}, pretrained={self.pretrained!r}, frozen={self.frozen}, "
+            f"out_features={self.out_features}"
+        )
 
 
 def _side(image_size: int | Sequence[int]) -> int:

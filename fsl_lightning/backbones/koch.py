@@ -26,10 +26,17 @@ class KochNet(nn.Module):
         self.in_channels = in_channels
         self.out_features = out_features
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=10), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, kernel_size=7), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(128, 128, kernel_size=4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(128, 256, kernel_size=4), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 64, kernel_size=10),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, kernel_size=7),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 128, kernel_size=4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, kernel_size=4),
+            nn.ReLU(inplace=True),
         )
         self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(256 * side * side, out_features), nn.Sigmoid())
         self._initialise()

@@ -42,8 +42,13 @@ class PlainBatchNorm2d(nn.Module):
     """
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, affine: bool = True, running_statistics: bool = False,
-        momentum: float = 0.1, scale: bool = True,
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        running_statistics: bool = False,
+        momentum: float = 0.1,
+        scale: bool = True,
     ) -> None:
         super().__init__()
         self.num_features = num_features
@@ -100,8 +105,10 @@ class PlainBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, scale={self.weight is not None}, shift={self.bias is not None}, "
-                f"running_statistics={self.running_statistics}")
+        return (
+            f"{self.num_features}, eps={self.eps}, scale={self.weight is not None}, shift={self.bias is not None}, "
+            f"running_statistics={self.running_statistics}"
+        )
 
 
 def tracks_running_statistics(module: nn.Module) -> bool:

@@ -156,5 +156,6 @@ class TimmBackbone(FreezableWrapper):
         return self.model(self.input(images))
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, pretrained={self.pretrained}, frozen={self.frozen}, "
-                f"out_features={self.out_features}")
+        return (
+            f"name={self.name!r}, pretrained={self.pretrained}, frozen={self.frozen}, out_features={self.out_features}"
+        )

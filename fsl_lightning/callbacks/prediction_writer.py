@@ -48,11 +48,15 @@ class PredictionCSVWriter(BasePredictionWriter):
 def scores_summary(rows: list[dict[str, Any]], calibration: ScoreCalibration | None, score_name: str) -> str:
     """One line on what the scores are, and how many queries are outliers."""
     if calibration is None:
-        return (f"Scores ({score_name}): not calibrated and no outlier check, since the checkpoint's run had no "
-                "validation episodes to fit them on; a query of none of the classes still gets the nearest one.")
+        return (
+            f"Scores ({score_name}): not calibrated and no outlier check, since the checkpoint's run had no "
+            "validation episodes to fit them on; a query of none of the classes still gets the nearest one."
+        )
     outliers = sum(row.get("outlier") == "yes" for row in rows)
-    return (f"Scores: {calibration.description()}. {outliers} of {sum(not row.get('error') for row in rows)} "
-            "queries are outliers, far from every class (outlier=yes): their class is only the nearest one.")
+    return (
+        f"Scores: {calibration.description()}. {outliers} of {sum(not row.get('error') for row in rows)} "
+        "queries are outliers, far from every class (outlier=yes): their class is only the nearest one."
+    )
 
 
 def rows_in_file_order(rows: list[dict[str, Any]], queries: QueryImages) -> list[dict[str, Any]]:
@@ -61,7 +65,8 @@ def rows_in_file_order(rows: list[dict[str, Any]], queries: QueryImages) -> list
     scored = iter(rows)
     return [
         {"query_file": file, "predicted_class": "", "error": queries.unreadable[file]}
-        if file in queries.unreadable else next(scored)
+        if file in queries.unreadable
+        else next(scored)
         for file in queries.files
     ]
 

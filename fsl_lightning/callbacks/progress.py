@@ -159,8 +159,10 @@ class StepProgressBar(TQDMProgressBar):
             if self._lines:
                 ci95 = _read(trainer, "val/acc_ci95")
                 margin = "" if ci95 is None else f" ± {ci95:.4f}"
-                self._say(f"validation at step {trainer.global_step}/{self.reading.total_steps or '?'}: "
-                          f"val_acc {_decimal(self.reading.val_accuracy)}{margin}")
+                self._say(
+                    f"validation at step {trainer.global_step}/{self.reading.total_steps or '?'}: "
+                    f"val_acc {_decimal(self.reading.val_accuracy)}{margin}"
+                )
             # Episodes/s and the next report by time count from here: training alone. The time left still
             # counts validation in (it averages from the first step).
             now = time.monotonic()

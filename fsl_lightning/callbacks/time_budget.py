@@ -50,23 +50,26 @@ from fsl_lightning.errors import UserError
 STATE_KEY = "fsl_time_budget"
 # the attribute that holds each scheduler's length (in scheduler steps)
 LENGTH_ATTRIBUTE = {
-    CosineAnnealingLR: "T_max", LinearLR: "total_iters", PolynomialLR: "total_iters", StepLR: "step_size",
+    CosineAnnealingLR: "T_max",
+    LinearLR: "total_iters",
+    PolynomialLR: "total_iters",
+    StepLR: "step_size",
 }
 
 
 class TimeBudgetSchedule(Callback):
     """Args:
-        enabled: fit the schedule into ``trainer.max_time`` when it is set (``false``: the clock simply stops the run).
-        plan: the changes an earlier run's plan made, as ``[step, step count]`` pairs (its ``config.yaml`` records
-            them): made again at the same steps, without timing, with or without ``max_time``. ``None``: plan from
-            the clock.
-        warmup_steps: steps before the timing starts.
-        timed_steps: steps timed; the plan is made after ``warmup_steps + timed_steps`` steps.
-        margin: the share of the remaining time kept in reserve.
-        checks: how many times the pace is checked again over the planned steps; a machine that slowed down (or
-            sped up) since the plan gets a shorter (longer) schedule, scaled again to end with the last step that
-            fits. Only for schedules that still end there when rescaled midway (``CosineAnnealingLR``,
-            ``PolynomialLR``); ``0``: never.
+    enabled: fit the schedule into ``trainer.max_time`` when it is set (``false``: the clock simply stops the run).
+    plan: the changes an earlier run's plan made, as ``[step, step count]`` pairs (its ``config.yaml`` records
+        them): made again at the same steps, without timing, with or without ``max_time``. ``None``: plan from
+        the clock.
+    warmup_steps: steps before the timing starts.
+    timed_steps: steps timed; the plan is made after ``warmup_steps + timed_steps`` steps.
+    margin: the share of the remaining time kept in reserve.
+    checks: how many times the pace is checked again over the planned steps; a machine that slowed down (or
+        sped up) since the plan gets a shorter (longer) schedule, scaled again to end with the last step that
+        fits. Only for schedules that still end there when rescaled midway (``CosineAnnealingLR``,
+        ``PolynomialLR``); ``0``: never.
     """
 
     def __init__(
@@ -79,11 +82,15 @@ class TimeBudgetSchedule(Callback):
         checks: int = 10,
     ) -> None:
         if plan is not None and any(step < 1 or steps <= step for step, steps in plan):
-            raise UserError(f"--time_budget.plan holds [step, step count] pairs with 0 < step < step count (as a run's "
-                            f"config.yaml records them), got {plan}. Leave it unset to plan from the clock.")
+            raise UserError(
+                f"--time_budget.plan holds [step, step count] pairs with 0 < step < step count (as a run's "
+                f"config.yaml records them), got {plan}. Leave it unset to plan from the clock."
+            )
         if not 0 <= margin < 1:
-            raise UserError(f"--time_budget.margin is the share of the remaining time kept in reserve, from 0 to "
-                            f"below 1 (default 0.05), got {margin}.")
+            raise UserError(
+                f"--time_budget.margin is the share of the remaining time kept in reserve, from 0 to "
+                f"below 1 (default 0.05), got {margin}."
+            )
         self.enabled = enabled
         self.plan = [tuple(change) for change in plan] if plan is not None else None
         self.warmup_steps = warmup_steps
@@ -137,13 +144,21 @@ class TimeBudgetSchedule(Callback):
             return False  # no clock and no plan to repeat: the run goes as configured
         if not trainer.lr_scheduler_configs:
             return False  # no schedule to fit
-        unknown = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs
-                   if not _scalable(config.scheduler)]
+        unknown = [
+            type(config.scheduler).__name__
+            for config in trainer.lr_scheduler_configs
+            if not _scalable(config.scheduler)
+        ]
         if unknown or trainer.max_steps < 1:
-            reason = (f"it cannot scale the length of {', '.join(unknown)}" if unknown
-                      else "trainer.max_steps is not set (the schedule's length in steps)")
-            rank_zero_warn(f"time_budget: the schedule is not fitted to the time budget because {reason}; the clock "
-                           "may stop training before the schedule ends. --time_budget.enabled=false silences this.")
+            reason = (
+                f"it cannot scale the length of {', '.join(unknown)}"
+                if unknown
+                else "trainer.max_steps is not set (the schedule's length in steps)"
+            )
+            rank_zero_warn(
+                f"time_budget: the schedule is not fitted to the time budget because {reason}; the clock "
+                "may stop training before the schedule ends. --time_budget.enabled=false silences this."
+            )
             return False
         return True
 
@@ -225,11 +240,16 @@ class TimeBudgetSchedule(Callback):
         elif len(self._changes) == 1:
             change = f"schedule scaled from {before} steps to end with them"
         else:
-            pace = "slowed down: the {} planned no longer fit" if self.planned_steps < before else (
-                "sped up: more than the {} planned fit now")
+            pace = (
+                "slowed down: the {} planned no longer fit"
+                if self.planned_steps < before
+                else ("sped up: more than the {} planned fit now")
+            )
             change = f"the steps {pace.format(before)}; the schedule is scaled again to end with them"
-        rank_zero_info(f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
-                       f"Repeat this run by steps, without a clock: {repeat}")
+        rank_zero_info(
+            f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
+            f"Repeat this run by steps, without a clock: {repeat}"
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         before_the_plan = self._active and not self._changes and self.plan is None
@@ -289,4 +309,3 @@ def _saved_config_file(trainer: L.Trainer) -> Path | None:
         return None
     path = Path(trainer.log_dir) / saver.config_filename
     return path if path.is_file() else None
-

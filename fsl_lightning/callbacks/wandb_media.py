@@ -53,7 +53,9 @@ class WandbTestMedia(Callback):
             logger.experiment.log({"test/per_episode_acc": wandb.Histogram(summary.per_episode.cpu().numpy())})
         table = self._embedding_table(trainer, pl_module)
         if table is not None:
-            logger.experiment.log({"test/embeddings": wandb.plot.scatter(table, "x", "y", title="Test-class embeddings (PCA)")})
+            logger.experiment.log(
+                {"test/embeddings": wandb.plot.scatter(table, "x", "y", title="Test-class embeddings (PCA)")}
+            )
 
     def _episode_grid(self, episode: Episode, predicted: Tensor) -> np.ndarray:
         tiles = []

@@ -103,8 +103,9 @@ class BatchAugmentation:
             raise ValueError(f"Colour jitter needs 1 (grayscale) or 3 (RGB) channels, got {channels}.")
         batch = images.reshape(-1, channels, height, width)
         if self.random_resized_crop:
-            boxes = sample_crop_boxes(len(batch), height, width, self.crop_scale, self.crop_ratio, generator,
-                                      batch.device)
+            boxes = sample_crop_boxes(
+                len(batch), height, width, self.crop_scale, self.crop_ratio, generator, batch.device
+            )
             batch = crop_resize(batch, boxes)
         if self.crop_padding > 0:
             batch = padded_random_crop(batch, self.crop_padding, generator)

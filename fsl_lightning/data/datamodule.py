@@ -40,7 +40,6 @@ STREAMS = {"train": 0, "val": 1, "test": 2}
 TRAIN_SHOT_STREAM = 3  # the random shot of each training batch (train_shot_range)
 
 
-
 class EpisodicDataModule(L.LightningDataModule):
     """Episodes from a :class:`FewShotDataset`.
 
@@ -198,7 +197,10 @@ class EpisodicDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self._samples_on_device() and not self.pretrain_batch_size:
             self._device_sampler = DeviceEpisodeSampler(
-                self.splits["train"].class_offsets, self.specs["train"], self.seed, STREAMS["train"],
+                self.splits["train"].class_offsets,
+                self.specs["train"],
+                self.seed,
+                STREAMS["train"],
                 self.train_tasks_per_batch,
             )
             return DataLoader(KeyStream(self._train_keys), batch_size=None)
@@ -272,7 +274,12 @@ class EpisodicDataModule(L.LightningDataModule):
         return self._assemble("train", indices.to(device), class_ids.to(device), key)
 
     def _assemble(
-        self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None, gathered: Tensor | None = None
+        self,
+        split: str,
+        image_indices: Tensor,
+        class_ids: Tensor,
+        key: int | None = None,
+        gathered: Tensor | None = None,
     ) -> Episode | LabelledBatch:
         """Builds the batch from the images of the given indices: ``gathered`` on the host, or gathered here from
         the resident split."""
@@ -340,7 +347,12 @@ class EpisodicDataModule(L.LightningDataModule):
             return ImageBatchStream(classes.class_offsets, self.pretrain_batch_size, self.seed, STREAMS[split], keys)
         tasks = self.train_tasks_per_batch if split == "train" else 1
         return EpisodeStream(
-            classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys, tasks,
+            classes.class_offsets,
+            self.specs[split],
+            self._seed_of(split),
+            STREAMS[split],
+            keys,
+            tasks,
             self._groups(split, classes),
         )
 

@@ -23,6 +23,7 @@ from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
 from fsl_lightning.methods.score_calibration import CHECKPOINT_KEY, ScoreCalibration, ScoreCalibrationFit
 
+
 class FewShotMethod(L.LightningModule):
     """Base class of every method: subclasses implement :meth:`fit_support` and :meth:`score` (and may override the
     loss); :meth:`episode_logits` composes them for training and evaluation.

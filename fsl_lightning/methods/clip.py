@@ -306,8 +306,10 @@ class CLIPFewShot(CLIPZeroShot):
         table = ", ".join(
             f"{weight:g}: {100 * float(right / total):.1f}%" for weight, right in zip(self.mix_weight_grid, correct)
         )
-        self.print(f"CLIP mix weight {self.mix_weight_grid[best]:g} chosen on {int(total)} validation queries "
-                   f"(accuracy by weight: {table})")
+        self.print(
+            f"CLIP mix weight {self.mix_weight_grid[best]:g} chosen on {int(total)} validation queries "
+            f"(accuracy by weight: {table})"
+        )
         return self.mix_weight_grid[best]
 
     def _validation_counts(self, datamodule) -> tuple[Tensor, Tensor]:

@@ -141,10 +141,12 @@ class FrozenFeatureMethod(FewShotMethod):
         if isinstance(cached, Tensor):
             log.info("Read the %s features from %s", split, path)
             return cached
-        features = torch.cat([
-            self.embed(batch.to(self.device, non_blocking=True).float().div_(255.0))
-            for batch in images.split(self.feature_batch_size)
-        ])
+        features = torch.cat(
+            [
+                self.embed(batch.to(self.device, non_blocking=True).float().div_(255.0))
+                for batch in images.split(self.feature_batch_size)
+            ]
+        )
         if path is not None:
             save_atomically(features.cpu(), path)
         return features
@@ -230,4 +232,3 @@ def _images_fingerprint(images: Tensor, class_names: list[str]) -> str:
     step = max(1, images.numel() // FINGERPRINT_SAMPLE_BYTES)
     sample = images.reshape(-1)[::step]
     return f"{tuple(images.shape)}\n{class_names}\n{_tensor_digest([('images', sample)])}"
-

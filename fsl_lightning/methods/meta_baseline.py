@@ -166,7 +166,9 @@ class MetaBaseline(EmbeddingMethod):
                 f"(stage 1, {STAGE_ONE_CONFIG})."
             )
         load_backbone_weights(
-            self.backbone, Path(self.classifier_baseline_checkpoint).expanduser(), "classifier_baseline_checkpoint",
+            self.backbone,
+            Path(self.classifier_baseline_checkpoint).expanduser(),
+            "classifier_baseline_checkpoint",
             f"Train stage 1 first ({STAGE_ONE_CONFIG}, `fit`) and point classifier_baseline_checkpoint at its "
             "last.ckpt (edit the version if needed).",
         )

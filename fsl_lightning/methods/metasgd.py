@@ -57,8 +57,10 @@ class MetaSGD(MAML):
     ) -> None:
         super().__init__(*args, test_inner_steps=test_inner_steps, adapt_batch_norm=adapt_batch_norm, **kwargs)
         self.inner_lrs = nn.ParameterDict(
-            {_key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))
-             for name, p in self.backbone.named_parameters()}
+            {
+                _key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))
+                for name, p in self.backbone.named_parameters()
+            }
         )
 
     def inner_rates(self) -> InnerLR:

@@ -52,8 +52,14 @@ class SKD(RFSSimple):
         other arguments: as :class:`~fsl_lightning.methods.transfer.Transfer` (``distillation_weight`` is unused).
     """
 
-    def __init__(self, *args: Any, rotation_loss_weight: float = 2.0, twin_loss_weight: float = 0.1,
-                 temperature: float = 2.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        rotation_loss_weight: float = 2.0,
+        twin_loss_weight: float = 0.1,
+        temperature: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, temperature=temperature, **kwargs)
         self.rotation_loss_weight = rotation_loss_weight
         self.twin_loss_weight = twin_loss_weight

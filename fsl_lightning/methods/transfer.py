@@ -90,7 +90,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     """
 
     trains_on_episodes = False
-    cpu_bf16_by_default = True  # measured: pre-training keeps its accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
+    cpu_bf16_by_default = (
+        True  # measured: pre-training keeps its accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
+    )
 
     def __init__(
         self,
@@ -122,7 +124,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
         self.distillation_weight = distillation_weight
         self.temperature = temperature
         if augmented_support_copies < 1:
-            raise UserError(f"augmented_support_copies must be at least 1 (RFS uses 5), got {augmented_support_copies}.")
+            raise UserError(
+                f"augmented_support_copies must be at least 1 (RFS uses 5), got {augmented_support_copies}."
+            )
         self.support_augmentation, self.augmented_support_copies = support_augmentation, augmented_support_copies
         self._teacher: tuple[nn.Module, ...] = ()  # a tuple keeps it out of the state dict and the optimiser
 
@@ -203,10 +207,16 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     def distillation_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """Hinton et al.'s KL divergence between softened distributions, scaled by T^2 to keep gradients comparable."""
         t = self.temperature
-        return F.kl_div(
-            F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-            reduction="batchmean", log_target=True,
-        ) * t * t
+        return (
+            F.kl_div(
+                F.log_softmax(student_logits / t, dim=-1),
+                F.log_softmax(teacher_logits / t, dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * t
+            * t
+        )
 
     # ----- stage 2: episodes on frozen features -----------------------------------------------------------------
     def embed_base_split(self, split: ClassImages) -> Tensor:
@@ -233,8 +243,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
             return support
         generator = torch.Generator(device=support.images.device).manual_seed(support.seed or 0)
         copies = [self.support_augmentation(support.images, generator) for _ in range(self.augmented_support_copies)]
-        return replace(support, images=torch.cat(copies), labels=support.labels.repeat(self.augmented_support_copies),
-                       indices=None)
+        return replace(
+            support, images=torch.cat(copies), labels=support.labels.repeat(self.augmented_support_copies), indices=None
+        )
 
     def fit_features(self, support_features: Tensor, support: SupportSet) -> Any:
         """The episode classifier fitted on the support features; the episode's own seed drives any randomness of

@@ -36,8 +36,11 @@ class ModelInput(nn.Module):
         if images.shape[-2:] != (self.size, self.size):
             smooth = self.interpolation != "nearest"
             images = F.interpolate(
-                images.float(), size=(self.size, self.size), mode=self.interpolation,
-                antialias=smooth, align_corners=False if smooth else None,
+                images.float(),
+                size=(self.size, self.size),
+                mode=self.interpolation,
+                antialias=smooth,
+                align_corners=False if smooth else None,
             ).clamp_(0.0, 1.0)  # bicubic overshoots; PIL, which the models were trained with, clamps to the range
         return (images - self.mean) / self.std
 

@@ -42,7 +42,7 @@ class ImageArchive:
         if self._zip is None:
             return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if _is_image(p.name)]
         prefix = self.top + "/"
-        return [n[len(prefix):] for n in self._zip.namelist() if n.startswith(prefix) and _is_image(n)]
+        return [n[len(prefix) :] for n in self._zip.namelist() if n.startswith(prefix) and _is_image(n)]
 
     def files_by_folder(self, depth: int) -> dict[str, list[str]]:
         """Image members grouped by their first ``depth`` folders (``Alphabet/characterNN`` for depth 2)."""

@@ -122,9 +122,7 @@ class Caltech101(NaturalImageDataset):
             raise DatasetNotFoundError(f"{source} is not a readable zip ({error}): download it again.") from error
 
 
-def _tar_sources(
-    source: Path | IO[bytes], where: str, wanted: set[str] | None = None
-) -> dict[str, list[ImageSource]]:
+def _tar_sources(source: Path | IO[bytes], where: str, wanted: set[str] | None = None) -> dict[str, list[ImageSource]]:
     """Every class of the tarball (a path or an open file, streamed in one pass), with the JPEG bytes of the
     ``wanted`` ones (all when ``None``)."""
     classes: dict[str, list[ImageSource]] = {}

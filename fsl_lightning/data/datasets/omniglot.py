@@ -50,8 +50,14 @@ ROTATIONS = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}
 #: in name order, from the second: 241 of the 964 background characters; 6 of them have 20 characters or more,
 #: enough for 20-way trials within one alphabet)
 LAKE_VALIDATION_ALPHABETS = (
-    "Anglo-Saxon_Futhorc", "Balinese", "Burmese_(Myanmar)", "Grantha",
-    "Inuktitut_(Canadian_Aboriginal_Syllabics)", "Latin", "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Tifinagh",
+    "Anglo-Saxon_Futhorc",
+    "Balinese",
+    "Burmese_(Myanmar)",
+    "Grantha",
+    "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+    "Latin",
+    "Ojibwe_(Canadian_Aboriginal_Syllabics)",
+    "Tifinagh",
 )
 
 
@@ -201,10 +207,12 @@ def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray
     path, top, groups, image_size = job
     archive = ImageArchive(path, top)  # its own zip handle: one inherited through fork would share its file offset
     try:
-        return torch.stack([
-            torch.stack([decode_character_image(archive.read(m), archive.describe(m), image_size) for m in members])
-            for members in groups
-        ]).numpy()
+        return torch.stack(
+            [
+                torch.stack([decode_character_image(archive.read(m), archive.describe(m), image_size) for m in members])
+                for members in groups
+            ]
+        ).numpy()
     finally:
         archive.close()
 

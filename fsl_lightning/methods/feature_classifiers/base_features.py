@@ -75,8 +75,8 @@ def embed_in_batches(backbone: nn.Module, images: Tensor, device: torch.device, 
     was_training = backbone.training
     backbone.eval()
     try:
-        return torch.cat([
-            backbone(as_model_input(batch.to(device))).float().flatten(1) for batch in images.split(batch_size)
-        ])
+        return torch.cat(
+            [backbone(as_model_input(batch.to(device))).float().flatten(1) for batch in images.split(batch_size)]
+        )
     finally:
         backbone.train(was_training)
