@@ -28,9 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import test_metric_measured as metric  # noqa: E402  (the tests hold the settings: one source of truth)
 import test_transfer_measured as transfer  # noqa: E402
-
 from fsl_lightning.callbacks import SpeedSettings  # noqa: E402
-
 from fsl_lightning.data import Omniglot  # noqa: E402
 from fsl_lightning.episode import Episode, LabelledBatch  # noqa: E402
 from fsl_lightning.methods import Baseline, BaselinePlusPlus, RFSSimple  # noqa: E402

@@ -34,13 +34,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protonet_omniglot import _device_name, run_fit, timed_rate  # noqa: E402
-
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4  # noqa: E402
 from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d  # noqa: E402
 from fsl_lightning.data import EpisodicDataModule, Omniglot  # noqa: E402
 from fsl_lightning.episode import Episode, EpisodeSpec  # noqa: E402
 from fsl_lightning.methods import ANIL, FOMAML, MAML, MetaSGD, Reptile  # noqa: E402
+from protonet_omniglot import _device_name, run_fit, timed_rate  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "omniglot" / "maml_5w1s.yaml"
 ENGINES = ("auto", "vmap", "learn2learn")  # auto is the loop engine on a CPU, vmap on a GPU

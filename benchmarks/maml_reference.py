@@ -47,15 +47,16 @@ import math
 import os
 import random
 import shlex
-import tempfile
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import torch
-from reference_results import save_result
 import torch.nn.functional as F
+
+from reference_results import save_result
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "omniglot" / "maml_5w1s.yaml"
@@ -99,11 +100,11 @@ def fit_ours(engine: str, iterations: int, tasks: int, seed: int, out: Path) -> 
 
 def l2l_omniglot(out: Path):
     """learn2learn's FullOmniglot over an extracted copy of the local zips, images as l2l's benchmark makes them."""
+    import learn2learn as l2l
     import torchvision
     from PIL.Image import LANCZOS
     from torchvision import transforms
 
-    import learn2learn as l2l
     from fsl_lightning.data.roots import data_root
 
     root = out / "l2l-data"

@@ -209,6 +209,7 @@ def easyfsl_protonet(steps: int, warmup: int, scratch: Path) -> dict:
     import torch
     import torch.nn.functional as F
     from easyfsl.methods import PrototypicalNetworks
+
     from protonet_reference import make_loader
 
     random.seed(0)
@@ -232,6 +233,7 @@ def l2l_protonet(steps: int, warmup: int, scratch: Path) -> dict:
     """learn2learn's TaskDataset over the decoded Vinyals training classes, the same Conv4 and loss as ours."""
     import learn2learn as l2l
     import torch
+
     from protonet_reference import OmniglotSplit
 
     random.seed(0)
@@ -280,6 +282,7 @@ def l2l_maml(steps: int, warmup: int, scratch: Path) -> dict:
     import learn2learn as l2l
     import torch
     import torch.nn.functional as F
+
     from maml_reference import (
         INNER_LR,
         adapted_query_logits,
@@ -311,6 +314,7 @@ def easyfsl_test(steps: int, warmup: int, scratch: Path) -> dict:
     """``easyfsl.utils.evaluate`` of a PrototypicalNetworks on ``steps`` TaskSampler test tasks."""
     from easyfsl.methods import PrototypicalNetworks
     from easyfsl.utils import evaluate
+
     from protonet_reference import make_loader
 
     random.seed(0)

@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 
 import torch
-from reference_results import save_result
 import torch.nn.functional as F
+
+from reference_results import save_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from maml_reference import TEST_EPISODES, accuracy_on_our_episodes, mean_ci  # noqa: E402

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from protonet_omniglot import _device_name, run_fit, timed_rate
 
 from fsl_lightning.callbacks import SpeedSettings
+from protonet_omniglot import _device_name, run_fit, timed_rate
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 WORKLOADS = {

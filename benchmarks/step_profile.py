@@ -19,9 +19,9 @@ import time
 from collections import defaultdict
 
 import torch
-from cpu_kernels import WORKLOADS, build_step, protonet_workload
 from torch.profiler import ProfilerActivity, profile
 
+from cpu_kernels import WORKLOADS, build_step, protonet_workload
 from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 

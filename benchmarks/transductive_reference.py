@@ -99,9 +99,8 @@ def episodes_file(out: Path, shot: int) -> Path:
 
 # ----- the backbone ---------------------------------------------------------------------------------------------------
 def fit_backbone(steps: int, seed: int, out: Path) -> None:
-    from reference_results import save_result
-
     from fsl_lightning.cli import main
+    from reference_results import save_result
 
     arguments = [
         "fit",

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from protonet_omniglot import _device_name, _synchronize, run_fit
 
 from fsl_lightning.cli import main
+from protonet_omniglot import _device_name, _synchronize, run_fit
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "caltech101"
 TRANSFER = ("baseline", "baseline_pp", "rfs_simple", "rfs_distill", "skd", "transfer_resnet18")

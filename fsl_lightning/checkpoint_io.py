@@ -18,9 +18,10 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
@@ -57,7 +58,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     saved by Lightning's own code.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with written_atomically(Path(path), "wb", durable=True) as file:
@@ -66,8 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self,
         path: _PATH,
-        map_location: Optional[Callable] = lambda storage, loc: storage,
-        weights_only: Optional[bool] = None,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
         with checkpoint_load_errors_reported(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)

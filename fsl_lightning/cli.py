@@ -27,7 +27,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import WandbLogger
 
-from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.callbacks import (
     NonFiniteLossGuard,
     PredictionCSVWriter,
@@ -39,6 +38,7 @@ from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
+from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
 from fsl_lightning.errors import UserError

@@ -16,10 +16,9 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_adaptation import TASKS, meta_batch, tiny_method  # noqa: E402
-
 from fsl_lightning.episode import Episode  # noqa: E402
 from fsl_lightning.methods.maml import MAML  # noqa: E402
+from test_adaptation import TASKS, meta_batch, tiny_method  # noqa: E402
 
 WORLD = 2
 

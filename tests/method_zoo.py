@@ -3,7 +3,7 @@ tests/test_support_split.py)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

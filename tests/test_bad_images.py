@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from bad_images import (
     animated_gif,
     broken_symlink,
@@ -28,15 +30,13 @@ from bad_images import (
     truncated,
     write_png,
 )
-from omniglot_folders import support_and_query_folders
-from PIL import Image
-
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
 from fsl_lightning.data import ImageFolderDataset
 from fsl_lightning.data.datasets.natural import decode_rgb
 from fsl_lightning.data.datasets.omniglot import decode_character_image
 from fsl_lightning.data.images import CorruptImageError, open_image
+from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from omniglot_folders import support_and_query_folders
 from torch import nn
 
 from fsl_lightning.backbones import Conv4
@@ -20,6 +19,7 @@ from fsl_lightning.cli import main
 from fsl_lightning.data import EpisodicDataModule, Omniglot
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import NearestNeighbour, ProtoNet
+from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]

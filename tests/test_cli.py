@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from omniglot_folders import support_and_query_folders
 
 from fsl_lightning.cli import main
+from omniglot_folders import support_and_query_folders
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from fsl_lightning.episode import Episode
-from fsl_lightning.methods import R2D2
-from fsl_lightning.methods import Baseline, BaselinePlusPlus
+from fsl_lightning.methods import R2D2, Baseline, BaselinePlusPlus
 from fsl_lightning.methods.episode_classifiers import (
     CosineProbe,
     LinearProbe,
@@ -19,8 +18,8 @@ from fsl_lightning.methods.episode_classifiers import (
     chen_cosine_scale,
     weight_normalised_cosine,
 )
-from fsl_lightning.methods.transfer import CosineClassifier
 from fsl_lightning.methods.r2d2 import ridge_regression_weights
+from fsl_lightning.methods.transfer import CosineClassifier
 
 
 def separable_episode(way=4, shot=3, queries_per_class=5, dim=16, seed=0):

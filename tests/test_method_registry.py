@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from method_zoo import BUILDERS, RGB_METHODS, build
 
 import fsl_lightning.methods as methods
 from fsl_lightning.episode import EpisodeSpec, LabelledBatch, split_support_query
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.methods.registry import registered
+from method_zoo import BUILDERS, RGB_METHODS, build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -29,9 +29,8 @@ per test (1 thread, lightly loaded machine).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import tempfile
+from collections.abc import Sequence
 
 import lightning as L
 import pytest

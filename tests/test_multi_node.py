@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import torch
-from test_ddp_training import CONFIG, ONE_STEP, SGD, SPEC, expected_ddp_step
 
 from fsl_lightning.data import EpisodicDataModule
+from test_ddp_training import CONFIG, ONE_STEP, SGD, SPEC, expected_ddp_step
 
 NODES = ["--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.strategy=ddp"]
 

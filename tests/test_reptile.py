@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor
-from test_adaptation import meta_batch, tiny_model
 
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.reptile import Reptile
+from test_adaptation import meta_batch, tiny_model
 
 WAY, SHOT, QUERY, TASKS, SIDE = 5, 1, 6, 6, 16
 

@@ -7,13 +7,13 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.trainer.states import RunningStage
-from test_episodes import SPEC, attach_trainer, episodes_of
 
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.data.residency import choose_residency
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ProtoNet
+from test_episodes import SPEC, attach_trainer, episodes_of
 
 
 def datamodule(omniglot, resident: str, **kwargs) -> EpisodicDataModule:

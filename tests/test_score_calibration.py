@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omniglot_folders import support_and_query_folders
 
 from fsl_lightning.checkpoint_files import read_checkpoint
 from fsl_lightning.classifier import FewShotClassifier
@@ -20,6 +19,7 @@ from fsl_lightning.methods.score_calibration import (
     ScoreCalibration,
     ScoreCalibrationFit,
 )
+from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]

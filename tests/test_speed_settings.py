@@ -11,8 +11,8 @@ from torch import nn
 
 from fsl_lightning.backbones import Conv4, MAMLConv4
 from fsl_lightning.callbacks import SpeedSettings
-from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.cli import main
+from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.methods import MAML, ProtoNet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,11 +3,14 @@ fitted support set, and queries scored in parts as together (unless the method i
 
 from __future__ import annotations
 
-
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from fsl_lightning.data import EpisodicDataModule
+from fsl_lightning.episode import Episode, SupportSet
+from fsl_lightning.methods import METHODS, FewShotMethod
 from method_zoo import (
     BUILDERS,
     RGB_METHODS,
@@ -16,10 +19,6 @@ from method_zoo import (
     episode_of,
     load_episodes,
 )
-
-from fsl_lightning.data import EpisodicDataModule
-from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.methods import METHODS, FewShotMethod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GRAY_METHODS = sorted(set(METHODS) - RGB_METHODS)

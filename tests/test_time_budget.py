@@ -15,7 +15,6 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from interruptions import SlowSteps
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, MultiStepLR, PolynomialLR, StepLR
 
 from fsl_lightning.backbones import Conv4
@@ -23,6 +22,7 @@ from fsl_lightning.callbacks import TimeBudgetSchedule
 from fsl_lightning.callbacks.time_budget import _scale_length
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ProtoNet
+from interruptions import SlowSteps
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")

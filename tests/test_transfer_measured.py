@@ -23,9 +23,8 @@ probes' 200 SGD steps per episode, 300 episodes, take about 40 s of it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import tempfile
+from collections.abc import Sequence
 
 import lightning as L
 import pytest

@@ -228,7 +228,7 @@ def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
     return torch.einsum("bij,bjhw->bihw", mixing, images).clamp(0.0, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _yiq_matrices(device: torch.device) -> tuple[Tensor, Tensor]:
     # Copied to the device once: a copy per call would be a host-to-device transfer every training step.
     return _RGB_TO_YIQ.to(device, torch.float32), _YIQ_TO_RGB.to(device, torch.float32)

@@ -9,9 +9,10 @@ and dropping a shot would change the classifier without the user knowing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -10,7 +10,8 @@ are the same in both, so evaluation episodes, and their numbers, do not depend o
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Literal, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor

@@ -8,7 +8,7 @@ episodes and a resumed run continues the same stream.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch

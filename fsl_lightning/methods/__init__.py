@@ -18,8 +18,8 @@ from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
 from fsl_lightning.methods.protonet import ProtoNet
 from fsl_lightning.methods.r2d2 import R2D2
-from fsl_lightning.methods.relationnet import RelationNet
 from fsl_lightning.methods.registry import METHODS
+from fsl_lightning.methods.relationnet import RelationNet
 from fsl_lightning.methods.reptile import Reptile
 from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.rfs_distill import RFSDistill

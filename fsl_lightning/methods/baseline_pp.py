@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fsl_lightning.methods.episode_classifiers import CosineProbe, EpisodeClassifier
-from fsl_lightning.methods.transfer import Transfer
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.transfer import Transfer
 
 
 @registered

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.rfs import RFSSimple
 
 
 @registered

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsl_lightning.episode import LabelledBatch
-from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.rfs import RFSSimple
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 

@@ -11,8 +11,8 @@ fitted classifier is the state of :meth:`~fsl_lightning.methods.base.FewShotMeth
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 

@@ -19,8 +19,8 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.data.datasets.base import SPLITS

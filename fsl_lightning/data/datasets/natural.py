@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from itertools import combinations
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
