@@ -204,7 +204,7 @@ class FewShotCLI(LightningCLI):
         if not self.config[self.subcommand].test_after_fit or self.trainer.interrupted:
             return
         checkpoint = self.trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 

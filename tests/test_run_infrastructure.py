@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 import wandb
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.callbacks import NonFiniteLossError, NonFiniteLossGuard
-from fsl_lightning.cli import main
+from fsl_lightning.callbacks.non_finite_guard import newest_saved_checkpoint
+from fsl_lightning.cli import FewShotCLI, main
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import EpisodeSpec
 from fsl_lightning.methods import ProtoNet
@@ -201,6 +203,36 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(omniglo
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 5
     assert all(torch.isfinite(weight).all() for weight in saved["state_dict"].values())
+
+
+def test_the_newest_checkpoint_is_found_beside_a_checkpoint_callback_that_records_no_paths(tmp_path):
+    """Any ``Checkpoint`` callback may sit in ``trainer.checkpoint_callbacks``; only ModelCheckpoints record paths
+    (a plain one used to raise AttributeError there, in place of the NaN loss's own message)."""
+    saved = tmp_path / "last.ckpt"
+    saved.write_bytes(b"checkpoint")
+    checkpoints = ModelCheckpoint(dirpath=tmp_path)
+    checkpoints.last_model_path = str(saved)
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[Checkpoint(), checkpoints])
+    assert newest_saved_checkpoint(trainer) == saved
+
+
+def test_test_after_fit_takes_the_best_checkpoint_only_from_a_model_checkpoint():
+    """The first checkpoint callback may be another ``Checkpoint``, which has no best model: test the last weights."""
+    tested = []
+    trainer = SimpleNamespace(
+        interrupted=False,
+        checkpoint_callback=Checkpoint(),
+        test=lambda model, datamodule, ckpt_path: tested.append(ckpt_path),
+    )
+    cli = SimpleNamespace(
+        config={"fit": SimpleNamespace(test_after_fit=True)},
+        subcommand="fit",
+        trainer=trainer,
+        model=None,
+        datamodule=None,
+    )
+    FewShotCLI.after_fit(cli)
+    assert tested == [None]
 
 
 def _digest(path: Path) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from fsl_lightning.errors import UserError
 
@@ -67,6 +67,7 @@ def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
     paths = [
         path
         for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint)  # the others (any Checkpoint) record no paths
         for path in (callback.last_model_path, callback.best_model_path, *callback.best_k_models)
         if path
     ]
