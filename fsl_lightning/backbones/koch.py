@@ -55,7 +55,8 @@ class KochNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(module.weight, 0.0, 0.2 if isinstance(module, nn.Linear) else 0.01)
-                nn.init.normal_(module.bias, 0.5, 0.01)
+                if module.bias is not None:  # every layer here has one; as torch's reset_parameters checks
+                    nn.init.normal_(module.bias, 0.5, 0.01)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.embedding(self.features(images))

@@ -103,7 +103,8 @@ class MAMLConv4(nn.Module):
         for layer in self.modules():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(layer.weight)  # the fans of TensorFlow's Glorot initialisers, for both kinds
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:  # every layer here has one; as torch's reset_parameters checks
+                    nn.init.zeros_(layer.bias)
         if normal_head:  # cbfinn/maml: w5 = tf.random_normal([dim_hidden, dim_output]) for Omniglot
             nn.init.normal_(self.head.weight)
 

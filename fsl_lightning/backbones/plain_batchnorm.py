@@ -59,6 +59,8 @@ class PlainBatchNorm2d(nn.Module):
         self.momentum = momentum
         self.recording = False
         self.native = False  # torch's fused kernel instead of plain ops: see native_batch_norm()
+        self.running_mean: Tensor  # registered, and used, only with running_statistics
+        self.running_var: Tensor
         if running_statistics:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
@@ -85,7 +87,7 @@ class PlainBatchNorm2d(nn.Module):
         """The same maths by ``F.batch_norm``; momentum 0 and no buffers passed in training: nothing is updated."""
         running = self.running_statistics and not self.training
         mean, variance = (self.running_mean, self.running_var) if running else (None, None)
-        weight = self.weight
+        weight: Tensor | None = self.weight
         if weight is None and self.bias is not None:
             # a shift without a scale: torch's double backward fails on a bias without a weight, so pass a scale of 1
             weight = torch.ones(self.num_features, device=inputs.device, dtype=inputs.dtype)

@@ -25,6 +25,8 @@ class ModelInput(nn.Module):
         if interpolation not in INTERPOLATIONS:
             interpolation = "bicubic"  # timm / open_clip also name PIL-only modes (lanczos, box); bicubic is closest
         self.size, self.interpolation = int(size), interpolation
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
