@@ -21,6 +21,7 @@ Images are stored with ink = 255 on a background of 0 (the PNGs are inverted), a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -198,7 +199,7 @@ def decode_character_groups(
     return images
 
 
-def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray:
+def _decode_group_run(job: tuple[Path, str, Sequence[list[str]], int]) -> np.ndarray:
     """One worker's share: [groups, drawers, 1, S, S] as a NumPy array (cheap to send back from a process).
 
     Each file is decoded and resized on its own, as the serial decode always did: resizing a character's 20 images
