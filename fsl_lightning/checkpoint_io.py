@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
@@ -97,11 +97,12 @@ def _weights_only_refusal(error: BaseException) -> pickle.UnpicklingError | None
     """torch's refusal of a pickled object under ``weights_only``, wherever it is in the chain of ``error``
     (timm and others re-raise it as a ``RuntimeError``)."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
-            return error
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pickle.UnpicklingError) and "Weights only load failed" in str(current):
+            return current
+        current = current.__cause__ or current.__context__
     return None
 
 
@@ -130,8 +131,8 @@ def _refused_types(path: _PATH | None, refusal: pickle.UnpicklingError) -> str:
     return f"an object that is not plain data ({detail.group(1).strip() if detail else 'a pickled object'})"
 
 
-def _is_local_checkpoint_file(path: _PATH | None) -> bool:
-    return bool(path) and _is_local_file_protocol(path) and Path(path).is_file()
+def _is_local_checkpoint_file(path: _PATH | None) -> TypeGuard[_PATH]:
+    return path is not None and bool(path) and _is_local_file_protocol(path) and Path(path).is_file()
 
 
 def _unreadable_message(path: Path, error: BaseException) -> str:

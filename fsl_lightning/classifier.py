@@ -170,9 +170,10 @@ class FewShotClassifier:
         else:
             images, labels, class_names = self._labelled_images(support)
         images = self._as_input(images, "support").to(self.device)
-        support_set = SupportSet(images, labels.to(self.device), len(class_names), class_names=tuple(class_names))
+        names = tuple(class_names)
+        support_set = SupportSet(images, labels.to(self.device), len(names), class_names=names)
         with torch.inference_mode():  # as Lightning's predict loop
-            self.support = FittedSupport(self.method.fit_support(support_set), support_set.class_names)
+            self.support = FittedSupport(self.method.fit_support(support_set), names)
         return self
 
     def predict(self, queries: Queries, bad_images: BadImages = "skip") -> list[Prediction]:
@@ -202,13 +203,13 @@ class FewShotClassifier:
         if self.support is None:
             raise UserError("Call fit_support(<support folder or {class name: images}>) before predict.")
         check_bad_images_choice(bad_images)
-        queries = self._query_images(queries, bad_images)
+        images = self._query_images(queries, bad_images)
         rows = []
         with torch.inference_mode():  # as Lightning's predict loop
-            for batch_images, batch_files in query_slices(queries.images, queries.decoded_files, self.batch_size):
+            for batch_images, batch_files in query_slices(images.images, images.decoded_files, self.batch_size):
                 logits = self.method.score(self.support.state, as_model_input(batch_images.to(self.device)))
                 rows += self.method.prediction_rows(logits, batch_files, self.support.class_names)
-        return rows_in_file_order(rows, queries)
+        return rows_in_file_order(rows, images)
 
     def _query_images(self, queries: Queries, bad_images: BadImages) -> QueryImages:
         """The query images as model input, with their files (``None`` for a tensor) and the files that did not
@@ -231,8 +232,8 @@ class FewShotClassifier:
         if not decoded_files:
             raise no_usable_queries(len(queries), unreadable)
         decoded_in_order = iter(decoded)
-        tensors = [
-            next(decoded_in_order) if file is not None else query
+        tensors = [  # the files (all_files not None) decoded in order, the tensors as given
+            next(decoded_in_order) if isinstance(query, (str, Path)) else query
             for query, file in zip(queries, all_files)
             if file not in unreadable
         ]

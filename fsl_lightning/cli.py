@@ -218,7 +218,10 @@ class SaveAndLogConfig(SaveConfigCallback):
         if isinstance(logger, WandbLogger):  # its log_dir is shared by all runs: use the run's own folder
             run_dir = Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.config_filename = str(run_dir.relative_to(trainer.log_dir) / "config.yaml")
+            log_dir = trainer.log_dir  # the logger's save_dir, under which Lightning saves the config (a collective)
+            if log_dir is None:
+                raise UserError("The W&B logger needs a save_dir to keep the run's config.yaml in: set its save_dir.")
+            self.config_filename = str(run_dir.relative_to(log_dir) / "config.yaml")
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -18,6 +18,8 @@ gives one number on the CPU however it is evaluated.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
@@ -25,6 +27,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from fsl_lightning.callbacks.cpu_training_precision import BF16TrainingSteps
 from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 class SpeedSettings(Callback):
@@ -135,7 +139,7 @@ class SpeedSettings(Callback):
         rank_zero_info(f"Compiled the backbone with torch.compile (backend {self.compile_backend}).")
 
 
-def evaluation_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def evaluation_layout(module: ModuleT, device: torch.device) -> ModuleT:
     """``module`` in the layout that ``SpeedSettings``' defaults evaluate it in on ``device`` (channels-last on the CPU
     for methods with ``cpu_channels_last_by_default``), for evaluation outside a Trainer: the Python API's
     predictions then equal ``predict``'s."""

@@ -60,9 +60,6 @@ class FewShotMethod(L.LightningModule):
     #: whether ``validate``, ``test`` and ``predict`` need trained weights (``--ckpt_path``); ``False`` for
     #: methods with nothing to train (1-NN, a frozen pretrained backbone), which evaluate as they are built
     needs_trained_weights: bool = True
-    #: whether :meth:`score` reads the queries it is given together (each query's logits depend on the others), so
-    #: that its numbers assume all the queries of an episode arrive at once
-    transductive: bool = False
     #: whether the method can classify from class names alone, without support images (``predict`` with
     #: ``data.predict_class_names``): CLIP's zero-shot and few-shot methods
     supports_zero_shot: bool = False
@@ -98,6 +95,13 @@ class FewShotMethod(L.LightningModule):
         self._predict_support_state: Any = None  # the user's support set, fitted once per predict run
         # The trained backbone while an evaluation copy stands in for it (a list: not registered as a submodule).
         self._trained_backbone: list[nn.Module] = []
+
+    @property
+    def transductive(self) -> bool:
+        """Whether :meth:`score` reads the queries it is given together (each query's logits depend on the others),
+        so that its numbers assume all the queries of an episode arrive at once. A property: for some methods it
+        depends on their settings (MAML's batch norm, the episode classifier of the feature methods)."""
+        return False
 
     @property
     def data(self) -> MethodData | None:

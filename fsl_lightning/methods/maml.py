@@ -256,4 +256,6 @@ class FOMAML(MAML):
     ``first_order`` true by default."""
 
     def __init__(self, *args: Any, first_order: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, first_order=first_order, **kwargs)
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, first_order=first_order, **kwargs)  # type: ignore[misc]

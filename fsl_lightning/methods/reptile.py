@@ -24,7 +24,10 @@ def reptile_surrogate(learner: nn.Module, adapted: AdaptedParams) -> Tensor:
     ``theta <- theta + epsilon * mean_t (phi_t - theta)`` (Nichol et al. 2018, Algorithm 2), and it goes through
     the ordinary Lightning optimiser, scheduler, gradient clipping and DDP gradient averaging.
     """
-    return sum(0.5 * (p - adapted[name].detach().mean(dim=0)).pow(2).sum() for name, p in learner.named_parameters())
+    total = sum(0.5 * (p - adapted[name].detach().mean(dim=0)).pow(2).sum() for name, p in learner.named_parameters())
+    if not isinstance(total, Tensor):  # sum's start value 0: no parameter was summed
+        raise ValueError("Reptile's learner has no parameters to meta-learn.")
+    return total
 
 
 @registered
@@ -66,7 +69,9 @@ class Reptile(MAML):
         adapt_batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(  # type: ignore[misc]
             backbone,
             optimizer,
             *args,

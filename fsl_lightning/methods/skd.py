@@ -60,13 +60,16 @@ class SKD(RFSSimple):
         temperature: float = 2.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, temperature=temperature, **kwargs)
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, temperature=temperature, **kwargs)  # type: ignore[misc]
         self.rotation_loss_weight = rotation_loss_weight
         self.twin_loss_weight = twin_loss_weight
 
     def build_heads(self) -> None:
         super().build_heads()
-        self.rotation_head = nn.Linear(self.num_base_classes, ROTATIONS)
+        _, num_base_classes = self.base_head_sizes()
+        self.rotation_head = nn.Linear(num_base_classes, ROTATIONS)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
