@@ -23,9 +23,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -54,14 +54,19 @@ def character_groups() -> list[tuple[ImageArchive, list[list[str]]]]:
 
 def before(archives, size: int) -> None:
     for archive, groups in archives:
-        torch.stack([torch.stack([decode_character_image(archive.read(f), archive.describe(f), size) for f in files])
-                     for files in groups])
+        torch.stack(
+            [
+                torch.stack([decode_character_image(archive.read(f), archive.describe(f), size) for f in files])
+                for files in groups
+            ]
+        )
 
 
 def processes(workers: int) -> Callable:
     def run(archives, size: int) -> None:
         for archive, groups in archives:
             decode_character_groups(archive, groups, size, workers=workers)
+
     return run
 
 
@@ -71,6 +76,7 @@ def threads(workers: int) -> Callable:
             jobs = [(archive.path, archive.top, chunk, size) for chunk in split_evenly(groups, 4 * workers)]
             with ThreadPoolExecutor(workers) as pool:
                 np.concatenate(list(pool.map(_decode_group_run, jobs)))
+
     return run
 
 
@@ -80,6 +86,7 @@ def first_start(workers: int, cache: Path) -> Callable:
             stale.unlink()
         with decode_environment(cache, workers):
             Omniglot(image_size=size, download=False).prepare()
+
     return run
 
 
@@ -87,6 +94,7 @@ def second_start(cache: Path) -> Callable:
     def run(archives, size: int) -> None:
         with decode_environment(cache, workers=1):
             Omniglot(image_size=size, download=False).prepare()
+
     return run
 
 
@@ -132,15 +140,17 @@ def main(rounds: int, size: int) -> None:
         names = list(variants)
         for round_index in range(rounds):
             # rotate the order, but a second start always follows a first one
-            order = names[round_index % 6:6] + names[:round_index % 6]
+            order = names[round_index % 6 : 6] + names[: round_index % 6]
             for name in [*order, names[6]]:
                 started = time.perf_counter()
                 variants[name](archives, size)
                 seconds[name].append(time.perf_counter() - started)
                 print(f"round {round_index + 1}: {name}: {seconds[name][-1]:.2f} s", flush=True)
     reference = statistics.median(seconds[names[0]])
-    print(f"\nOmniglot, both archives ({images:,} PNGs) at {size}x{size}; {workers} CPUs usable, "
-          f"load {os.getloadavg()[0]:.2f}; medians of {rounds} rounds")
+    print(
+        f"\nOmniglot, both archives ({images:,} PNGs) at {size}x{size}; {workers} CPUs usable, "
+        f"load {os.getloadavg()[0]:.2f}; medians of {rounds} rounds"
+    )
     print("| decode | images/s | seconds | speed-up over before |")
     print("|---|---|---|---|")
     for name in names:

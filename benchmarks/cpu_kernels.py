@@ -33,8 +33,16 @@ from fsl_lightning.cpu_features import this_cpu
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
 
-SETTINGS = ("fp32", "bf16", "channels_last", "channels_last+bf16", "compile", "compile+bf16", "compile+channels_last",
-            "compile+channels_last+bf16")
+SETTINGS = (
+    "fp32",
+    "bf16",
+    "channels_last",
+    "channels_last+bf16",
+    "compile",
+    "compile+bf16",
+    "compile+channels_last",
+    "compile+channels_last+bf16",
+)
 
 
 def protonet_workload(way: int) -> tuple[nn.Module, Callable[[nn.Module], Tensor], Tensor]:
@@ -46,7 +54,7 @@ def protonet_workload(way: int) -> tuple[nn.Module, Callable[[nn.Module], Tensor
     def loss_of(model: nn.Module, batch: Tensor) -> Tensor:
         features = model(batch).float()
         prototypes = class_prototypes(features[: way * shot], support_labels, way)
-        logits = -squared_euclidean_distance(features[way * shot:], prototypes)
+        logits = -squared_euclidean_distance(features[way * shot :], prototypes)
         return F.cross_entropy(logits, query_labels)
 
     return Conv4(in_channels=1), loss_of, images
@@ -107,9 +115,11 @@ def main() -> None:
     args = parser.parse_args()
     tuned = not args.glibc_malloc_defaults and keep_freed_memory_for_reuse()
     torch.manual_seed(0)
-    print(f"CPU: {this_cpu().description()}; torch {torch.__version__}, {torch.get_num_threads()} threads available, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"malloc {'keeps freed memory for reuse' if tuned else 'glibc defaults'}")
+    print(
+        f"CPU: {this_cpu().description()}; torch {torch.__version__}, {torch.get_num_threads()} threads available, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"malloc {'keeps freed memory for reuse' if tuned else 'glibc defaults'}"
+    )
     for workload in args.workloads:
         for threads in args.threads:
             torch.set_num_threads(threads)

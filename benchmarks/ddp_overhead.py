@@ -26,14 +26,26 @@ def steps_per_second(accelerator: str, devices: int, strategy: str, steps: int, 
     with tempfile.TemporaryDirectory() as out:
         timing = Path(out) / "timing.json"
         command = [
-            sys.executable, "-m", "fsl_lightning", "fit", "--config", str(CONFIG),
-            f"--data.train.way={way}", f"--trainer.max_steps={warmup + steps}",
-            f"--data.train_episodes_per_epoch={warmup + steps}", "--trainer.limit_val_batches=0",
-            "--test_after_fit=false", "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
-            f"--trainer.accelerator={accelerator}", f"--trainer.devices={devices}", f"--trainer.strategy={strategy}",
+            sys.executable,
+            "-m",
+            "fsl_lightning",
+            "fit",
+            "--config",
+            str(CONFIG),
+            f"--data.train.way={way}",
+            f"--trainer.max_steps={warmup + steps}",
+            f"--data.train_episodes_per_epoch={warmup + steps}",
+            "--trainer.limit_val_batches=0",
+            "--test_after_fit=false",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.accelerator={accelerator}",
+            f"--trainer.devices={devices}",
+            f"--trainer.strategy={strategy}",
             f"--trainer.logger.init_args.save_dir={out}",
             "--trainer.callbacks+=fsl_lightning.callbacks.EpisodeThroughput",
-            f"--trainer.callbacks.warmup_steps={warmup}", f"--trainer.callbacks.output_path={timing}",
+            f"--trainer.callbacks.warmup_steps={warmup}",
+            f"--trainer.callbacks.output_path={timing}",
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -58,8 +70,10 @@ def main() -> None:
     print("| run | steps/s | episodes/s (all ranks) | time per step |")
     print("|---|---|---|---|")
     print(f"| 1 process, {single_threads} threads | {single:.2f} | {single:.2f} | {1000 / single:.0f} ms |")
-    print(f"| {args.processes} DDP processes, {ddp_threads} threads each | {ddp:.2f} | {ddp * args.processes:.2f} "
-          f"| {1000 / ddp:.0f} ms |")
+    print(
+        f"| {args.processes} DDP processes, {ddp_threads} threads each | {ddp:.2f} | {ddp * args.processes:.2f} "
+        f"| {1000 / ddp:.0f} ms |"
+    )
 
 
 if __name__ == "__main__":

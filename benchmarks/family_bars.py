@@ -28,15 +28,16 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import test_metric_measured as metric  # noqa: E402  (the tests hold the settings: one source of truth)
 import test_transfer_measured as transfer  # noqa: E402
-
 from fsl_lightning.callbacks import SpeedSettings  # noqa: E402
-
 from fsl_lightning.data import Omniglot  # noqa: E402
 from fsl_lightning.episode import Episode, LabelledBatch  # noqa: E402
 from fsl_lightning.methods import Baseline, BaselinePlusPlus, RFSSimple  # noqa: E402
 from fsl_lightning.methods.episode_classifiers import CosineProbe, LinearProbe  # noqa: E402
 from fsl_lightning.methods.functional import (  # noqa: E402
-    attention_class_log_probabilities, class_prototypes, class_sums, cosine_similarity_matrix,
+    attention_class_log_probabilities,
+    class_prototypes,
+    class_sums,
+    cosine_similarity_matrix,
 )
 from fsl_lightning.methods.matchingnet import MatchingNet  # noqa: E402
 from fsl_lightning.methods.protonet import ProtoNet  # noqa: E402
@@ -114,14 +115,21 @@ class SiameseSignedDifference(Siamese):
 
 
 METRIC = {
-    "ProtoNet": (metric.protonet, {
-        "distance not squared": ProtoNetEuclidean, "cosine in place of distance": ProtoNetCosine,
-    }),
-    "MatchingNet": (metric.matchingnet, {
-        "attention softmax over the queries": MatchingNetAttentionOverQueries,
-        "normalised over the batch": MatchingNetNormalisedOverTheBatch,
-        "probabilities as logits": MatchingNetProbabilitiesAsLogits,
-    }),
+    "ProtoNet": (
+        metric.protonet,
+        {
+            "distance not squared": ProtoNetEuclidean,
+            "cosine in place of distance": ProtoNetCosine,
+        },
+    ),
+    "MatchingNet": (
+        metric.matchingnet,
+        {
+            "attention softmax over the queries": MatchingNetAttentionOverQueries,
+            "normalised over the batch": MatchingNetNormalisedOverTheBatch,
+            "probabilities as logits": MatchingNetProbabilitiesAsLogits,
+        },
+    ),
     "RelationNet": (metric.relationnet, {"relation scores read class-major": RelationNetShuffledPairs}),
     "Siamese": (metric.siamese, {"signed difference, no absolute value": SiameseSignedDifference}),
 }
@@ -145,8 +153,11 @@ def run_metric(methods: list[str], seeds: list[int], variants: list[str] | None 
             started = time.perf_counter()
             result = metric.untrained_and_trained_accuracy(make, omniglot, seed=seed, callbacks=callbacks)
             seconds = time.perf_counter() - started
-            print(f"| {name} | {variant} | {seed} | {result['untrained']:.3f} | {result['trained']:.3f} "
-                  f"| {seconds:.0f} |", flush=True)
+            print(
+                f"| {name} | {variant} | {seed} | {result['untrained']:.3f} | {result['trained']:.3f} "
+                f"| {seconds:.0f} |",
+                flush=True,
+            )
 
 
 # ----- broken variants of the transfer family -------------------------------------------------------------------
@@ -199,30 +210,47 @@ def run_transfer(methods: list[str], seeds: list[int], variants: list[str] | Non
         pretraining, evaluators, broken_probes = TRANSFER[name]
         # the broken probes only evaluate the seed-0 backbone: no pre-training of their own
         broken = variants != []
-        runs = [("correct", pretraining, {**evaluators, **(broken_probes if seed == 0 and broken else {})}, seed)
-                for seed in seeds]
+        runs = [
+            ("correct", pretraining, {**evaluators, **(broken_probes if seed == 0 and broken else {})}, seed)
+            for seed in seeds
+        ]
         if with_broken_variants(seeds) and broken:
             runs.append(("pre-training labels shuffled", SHUFFLED[pretraining], evaluators, 0))
         for variant, cls, evaluated_as, seed in runs:
             started = time.perf_counter()
-            results = transfer.untrained_and_trained_accuracy(lambda cls=cls: transfer.transfer(cls), evaluated_as,
-                                                              omniglot, seed=seed, callbacks=callbacks)
+            results = transfer.untrained_and_trained_accuracy(
+                lambda cls=cls: transfer.transfer(cls), evaluated_as, omniglot, seed=seed, callbacks=callbacks
+            )
             seconds = time.perf_counter() - started
             for evaluator, result in results.items():
-                print(f"| {name} | {variant} | {evaluator} | {seed} | {result['untrained']:.3f} "
-                      f"| {result['trained']:.3f} | {seconds:.0f} |", flush=True)
+                print(
+                    f"| {name} | {variant} | {evaluator} | {seed} | {result['untrained']:.3f} "
+                    f"| {result['trained']:.3f} | {seconds:.0f} |",
+                    flush=True,
+                )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", choices=["metric", "transfer"])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
-                        help="of the correct runs; the broken variants run (seed 0) when 0 is among them or none is")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2],
+        help="of the correct runs; the broken variants run (seed 0) when 0 is among them or none is",
+    )
     parser.add_argument("--methods", nargs="+")
-    parser.add_argument("--variants", nargs="*",
-                        help="metric family: the broken variants to run (default all); with no name, none (both families)")
-    parser.add_argument("--cpu-defaults", action="store_true",
-                        help="train and test with the CLI's speed settings (on CPUs with bf16 units: bf16 training, channels-last)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        help="metric family: the broken variants to run (default all); with no name, none (both families)",
+    )
+    parser.add_argument(
+        "--cpu-defaults",
+        action="store_true",
+        help="train and test with the CLI's speed settings (on CPUs with bf16 units: bf16 training, channels-last)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     callbacks = (SpeedSettings(),) if args.cpu_defaults else ()

@@ -13,6 +13,7 @@ import os
 import sys
 
 from lightning.pytorch.callbacks import Callback
+
 from startup import MARKER, WATCHED
 
 

@@ -69,7 +69,7 @@ class SyntheticSplits(FewShotDataset):
             chunk = min(CLASSES_PER_CHUNK, classes - first)
             patterns = torch.rand(chunk, 1, 1, SIDE, SIDE, generator=generator) * 200
             noise = torch.rand(chunk, PER_CLASS, 1, SIDE, SIDE, generator=generator) * 55
-            images[first * PER_CLASS:(first + chunk) * PER_CLASS] = (patterns + noise).to(torch.uint8).flatten(0, 1)
+            images[first * PER_CLASS : (first + chunk) * PER_CLASS] = (patterns + noise).to(torch.uint8).flatten(0, 1)
         offsets = torch.arange(classes + 1, dtype=torch.long) * PER_CLASS
         return {"images": images, "offsets": offsets, "names": [f"class{c}" for c in range(classes)], "groups": None}
 
@@ -88,20 +88,38 @@ def train_and_test(gib: float, steps: int) -> None:
     dataset.prepare()
     built = time.time() - start
     spec = EpisodeSpec(way=5, shot=1, query=5)
-    datamodule = EpisodicDataModule(dataset, train=spec, evaluation=spec, train_episodes_per_epoch=steps,
-                                    val_episodes=0, test_episodes=200, resident="host")
+    datamodule = EpisodicDataModule(
+        dataset,
+        train=spec,
+        evaluation=spec,
+        train_episodes_per_epoch=steps,
+        val_episodes=0,
+        test_episodes=200,
+        resident="host",
+    )
     L.seed_everything(0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     model = ProtoNet(Conv4(in_channels=1))
     trainer.fit(model, datamodule=datamodule)
     accuracy = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"]
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     train_bytes = datamodule.splits["train"].images.numel()
-    print(f"split: train {train_bytes / 2**30:.2f} GiB ({datamodule.splits['train'].num_classes} classes); "
-          f"build or map {built:.0f} s; {steps} steps + 200 test episodes: test accuracy {accuracy:.3f}")
-    print(f"process: peak resident {status['VmHWM'].strip()}, anonymous now {status['RssAnon'].strip()}, "
-          f"file-backed now {status['RssFile'].strip()}")
+    print(
+        f"split: train {train_bytes / 2**30:.2f} GiB ({datamodule.splits['train'].num_classes} classes); "
+        f"build or map {built:.0f} s; {steps} steps + 200 test episodes: test accuracy {accuracy:.3f}"
+    )
+    print(
+        f"process: peak resident {status['VmHWM'].strip()}, anonymous now {status['RssAnon'].strip()}, "
+        f"file-backed now {status['RssFile'].strip()}"
+    )
 
 
 def main() -> None:
@@ -125,7 +143,9 @@ def main() -> None:
     result = subprocess.run(command, preexec_fn=enter_cgroup, env={**os.environ, "OMP_NUM_THREADS": "2"})
     peak = int((CGROUP / "memory.max_usage_in_bytes").read_text()) / 2**30
     failures = int((CGROUP / "memory.failcnt").read_text())
-    print(f"exit code {result.returncode}; cgroup peak {peak:.2f} GiB (page cache included), limit reached {failures} times")
+    print(
+        f"exit code {result.returncode}; cgroup peak {peak:.2f} GiB (page cache included), limit reached {failures} times"
+    )
 
 
 if __name__ == "__main__":

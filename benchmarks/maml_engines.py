@@ -34,13 +34,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protonet_omniglot import _device_name, run_fit, timed_rate  # noqa: E402
-
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4  # noqa: E402
 from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d  # noqa: E402
 from fsl_lightning.data import EpisodicDataModule, Omniglot  # noqa: E402
 from fsl_lightning.episode import Episode, EpisodeSpec  # noqa: E402
 from fsl_lightning.methods import ANIL, FOMAML, MAML, MetaSGD, Reptile  # noqa: E402
+from protonet_omniglot import _device_name, run_fit, timed_rate  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "omniglot" / "maml_5w1s.yaml"
 ENGINES = ("auto", "vmap", "learn2learn")  # auto is the loop engine on a CPU, vmap on a GPU
@@ -165,9 +164,13 @@ def meta_gradient_of(build: Callable[[], tuple[nn.Module, Callable[[Episode], No
 
 def fit_rate(engine: str, tasks: int, steps: int, warmup: int, out: Path) -> float:
     overrides = [
-        f"--model.init_args.engine={engine}", f"--data.train_tasks_per_batch={tasks}",
-        f"--trainer.max_steps={warmup + steps}", f"--data.train_episodes_per_epoch={warmup + steps}",
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
+        f"--model.init_args.engine={engine}",
+        f"--data.train_tasks_per_batch={tasks}",
+        f"--trainer.max_steps={warmup + steps}",
+        f"--data.train_episodes_per_epoch={warmup + steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--test_after_fit=false",
         f"--trainer.callbacks.warmup_steps={warmup}",
     ]
     _, timing, _ = run_fit(CONFIG, out / engine, overrides)
@@ -206,7 +209,8 @@ def main() -> None:
     }
     family = {
         f"model step, {m.__name__}, engine {e}": (lambda e=e, m=m: engine_step(e, m))
-        for m in (FAMILY if args.family else ()) for e in ("loop", "vmap")
+        for m in (FAMILY if args.family else ())
+        for e in ("loop", "vmap")
     }
     reference = meta_gradient_of(lambda: hand_written_step("loop, torch BN, one backward"), batch)
     for name, build in ({} if args.skip_gradient_check else steps).items():
@@ -229,8 +233,10 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     ceiling_name = max((n for n in medians if n.startswith("hand-written")), key=medians.get)
     ceiling = medians[ceiling_name]
-    print(f"\nload average at end: {os.getloadavg()}; device: {_device_name()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.rounds} interleaved rounds, medians")
+    print(
+        f"\nload average at end: {os.getloadavg()}; device: {_device_name()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.rounds} interleaved rounds, medians"
+    )
     print(f"MAML 5w1s15q, Conv4 64 strided, 28x28, meta-batch {args.tasks}, 1 inner step, second order")
     print(f"| step | meta-iterations/s (median) | rounds | / fastest exact step ({ceiling_name[14:]}) |")
     print("|---|---|---|---|")

@@ -47,15 +47,16 @@ import math
 import os
 import random
 import shlex
-import tempfile
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import torch
-from reference_results import save_result
 import torch.nn.functional as F
+
+from reference_results import save_result
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "omniglot" / "maml_5w1s.yaml"
@@ -73,11 +74,19 @@ def fit_ours(engine: str, iterations: int, tasks: int, seed: int, out: Path) -> 
     from fsl_lightning.cli import main
 
     arguments = [
-        "fit", "--config", str(CONFIG.relative_to(REPO)), f"--model.init_args.engine={engine}",
-        f"--data.train_tasks_per_batch={tasks}", f"--trainer.max_steps={iterations}", f"--seed_everything={seed}",
+        "fit",
+        "--config",
+        str(CONFIG.relative_to(REPO)),
+        f"--model.init_args.engine={engine}",
+        f"--data.train_tasks_per_batch={tasks}",
+        f"--trainer.max_steps={iterations}",
+        f"--seed_everything={seed}",
         # No validation (the reference has none): the last weights are the ones compared.
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
-        f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--test_after_fit=false",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.enable_progress_bar=false",
     ]
     started = time.perf_counter()
     cli = main(arguments)
@@ -91,11 +100,11 @@ def fit_ours(engine: str, iterations: int, tasks: int, seed: int, out: Path) -> 
 
 def l2l_omniglot(out: Path):
     """learn2learn's FullOmniglot over an extracted copy of the local zips, images as l2l's benchmark makes them."""
+    import learn2learn as l2l
     import torchvision
     from PIL.Image import LANCZOS
     from torchvision import transforms
 
-    import learn2learn as l2l
     from fsl_lightning.data.roots import data_root
 
     root = out / "l2l-data"
@@ -103,7 +112,9 @@ def l2l_omniglot(out: Path):
     # The local zips are not byte-identical to the official ones (same pixels): check the folders instead.
     torchvision.datasets.omniglot.Omniglot._check_integrity = lambda self: Path(self.target_folder_path()).is_dir()
     torchvision.datasets.omniglot.Omniglot.target_folder_path = lambda self: Path(self.root) / self._get_target_folder()
-    preprocess = transforms.Compose([transforms.Resize(28, interpolation=LANCZOS), transforms.ToTensor(), lambda x: 1.0 - x])
+    preprocess = transforms.Compose(
+        [transforms.Resize(28, interpolation=LANCZOS), transforms.ToTensor(), lambda x: 1.0 - x]
+    )
     return l2l.vision.datasets.FullOmniglot(root=str(root), transform=preprocess, download=False)
 
 
@@ -120,7 +131,9 @@ def l2l_meta_dataset(omniglot):
 
     background, evaluation = omniglot.dataset.datasets
     offset = len(background._characters)
-    labels = [c for _, c in background._flat_character_images] + [c + offset for _, c in evaluation._flat_character_images]
+    labels = [c for _, c in background._flat_character_images] + [
+        c + offset for _, c in evaluation._flat_character_images
+    ]
     indices_to_labels = dict(enumerate(labels))
     labels_to_indices: dict[int, list[int]] = {}
     for index, label in indices_to_labels.items():
@@ -159,8 +172,12 @@ def split_task(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     """The first ``SHOT`` images of each class are the support set, the rest the queries."""
     order = torch.argsort(labels, stable=True)
     images, labels = images[order].view(WAY, SHOT + QUERY, *images.shape[1:]), labels[order].view(WAY, SHOT + QUERY)
-    return (images[:, :SHOT].flatten(0, 1), labels[:, :SHOT].flatten(), images[:, SHOT:].flatten(0, 1),
-            labels[:, SHOT:].flatten())
+    return (
+        images[:, :SHOT].flatten(0, 1),
+        labels[:, :SHOT].flatten(),
+        images[:, SHOT:].flatten(0, 1),
+        labels[:, SHOT:].flatten(),
+    )
 
 
 def adapted_query_logits(maml, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[torch.Tensor, ...]:
@@ -194,11 +211,21 @@ def fit_l2l(iterations: int, tasks: int, seed: int, init: str, out: Path) -> Non
             (F.cross_entropy(logits, query_labels) / tasks).backward()
         optimizer.step()
         if iteration % 50 == 0:
-            print(f"iteration {iteration}: last task query loss {F.cross_entropy(logits, query_labels).item():.3f}", flush=True)
+            print(
+                f"iteration {iteration}: last task query loss {F.cross_entropy(logits, query_labels).item():.3f}",
+                flush=True,
+            )
     seconds = time.perf_counter() - started
-    command = f"python benchmarks/maml_reference.py l2l --iterations {iterations} --tasks {tasks} --seed {seed} --init {init}"
-    save_result(out, "l2l-reference" if init == "ours" else "l2l-reference-l2l-init", l2l_to_ours(network.state_dict()),
-                seconds, command)
+    command = (
+        f"python benchmarks/maml_reference.py l2l --iterations {iterations} --tasks {tasks} --seed {seed} --init {init}"
+    )
+    save_result(
+        out,
+        "l2l-reference" if init == "ours" else "l2l-reference-l2l-init",
+        l2l_to_ours(network.state_dict()),
+        seconds,
+        command,
+    )
 
 
 def l2l_network(init: str, seed: int):
@@ -221,8 +248,16 @@ def our_network():
     (MAMLConv4's defaults are cbfinn/maml's: no scale, eps 1e-3, Glorot initialisation)."""
     from fsl_lightning.backbones.maml_conv4 import MAMLConv4
 
-    return MAMLConv4(in_channels=1, way=WAY, hidden_channels=64, image_size=28, downsampling="stride",
-                     initialisation="pytorch", batch_norm_scale=True, batch_norm_eps=1e-5)
+    return MAMLConv4(
+        in_channels=1,
+        way=WAY,
+        hidden_channels=64,
+        image_size=28,
+        downsampling="stride",
+        initialisation="pytorch",
+        batch_norm_scale=True,
+        batch_norm_eps=1e-5,
+    )
 
 
 def our_key_of(l2l_key: str) -> str | None:
@@ -271,18 +306,30 @@ def backbone_checkpoint(weights: Path, folder: str) -> Path:
     return path
 
 
-def accuracy_on_our_episodes(weights: Path, config: Path = CONFIG, overrides: tuple[str, ...] = (
-    f"--model.init_args.test_inner_steps={TEST_INNER_STEPS}",)) -> torch.Tensor:
+def accuracy_on_our_episodes(
+    weights: Path,
+    config: Path = CONFIG,
+    overrides: tuple[str, ...] = (f"--model.init_args.test_inner_steps={TEST_INNER_STEPS}",),
+) -> torch.Tensor:
     """Per-episode accuracy of saved backbone weights on our fixed test episodes of ``config``, through
     ``python -m fsl_lightning test`` (its data module and test loop)."""
     from fsl_lightning.cli import main
 
     with tempfile.TemporaryDirectory() as run_folder:  # the CLI saves its config there, not in the checkout
-        cli = main([
-            "test", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={run_folder}",
-            f"--data.test_episodes={TEST_EPISODES}", *overrides, "--ckpt_path", str(backbone_checkpoint(weights, run_folder)),
-        ])
+        cli = main(
+            [
+                "test",
+                "--config",
+                str(config),
+                "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={run_folder}",
+                f"--data.test_episodes={TEST_EPISODES}",
+                *overrides,
+                "--ckpt_path",
+                str(backbone_checkpoint(weights, run_folder)),
+            ]
+        )
     return cli.model.last_accuracy["test"].per_episode.cpu()
 
 
@@ -319,14 +366,18 @@ def evaluate(out: Path, seed: int) -> None:
         l2l_tasks = accuracy_on_l2l_tasks(state, out, seed)
         rows.append((name, record, l2l_tasks))
     baseline = ours_per_episode.get("ours-vmap")
-    print(f"\n| system | our {TEST_EPISODES} test episodes, acc % (95% CI) | paired difference to ours-vmap | "
-          f"l2l pipeline, {TEST_EPISODES} test tasks | training time | command |")
+    print(
+        f"\n| system | our {TEST_EPISODES} test episodes, acc % (95% CI) | paired difference to ours-vmap | "
+        f"l2l pipeline, {TEST_EPISODES} test tasks | training time | command |"
+    )
     print("|---|---|---|---|---|---|")
     for name, record, l2l_tasks in rows:
         ours = ours_per_episode[name]
         difference = mean_ci(ours - baseline) if baseline is not None and name != "ours-vmap" else "-"
-        print(f"| {name} | {mean_ci(ours)} | {difference} | {mean_ci(l2l_tasks)} | {record['seconds']:.0f} s | "
-              f"`{record['command']}` |")
+        print(
+            f"| {name} | {mean_ci(ours)} | {difference} | {mean_ci(l2l_tasks)} | {record['seconds']:.0f} s | "
+            f"`{record['command']}` |"
+        )
 
 
 if __name__ == "__main__":

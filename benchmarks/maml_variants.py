@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import test_maml_measured as measured  # noqa: E402  (the test holds the setting)
-
 from fsl_lightning.cpu_features import this_cpu  # noqa: E402
 from fsl_lightning.data import Omniglot  # noqa: E402
 
@@ -38,9 +37,12 @@ def reference_with_pytorch_initialisation():
     return measured.reference_maml(initialisation="pytorch")
 
 
-VARIANTS = {"reference": measured.reference_maml, "previous": measured.calibrated_maml,
-            "reference_adapting_batch_norm": reference_adapting_batch_norm,
-            "reference_with_pytorch_initialisation": reference_with_pytorch_initialisation}
+VARIANTS = {
+    "reference": measured.reference_maml,
+    "previous": measured.calibrated_maml,
+    "reference_adapting_batch_norm": reference_adapting_batch_norm,
+    "reference_with_pytorch_initialisation": reference_with_pytorch_initialisation,
+}
 
 
 def main() -> None:

@@ -75,9 +75,20 @@ def measure(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, flo
 def fit_command(config: str, devices: int, steps: int) -> list[str]:
     strategy = ["--trainer.strategy=ddp"] if devices > 1 else []
     return [
-        sys.executable, "-m", "fsl_lightning", "fit", "--config", config, "--trainer.accelerator=cpu",
-        f"--trainer.devices={devices}", *strategy, f"--trainer.max_steps={steps}", "--trainer.logger=false",
-        "--data.val_episodes=20", "--data.test_episodes=20", "--trainer.limit_val_batches=0",
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "fit",
+        "--config",
+        config,
+        "--trainer.accelerator=cpu",
+        f"--trainer.devices={devices}",
+        *strategy,
+        f"--trainer.max_steps={steps}",
+        "--trainer.logger=false",
+        "--data.val_episodes=20",
+        "--data.test_episodes=20",
+        "--trainer.limit_val_batches=0",
     ]
 
 
@@ -99,10 +110,20 @@ def main() -> None:
     config = str((code / args.config) if not Path(args.config).is_absolute() else args.config)
     print(f"CPU: {this_cpu().description()}; code: {code}; config: {args.config}, {args.steps} steps")
     with tempfile.TemporaryDirectory() as scratch:
-        env = {**os.environ, "FSL_CACHE_DIR": str(Path(scratch) / "cache"), "PYTHONPATH": str(code),
-               "OMP_NUM_THREADS": "1"}
-        subprocess.run(fit_command(config, 1, 1), cwd=run_folder(scratch, "fill"), env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fills the cache, not measured
+        env = {
+            **os.environ,
+            "FSL_CACHE_DIR": str(Path(scratch) / "cache"),
+            "PYTHONPATH": str(code),
+            "OMP_NUM_THREADS": "1",
+        }
+        subprocess.run(
+            fit_command(config, 1, 1),
+            cwd=run_folder(scratch, "fill"),
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fills the cache, not measured
         print("| processes | peak PSS, summed (MiB) | peak RSS, summed (MiB) | wall (s) |")
         print("|---|---|---|---|")
         for devices in args.devices:

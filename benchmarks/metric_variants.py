@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import test_metric_measured as metric  # noqa: E402  (the test holds the setting)
-
 from fsl_lightning.backbones import Conv4, RelationConv4  # noqa: E402
 from fsl_lightning.cpu_features import this_cpu  # noqa: E402
 from fsl_lightning.data import Omniglot  # noqa: E402
@@ -33,15 +32,21 @@ from fsl_lightning.methods import R2D2, RelationNet, Siamese  # noqa: E402
 
 VARIANTS = {
     ("siamese", "koch"): lambda: Siamese(Conv4(in_channels=1), metric.adam, embedding_dim=64),
-    ("siamese", "pytorch"): lambda: Siamese(Conv4(in_channels=1), metric.adam, embedding_dim=64,
-                                            head_initialisation="pytorch"),
+    ("siamese", "pytorch"): lambda: Siamese(
+        Conv4(in_channels=1), metric.adam, embedding_dim=64, head_initialisation="pytorch"
+    ),
     ("relationnet", "reference"): lambda: RelationNet(RelationConv4(in_channels=1), metric.adam),
-    ("relationnet", "previous"): lambda: RelationNet(RelationConv4(in_channels=1), metric.adam,
-                                                     initialisation="pytorch", module_gradient_clip_norm=None,
-                                                     embedding_batches="episode"),
+    ("relationnet", "previous"): lambda: RelationNet(
+        RelationConv4(in_channels=1),
+        metric.adam,
+        initialisation="pytorch",
+        module_gradient_clip_norm=None,
+        embedding_batches="episode",
+    ),
     ("r2d2", "reference"): lambda: R2D2(Conv4(in_channels=1), metric.adam, initial_scale=10.0),
-    ("r2d2", "previous"): lambda: R2D2(Conv4(in_channels=1), metric.adam, regulariser_scaling="plain",
-                                       learn_lambda=True, initial_scale=1.0),
+    ("r2d2", "previous"): lambda: R2D2(
+        Conv4(in_channels=1), metric.adam, regulariser_scaling="plain", learn_lambda=True, initial_scale=1.0
+    ),
 }
 
 
@@ -53,8 +58,11 @@ def main() -> None:
     for seed in (0, 1, 2):
         start = time.time()
         result = metric.untrained_and_trained_accuracy(build, omniglot, seed=seed)
-        print(f"seed {seed}: untrained {result['untrained']:.3f}, trained {result['trained']:.3f} "
-              f"({time.time() - start:.0f} s)", flush=True)
+        print(
+            f"seed {seed}: untrained {result['untrained']:.3f}, trained {result['trained']:.3f} "
+            f"({time.time() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

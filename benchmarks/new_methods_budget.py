@@ -128,12 +128,25 @@ def max_time(seconds: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def run_stage(setting: Setting, method: str, index: int, stage: Stage, previous_checkpoint: Path | None,
-              is_last: bool, out: Path, val_episodes: int) -> tuple[Path | None, str]:
+def run_stage(
+    setting: Setting,
+    method: str,
+    index: int,
+    stage: Stage,
+    previous_checkpoint: Path | None,
+    is_last: bool,
+    out: Path,
+    val_episodes: int,
+) -> tuple[Path | None, str]:
     """One ``fit`` subprocess; returns its ``last.ckpt`` and its output."""
     run_dir = out / "runs" / setting.name / method / f"stage{index + 1}"
     command = [
-        sys.executable, "-m", "fsl_lightning", "fit", "--config", stage.config,
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "fit",
+        "--config",
+        stage.config,
         f"--trainer.max_time={max_time(stage.seconds_budget)}",
         f"--data.val_episodes={val_episodes}",
         f"--trainer.logger.init_args.save_dir={run_dir}",
@@ -143,8 +156,12 @@ def run_stage(setting: Setting, method: str, index: int, stage: Stage, previous_
         command.append(f"--model.init_args.{STAGE_TWO_CHECKPOINT[method]}={previous_checkpoint}")
     if not is_last:
         command.append("--test_after_fit=false")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     log = out / "logs" / f"{setting.name}_{method}_stage{index + 1}.log"
     started = time.perf_counter()
     process = subprocess.run(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -179,8 +196,12 @@ def training_precision(config: str) -> str:
 
 def run_method(setting: Setting, method: str, minutes: float, out: Path, val_episodes: int) -> Row:
     configs = setting.configs(method)
-    row = Row(setting.name, method, minutes,
-              [Stage(str(config.relative_to(REPO)), 60 * minutes / len(configs)) for config in configs])
+    row = Row(
+        setting.name,
+        method,
+        minutes,
+        [Stage(str(config.relative_to(REPO)), 60 * minutes / len(configs)) for config in configs],
+    )
     row.load_start = os.getloadavg()[0]
     started = time.perf_counter()
     checkpoint = None
@@ -188,8 +209,9 @@ def run_method(setting: Setting, method: str, minutes: float, out: Path, val_epi
     try:
         for index, stage in enumerate(row.stages):
             stage.precision = training_precision(stage.config)
-            checkpoint, output = run_stage(setting, method, index, stage, checkpoint, index == len(row.stages) - 1,
-                                           out, val_episodes)
+            checkpoint, output = run_stage(
+                setting, method, index, stage, checkpoint, index == len(row.stages) - 1, out, val_episodes
+            )
             stage.steps = steps_of(checkpoint)
             if checkpoint is None and index < len(row.stages) - 1:
                 raise RuntimeError(f"stage {index + 1} left no last.ckpt")
@@ -229,23 +251,32 @@ class LoadSampler:
         if not self.samples:
             return {}
         ordered = sorted(self.samples)
-        return {"samples": len(ordered), "mean": round(sum(ordered) / len(ordered), 2),
-                "median": ordered[len(ordered) // 2], "max": ordered[-1]}
+        return {
+            "samples": len(ordered),
+            "mean": round(sum(ordered) / len(ordered), 2),
+            "median": ordered[len(ordered) // 2],
+            "max": ordered[-1],
+        }
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| setting | method | budget | steps bought | train precision | test accuracy (1000 episodes) | wall |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | method | budget | steps bought | train precision | test accuracy (1000 episodes) | wall |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if len(row.stages) == 1:
             steps = f"{row.stages[0].steps if row.stages[0].steps is not None else '-'}"
         else:
-            steps = " + ".join(f"{stage.steps if stage.steps is not None else '-'} ({Path(stage.config).stem})"
-                               for stage in row.stages)
+            steps = " + ".join(
+                f"{stage.steps if stage.steps is not None else '-'} ({Path(stage.config).stem})" for stage in row.stages
+            )
         precision = " / ".join(stage.precision or "?" for stage in row.stages)
         accuracy = f"{row.accuracy:.2f}% ± {row.ci95:.2f}%" if row.error is None else f"failed: {row.error}"
-        lines.append(f"| {row.setting} | {row.method} | {row.minutes:g} min | {steps} | {precision} | {accuracy} "
-                     f"| {row.wall_seconds / 60:.1f} min |")
+        lines.append(
+            f"| {row.setting} | {row.method} | {row.minutes:g} min | {steps} | {precision} | {accuracy} "
+            f"| {row.wall_seconds / 60:.1f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -253,8 +284,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="training budget per method (default: 4 for Omniglot, 5 for Caltech-101)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget per method (default: 4 for Omniglot, 5 for Caltech-101)",
+    )
     parser.add_argument("--val_episodes", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=1, help="methods run at once (each OMP_NUM_THREADS=1)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "new_methods_budget")
@@ -264,8 +299,10 @@ def main() -> None:
     jobs = [(SETTINGS[name], method) for name in args.settings for method in args.methods]
     started = time.time()
     with LoadSampler() as load, ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = [pool.submit(run_method, setting, method, args.minutes or setting.minutes, out, args.val_episodes)
-                   for setting, method in jobs]
+        futures = [
+            pool.submit(run_method, setting, method, args.minutes or setting.minutes, out, args.val_episodes)
+            for setting, method in jobs
+        ]
         for _ in as_completed(futures):  # the files are rewritten as rows finish: a cut-short table keeps them
             rows = [future.result() for future in futures if future.done()]
             conditions = write_results(out, rows, args, started, load)
@@ -284,12 +321,16 @@ def write_results(out: Path, rows: list[Row], args: argparse.Namespace, started:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
         "ended_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "cpu": _cpu_description(), "parallel": args.parallel, "threads_per_run": 1, "cpus": os.cpu_count(),
+        "cpu": _cpu_description(),
+        "parallel": args.parallel,
+        "threads_per_run": 1,
+        "cpus": os.cpu_count(),
         "load_average": load.summary(),
         "val_episodes": args.val_episodes,
     }
-    (out / "new_methods_budget.json").write_text(json.dumps(
-        {"conditions": conditions, "rows": [asdict(row) for row in rows]}, indent=2))
+    (out / "new_methods_budget.json").write_text(
+        json.dumps({"conditions": conditions, "rows": [asdict(row) for row in rows]}, indent=2)
+    )
     (out / "new_methods_budget.md").write_text(markdown(rows) + "\n")
     return conditions
 

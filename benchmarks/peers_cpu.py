@@ -82,8 +82,11 @@ def run_system(system: str, steps: int, warmup: int, scratch: Path) -> dict:
     import torch
 
     measure = {
-        "easyfsl-protonet": easyfsl_protonet, "l2l-protonet": l2l_protonet, "l2l-maml": l2l_maml,
-        "easyfsl-test": easyfsl_test, "ours-test": ours_test,
+        "easyfsl-protonet": easyfsl_protonet,
+        "l2l-protonet": l2l_protonet,
+        "l2l-maml": l2l_maml,
+        "easyfsl-test": easyfsl_test,
+        "ours-test": ours_test,
     }
     if system.startswith("ours-fit-"):
         result = ours_fit(system.removeprefix("ours-fit-"), steps, warmup, scratch)
@@ -100,16 +103,27 @@ def ours_fit(workload: str, steps: int, warmup: int, scratch: Path) -> dict:
         workload_arguments = [f"--data.train.{key}={value}" for key, value in PROTONET_TRAIN.items()]
     else:
         config = "experiments/omniglot/maml_5w1s.yaml"
-        workload_arguments = [f"--model.init_args.engine={workload.removeprefix('maml-')}",
-                              f"--data.train_tasks_per_batch={MAML_TASKS}", "--model.init_args.inner_steps=1"]
+        workload_arguments = [
+            f"--model.init_args.engine={workload.removeprefix('maml-')}",
+            f"--data.train_tasks_per_batch={MAML_TASKS}",
+            "--model.init_args.inner_steps=1",
+        ]
     arguments = [
-        "fit", "--config", config, *workload_arguments,
-        f"--trainer.max_steps={warmup + steps}", f"--data.train_episodes_per_epoch={warmup + steps}",
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
-        "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={scratch}",
+        "fit",
+        "--config",
+        config,
+        *workload_arguments,
+        f"--trainer.max_steps={warmup + steps}",
+        f"--data.train_episodes_per_epoch={warmup + steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--test_after_fit=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={scratch}",
         f"--trainer.default_root_dir={scratch}",
         "--trainer.callbacks+=fsl_lightning.callbacks.EpisodeThroughput",
-        f"--trainer.callbacks.warmup_steps={warmup}", f"--trainer.callbacks.output_path={timing}",
+        f"--trainer.callbacks.warmup_steps={warmup}",
+        f"--trainer.callbacks.output_path={timing}",
     ]
     run_cli(arguments)
     # ProtoNet: episodes/s; MAML: meta-iterations/s (optimiser steps of MAML_TASKS tasks), the peer's unit
@@ -122,11 +136,18 @@ def ours_test(steps: int, warmup: int, scratch: Path) -> dict:
     ``loop_timer.TestLoopTimer``."""
     timing = scratch / "test_timing.json"
     arguments = [
-        "test", "--config", "experiments/omniglot/protonet_5w1s.yaml",
-        *[f"--data.evaluation.{key}={value}" for key, value in TEST.items()], f"--data.test_episodes={steps}",
-        "--ckpt_path", str(seeded_protonet_checkpoint(scratch)), "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={scratch}",
-        "--trainer.callbacks+=loop_timer.TestLoopTimer", f"--trainer.callbacks.output_path={timing}",
+        "test",
+        "--config",
+        "experiments/omniglot/protonet_5w1s.yaml",
+        *[f"--data.evaluation.{key}={value}" for key, value in TEST.items()],
+        f"--data.test_episodes={steps}",
+        "--ckpt_path",
+        str(seeded_protonet_checkpoint(scratch)),
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={scratch}",
+        "--trainer.callbacks+=loop_timer.TestLoopTimer",
+        f"--trainer.callbacks.output_path={timing}",
     ]
     run_cli(arguments)
     result = json.loads(timing.read_text())
@@ -180,7 +201,7 @@ def prototypical_loss(backbone, support, support_labels, queries, query_labels):
 
     embeddings = backbone(torch.cat([support, queries]))
     prototypes = class_prototypes(embeddings[: len(support)], support_labels, int(support_labels.max()) + 1)
-    return F.cross_entropy(-squared_euclidean_distance(embeddings[len(support):], prototypes), query_labels)
+    return F.cross_entropy(-squared_euclidean_distance(embeddings[len(support) :], prototypes), query_labels)
 
 
 def easyfsl_protonet(steps: int, warmup: int, scratch: Path) -> dict:
@@ -188,6 +209,7 @@ def easyfsl_protonet(steps: int, warmup: int, scratch: Path) -> dict:
     import torch
     import torch.nn.functional as F
     from easyfsl.methods import PrototypicalNetworks
+
     from protonet_reference import make_loader
 
     random.seed(0)
@@ -211,6 +233,7 @@ def l2l_protonet(steps: int, warmup: int, scratch: Path) -> dict:
     """learn2learn's TaskDataset over the decoded Vinyals training classes, the same Conv4 and loss as ours."""
     import learn2learn as l2l
     import torch
+
     from protonet_reference import OmniglotSplit
 
     random.seed(0)
@@ -218,13 +241,21 @@ def l2l_protonet(steps: int, warmup: int, scratch: Path) -> dict:
     labels_to_indices: dict[int, list[int]] = {}
     for index, label in enumerate(dataset.labels):
         labels_to_indices.setdefault(label, []).append(index)
-    meta = l2l.data.MetaDataset(dataset, labels_to_indices=labels_to_indices, indices_to_labels=dict(enumerate(dataset.labels)))
+    meta = l2l.data.MetaDataset(
+        dataset, labels_to_indices=labels_to_indices, indices_to_labels=dict(enumerate(dataset.labels))
+    )
     way, shot, query = PROTONET_TRAIN["way"], PROTONET_TRAIN["shot"], PROTONET_TRAIN["query"]
-    tasks = l2l.data.TaskDataset(meta, num_tasks=-1, task_transforms=[
-        l2l.data.transforms.NWays(meta, way), l2l.data.transforms.KShots(meta, shot + query),
-        l2l.data.transforms.LoadData(meta), l2l.data.transforms.RemapLabels(meta),
-        l2l.data.transforms.ConsecutiveLabels(meta),
-    ])
+    tasks = l2l.data.TaskDataset(
+        meta,
+        num_tasks=-1,
+        task_transforms=[
+            l2l.data.transforms.NWays(meta, way),
+            l2l.data.transforms.KShots(meta, shot + query),
+            l2l.data.transforms.LoadData(meta),
+            l2l.data.transforms.RemapLabels(meta),
+            l2l.data.transforms.ConsecutiveLabels(meta),
+        ],
+    )
     backbone = seeded_conv4()
     optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)
 
@@ -232,8 +263,13 @@ def l2l_protonet(steps: int, warmup: int, scratch: Path) -> dict:
         images, labels = tasks.sample()
         order = torch.argsort(labels, stable=True)
         images, labels = images[order].view(way, shot + query, *images.shape[1:]), labels[order].view(way, shot + query)
-        loss = prototypical_loss(backbone, images[:, :shot].flatten(0, 1), labels[:, :shot].flatten(),
-                                 images[:, shot:].flatten(0, 1), labels[:, shot:].flatten())
+        loss = prototypical_loss(
+            backbone,
+            images[:, :shot].flatten(0, 1),
+            labels[:, :shot].flatten(),
+            images[:, shot:].flatten(0, 1),
+            labels[:, shot:].flatten(),
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -246,8 +282,14 @@ def l2l_maml(steps: int, warmup: int, scratch: Path) -> dict:
     import learn2learn as l2l
     import torch
     import torch.nn.functional as F
+
     from maml_reference import (
-        INNER_LR, adapted_query_logits, l2l_meta_dataset, l2l_network, l2l_omniglot, l2l_task_dataset,
+        INNER_LR,
+        adapted_query_logits,
+        l2l_meta_dataset,
+        l2l_network,
+        l2l_omniglot,
+        l2l_task_dataset,
         vinyals_characters,
     )
 
@@ -272,6 +314,7 @@ def easyfsl_test(steps: int, warmup: int, scratch: Path) -> dict:
     """``easyfsl.utils.evaluate`` of a PrototypicalNetworks on ``steps`` TaskSampler test tasks."""
     from easyfsl.methods import PrototypicalNetworks
     from easyfsl.utils import evaluate
+
     from protonet_reference import make_loader
 
     random.seed(0)
@@ -291,8 +334,11 @@ def systems(include_protonet: bool, include_maml: bool, include_test: bool) -> l
     listed = []
     if include_protonet:
         row = "ProtoNet training, 20-way 1-shot 5-query, episodes/s"
-        listed += [System(row, "fit (fsl_lightning)", True), System(row, "easyfsl 1.5", False),
-                   System(row, "learn2learn TaskDataset", False)]
+        listed += [
+            System(row, "fit (fsl_lightning)", True),
+            System(row, "easyfsl 1.5", False),
+            System(row, "learn2learn TaskDataset", False),
+        ]
     if include_maml:
         row = f"MAML 5-way 1-shot, meta-batch {MAML_TASKS}, 2nd order, meta-iterations/s"
         listed += [System(row, f"fit, engine={engine}", True) for engine in maml_engines()]
@@ -325,10 +371,24 @@ def command_of(system: System, budget: dict, peer_python: Path, scratch: Path) -
         "l2l.algorithms.MAML + its pipeline": ("l2l-maml", budget["maml"], budget["maml_warmup"], sys.executable),
         "test (fsl_lightning)": ("ours-test", budget["test"], 0, sys.executable),
         "easyfsl evaluate": ("easyfsl-test", budget["test"], 0, peer_python),
-    }.get(system.name) or (f"ours-fit-maml-{system.name.split('=')[1]}", budget["maml"], budget["maml_warmup"],
-                           sys.executable)
-    return [str(python), str(Path(__file__).resolve()), "run", key, "--steps", str(steps), "--warmup", str(warmup),
-            "--scratch", str(scratch)]
+    }.get(system.name) or (
+        f"ours-fit-maml-{system.name.split('=')[1]}",
+        budget["maml"],
+        budget["maml_warmup"],
+        sys.executable,
+    )
+    return [
+        str(python),
+        str(Path(__file__).resolve()),
+        "run",
+        key,
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--scratch",
+        str(scratch),
+    ]
 
 
 def measure_once(command: list[str], scratch: Path) -> dict:
@@ -337,9 +397,11 @@ def measure_once(command: list[str], scratch: Path) -> dict:
     completed = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
     lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT)]
     if completed.returncode != 0 or not lines:
-        raise SystemExit(f"failed (exit {completed.returncode}): {' '.join(command)}\n{completed.stdout[-3000:]}\n"
-                         f"{completed.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT):])
+        raise SystemExit(
+            f"failed (exit {completed.returncode}): {' '.join(command)}\n{completed.stdout[-3000:]}\n"
+            f"{completed.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def main(rounds: int, budget: dict, rows: set[str]) -> None:
@@ -359,18 +421,23 @@ def main(rounds: int, budget: dict, rows: set[str]) -> None:
                 scratch = Path(scratch_dir) / f"round{round_index}-{number}"
                 result = measure_once(command_of(system, budget, peer_python, scratch), scratch)
                 system.rates.append(result["rate"])
-                print(f"round {round_index + 1}: {system.name} ({system.row.split(',')[0]}): {result['rate']:.2f}/s "
-                      f"({result['threads']} threads)", flush=True)
+                print(
+                    f"round {round_index + 1}: {system.name} ({system.row.split(',')[0]}): {result['rate']:.2f}/s "
+                    f"({result['threads']} threads)",
+                    flush=True,
+                )
     print_table(listed, rounds, budget, time.perf_counter() - started)
 
 
 def print_table(listed: list[System], rounds: int, budget: dict, seconds: float) -> None:
     import torch
 
-    print(f"\n{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.2f} at the end; {rounds} interleaved rounds in {seconds / 60:.1f} min; "
-          f"ProtoNet {budget['protonet']} steps after {budget['protonet_warmup']}, MAML {budget['maml']} meta-iterations "
-          f"after {budget['maml_warmup']}, test {budget['test']} episodes")
+    print(
+        f"\n{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f} at the end; {rounds} interleaved rounds in {seconds / 60:.1f} min; "
+        f"ProtoNet {budget['protonet']} steps after {budget['protonet_warmup']}, MAML {budget['maml']} meta-iterations "
+        f"after {budget['maml_warmup']}, test {budget['test']} episodes"
+    )
     print("| comparison | system | rate (median) | per round | ratio to the best peer |")
     print("|---|---|---|---|---|")
     for row in dict.fromkeys(system.row for system in listed):
@@ -379,8 +446,10 @@ def print_table(listed: list[System], rounds: int, budget: dict, seconds: float)
         for system in members:
             median = statistics.median(system.rates)
             name = f"**{system.name}**" if system.ours else system.name
-            print(f"| {row} | {name} | {median:.2f} | {', '.join(f'{r:.2f}' for r in system.rates)} | "
-                  f"{median / best_peer:.2f}x |")
+            print(
+                f"| {row} | {name} | {median:.2f} | {', '.join(f'{r:.2f}' for r in system.rates)} | "
+                f"{median / best_peer:.2f}x |"
+            )
     print()
     print(NOTES)
 
@@ -412,7 +481,14 @@ if __name__ == "__main__":
         measured = run_system(arguments.system, arguments.steps, arguments.warmup, arguments.scratch)
         print(RESULT + json.dumps(measured), flush=True)
     else:
-        main(arguments.rounds, {
-            "protonet": arguments.protonet_steps, "protonet_warmup": arguments.protonet_warmup,
-            "maml": arguments.maml_iterations, "maml_warmup": arguments.maml_warmup, "test": arguments.test_episodes,
-        }, set(arguments.rows.split(",")))
+        main(
+            arguments.rounds,
+            {
+                "protonet": arguments.protonet_steps,
+                "protonet_warmup": arguments.protonet_warmup,
+                "maml": arguments.maml_iterations,
+                "maml_warmup": arguments.maml_warmup,
+                "test": arguments.test_episodes,
+            },
+            set(arguments.rows.split(",")),
+        )

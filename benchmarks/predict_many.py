@@ -48,22 +48,29 @@ def main() -> None:
     parser.add_argument("--way", type=int, default=20, help="classes (characters) per support folder")
     parser.add_argument("--queries", type=int, default=5, help="query images per class")
     parser.add_argument("--batch-size", type=int, default=256, help="query images per predict step")
-    parser.add_argument("--config", type=Path, default=REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml",
-                        help="the Omniglot config whose method is trained for 20 steps when --checkpoint is not given")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml",
+        help="the Omniglot config whose method is trained for 20 steps when --checkpoint is not given",
+    )
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint of `fit` (default: train --config briefly)")
     args = parser.parse_args()
     data_root = Path(os.environ.get("FSL_DATA_ROOT", REPO.parent / "shared" / "data"))
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         checkpoint = args.checkpoint or train_briefly(args.config, work / "fit", data_root)
-        pairs = write_folder_pairs(data_root / "omniglot" / "images_evaluation.zip", work, args.pairs, args.way,
-                                   args.queries)
+        pairs = write_folder_pairs(
+            data_root / "omniglot" / "images_evaluation.zip", work, args.pairs, args.way, args.queries
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO), "FSL_DATA_ROOT": str(work / "no_data"), "OMP_NUM_THREADS": "1"}
         run([sys.executable, "-c", "import fsl_lightning.cli, fsl_lightning.classifier"], env)  # files in the OS cache
-        cli_seconds = timed(lambda: [
-            run_cli(checkpoint, support, queries, work / f"cli_{i}.csv", args.batch_size, env)
-            for i, (support, queries) in enumerate(pairs)
-        ])
+        cli_seconds = timed(
+            lambda: [
+                run_cli(checkpoint, support, queries, work / f"cli_{i}.csv", args.batch_size, env)
+                for i, (support, queries) in enumerate(pairs)
+            ]
+        )
         outputs = [str(part) for i, pair in enumerate(pairs) for part in (*pair, work / f"api_{i}.csv")]
         command = [sys.executable, "-c", API_SCRIPT, str(checkpoint), str(args.batch_size), *outputs]
         start = time.perf_counter()
@@ -73,22 +80,40 @@ def main() -> None:
             if (work / f"cli_{i}.csv").read_text() != (work / f"api_{i}.csv").read_text():
                 raise SystemExit(f"pair {i}: the API's CSV differs from the CLI's")
     queries = args.way * args.queries
-    print(f"{args.pairs} pairs of {args.way}-way one-shot support and {queries} queries, {args.batch_size} per step, "
-          f"{args.config.stem if not args.checkpoint else args.checkpoint}, CPU, same CSVs from both:")
+    print(
+        f"{args.pairs} pairs of {args.way}-way one-shot support and {queries} queries, {args.batch_size} per step, "
+        f"{args.config.stem if not args.checkpoint else args.checkpoint}, CPU, same CSVs from both:"
+    )
     print(f"  {args.pairs} CLI predict calls : {cli_seconds:7.1f} s ({cli_seconds / args.pairs:.1f} s per pair)")
     per_pair = api_seconds / args.pairs
     print(f"  one API process     : {api_seconds:7.1f} s ({per_pair:.1f} s per pair, start-up included)")
     print(f"  ratio CLI / API     : {cli_seconds / api_seconds:7.1f}x")
-    print(f"  API fit_support + predict_to_csv calls alone: {scoring_seconds:7.2f} s "
-          f"({scoring_seconds / args.pairs:.2f} s per pair)")
+    print(
+        f"  API fit_support + predict_to_csv calls alone: {scoring_seconds:7.2f} s "
+        f"({scoring_seconds / args.pairs:.2f} s per pair)"
+    )
 
 
 def train_briefly(config: Path, out: Path, data_root: Path) -> Path:
-    run([sys.executable, "-m", "fsl_lightning", "fit", "--config", str(config),
-         "--data.train.way=5", "--data.train_episodes_per_epoch=20", "--data.val_episodes=2",
-         "--trainer.max_steps=20", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-         "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={out}"],
-        {**os.environ, "PYTHONPATH": str(REPO), "FSL_DATA_ROOT": str(data_root)})
+    run(
+        [
+            sys.executable,
+            "-m",
+            "fsl_lightning",
+            "fit",
+            "--config",
+            str(config),
+            "--data.train.way=5",
+            "--data.train_episodes_per_epoch=20",
+            "--data.val_episodes=2",
+            "--trainer.max_steps=20",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--test_after_fit=false",
+            f"--trainer.logger.init_args.save_dir={out}",
+        ],
+        {**os.environ, "PYTHONPATH": str(REPO), "FSL_DATA_ROOT": str(data_root)},
+    )
     return next(out.rglob("last.ckpt"))
 
 
@@ -119,11 +144,24 @@ def _write(opened: zipfile.ZipFile, member: str, target: Path) -> None:
 
 
 def run_cli(checkpoint: Path, support: Path, queries: Path, output: Path, batch_size: int, env: dict) -> None:
-    run([sys.executable, "-m", "fsl_lightning", "predict", "--ckpt_path", str(checkpoint),
-         f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-         f"--data.predict_batch_size={batch_size}",
-         f"--prediction_writer.output_path={output}", "--trainer.logger=false", "--trainer.accelerator=cpu",
-         "--trainer.enable_progress_bar=false"], env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "fsl_lightning",
+            "predict",
+            "--ckpt_path",
+            str(checkpoint),
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--data.predict_batch_size={batch_size}",
+            f"--prediction_writer.output_path={output}",
+            "--trainer.logger=false",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+        ],
+        env,
+    )
 
 
 def run(command: list[str], env: dict) -> str:

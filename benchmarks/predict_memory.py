@@ -28,9 +28,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests")]
 from bad_images import decompression_bomb, write_png  # noqa: E402  (the tests' writers of awkward files)
-from predict_many import train_briefly, write_folder_pairs  # noqa: E402
-
 from fsl_lightning.cpu_features import this_cpu  # noqa: E402
+from predict_many import train_briefly, write_folder_pairs  # noqa: E402
 
 
 def main() -> None:
@@ -52,8 +51,10 @@ def main() -> None:
         shutil.copytree(normal, bombs)
         add_bombs(bombs)
         env = {**os.environ, "PYTHONPATH": str(REPO), "FSL_DATA_ROOT": str(work / "no_data")}
-        results = {name: predict(checkpoint, support, folder, work / f"{name}.csv", env)
-                   for name, folder in (("normal", normal), ("with_bombs", bombs))}
+        results = {
+            name: predict(checkpoint, support, folder, work / f"{name}.csv", env)
+            for name, folder in (("normal", normal), ("with_bombs", bombs))
+        }
     for name, (peak, scored, skipped) in results.items():
         print(f"  {name:10s}: peak RSS {peak / 2**20:7.1f} MiB, {scored} queries scored, {skipped} skipped")
     print(f"  ratio with_bombs / normal: {results['with_bombs'][0] / results['normal'][0]:.2f}x")
@@ -68,10 +69,19 @@ def add_bombs(folder: Path) -> None:
 
 def predict(checkpoint: Path, support: Path, queries: Path, output: Path, env: dict) -> tuple[int, int, int]:
     """Peak RSS in bytes of one ``predict`` process, and the queries it scored and skipped."""
-    command = [sys.executable, "-m", "fsl_lightning", "predict", "--ckpt_path", str(checkpoint),
-               f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-               f"--prediction_writer.output_path={output}", "--trainer.accelerator=cpu",
-               "--trainer.enable_progress_bar=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "predict",
+        "--ckpt_path",
+        str(checkpoint),
+        f"--data.predict_support_dir={support}",
+        f"--data.predict_query_dir={queries}",
+        f"--prediction_writer.output_path={output}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+    ]
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: wait4 must not wait on a full pipe
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)

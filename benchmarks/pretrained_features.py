@@ -68,16 +68,25 @@ CONFIGS = (
 def clip_settings(args: argparse.Namespace) -> dict:
     """CLIPBackbone arguments: the real model with its tag, a local file, random weights, or the tiny model."""
     random = args.random_weights or (args.tiny and not args.clip_weights)
-    settings = {"name": CLIP_NAME, "pretrained": None if random else CLIP_TAG, "weights_path": args.clip_weights,
-                "frozen": True}
+    settings = {
+        "name": CLIP_NAME,
+        "pretrained": None if random else CLIP_TAG,
+        "weights_path": args.clip_weights,
+        "frozen": True,
+    }
     return {**settings, "model_config": TINY_CLIP} if args.tiny else settings
 
 
 def dinov2_settings(args: argparse.Namespace) -> dict:
     """TimmBackbone arguments, likewise."""
     random = args.random_weights or (args.tiny and not args.dinov2_weights)
-    settings = {"name": DINOV2_NAME, "pretrained": None if random else True, "weights_path": args.dinov2_weights,
-                "frozen": True, "image_size": 28 if args.tiny else 224}
+    settings = {
+        "name": DINOV2_NAME,
+        "pretrained": None if random else True,
+        "weights_path": args.dinov2_weights,
+        "frozen": True,
+        "image_size": 28 if args.tiny else 224,
+    }
     return {**settings, "model_kwargs": TINY_DINOV2} if args.tiny else settings
 
 
@@ -131,9 +140,11 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[str]:
     ):
         rate = extraction_rate(build(**settings), args, device)
         side = image_size(args)
-        rows.append(f"| feature extraction, {label}, {side}x{side}, batch {args.batch_size}, {args.precision} | "
-                    f"{rate:,.0f} images/s | {weights_note(settings, accuracy=False)} (speed does not depend on "
-                    "them) |")
+        rows.append(
+            f"| feature extraction, {label}, {side}x{side}, batch {args.batch_size}, {args.precision} | "
+            f"{rate:,.0f} images/s | {weights_note(settings, accuracy=False)} (speed does not depend on "
+            "them) |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -141,24 +152,33 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[str]:
 # ----- episodes from cached features --------------------------------------------------------------------------------
 def episodes(args: argparse.Namespace, device: torch.device) -> list[str]:
     dataset = Caltech101(image_size=image_size(args))
-    datamodule = EpisodicDataModule(dataset, evaluation=EpisodeSpec(5, 1, 15), val_episodes=1,
-                                    test_episodes=args.episodes)
+    datamodule = EpisodicDataModule(
+        dataset, evaluation=EpisodeSpec(5, 1, 15), val_episodes=1, test_episodes=args.episodes
+    )
     rows = []
     for name, classifier in (("prototypes", NearestCentroid()), ("logistic regression", LogisticRegression())):
         model = FrozenFeatures(TimmBackbone(**dinov2_settings(args)), episode_classifier=classifier)
         first = timed_test(model, datamodule, args)
         second = timed_test(model, datamodule, args)
         embedded = len(datamodule.splits["test"].images)
-        rows.append(f"| {args.episodes} Caltech-101 5w1s test episodes, frozen DINOv2 ViT-S/14, {name} | "
-                    f"{second:.1f} s from cached features | first run {first:.1f} s, embedding the {embedded} test "
-                    f"images once; {args.precision} |")
+        rows.append(
+            f"| {args.episodes} Caltech-101 5w1s test episodes, frozen DINOv2 ViT-S/14, {name} | "
+            f"{second:.1f} s from cached features | first run {first:.1f} s, embedding the {embedded} test "
+            f"images once; {args.precision} |"
+        )
         print(rows[-1], flush=True)
     return rows
 
 
 def timed_test(model: L.LightningModule, datamodule: EpisodicDataModule, args: argparse.Namespace) -> float:
-    trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     started = time.perf_counter()
     trainer.test(model, datamodule, verbose=False)
     return time.perf_counter() - started
@@ -179,9 +199,16 @@ def config_row(config: str, setting: str, args: argparse.Namespace, out: Path) -
     overrides = out / f"{config}_overrides.yaml"
     overrides.write_text(yaml.safe_dump(config_overrides(settings, args)))
     cli_args = [
-        "test", "--config", str(EXPERIMENTS / f"{config}.yaml"), "--config", str(overrides),
-        f"--trainer.accelerator={args.accelerator}", "--trainer.devices=1", f"--trainer.precision={args.precision}",
-        "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out / 'logs'}",
+        "test",
+        "--config",
+        str(EXPERIMENTS / f"{config}.yaml"),
+        "--config",
+        str(overrides),
+        f"--trainer.accelerator={args.accelerator}",
+        "--trainer.devices=1",
+        f"--trainer.precision={args.precision}",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={out / 'logs'}",
         *([f"--data.test_episodes={args.episodes}"] if args.episodes != 1000 else []),
         *([f"--data.val_episodes={args.val_episodes}"] if args.val_episodes else []),
     ]
@@ -191,9 +218,11 @@ def config_row(config: str, setting: str, args: argparse.Namespace, out: Path) -
     model = f"CLIP {CLIP_NAME}" if is_clip else "DINOv2 ViT-S/14"
     top5 = f", top-5 {100 * metrics['test/top5']:.2f}%" if "test/top5" in metrics and "zeroshot" in config else ""
     mix = f", mix weight {metrics['test/mix_weight']:g}" if "test/mix_weight" in metrics else ""
-    row = (f"| {setting} | {model} {method} ({config}.yaml) | {100 * metrics['test/acc']:.2f} ± "
-           f"{100 * metrics['test/acc_ci95']:.2f}%{top5}{mix} | {weights_note(settings)}; "
-           f"{time.perf_counter() - started:.0f} s |")
+    row = (
+        f"| {setting} | {model} {method} ({config}.yaml) | {100 * metrics['test/acc']:.2f} ± "
+        f"{100 * metrics['test/acc_ci95']:.2f}%{top5}{mix} | {weights_note(settings)}; "
+        f"{time.perf_counter() - started:.0f} s |"
+    )
     print(row, flush=True)
     return row
 
@@ -212,22 +241,26 @@ def cifar100_zero_shot(args: argparse.Namespace, device: torch.device) -> str:
     settings = clip_settings(args)
     source = Path(args.cifar100) if args.cifar100 else cifar100_source()
     if source is None:
-        return (f"| CIFAR-100 zero-shot, 100 classes, 10,000 test images | CLIP {CLIP_NAME} | not measured: CIFAR-100 "
-                f"not found under {data_root() / 'cifar100'} ({ARCHIVE} or {TOP}/) | |")
+        return (
+            f"| CIFAR-100 zero-shot, 100 classes, 10,000 test images | CLIP {CLIP_NAME} | not measured: CIFAR-100 "
+            f"not found under {data_root() / 'cifar100'} ({ARCHIVE} or {TOP}/) | |"
+        )
     started = time.perf_counter()
     cifar = read_cifar100(source)
     images, labels = cifar.images[CIFAR100_TEST], cifar.fine_labels[CIFAR100_TEST].to(device)
     model = CLIPZeroShot(CLIPBackbone(**settings), templates="openai_imagenet").to(device).eval()
     with torch.inference_mode(), autocast(device, args.precision):
         class_weights = model.class_weights(cifar.fine_names)
-        features = torch.cat([
-            model.embed(batch.to(device).float().div_(255)) for batch in images.split(args.batch_size)
-        ])
+        features = torch.cat(
+            [model.embed(batch.to(device).float().div_(255)) for batch in images.split(args.batch_size)]
+        )
         logits = model.zero_shot_logits(features, class_weights)
     top1, top5 = (100 * float(top_k_accuracy(logits, labels, k)) for k in (1, 5))
-    return (f"| CIFAR-100 zero-shot, 100 classes, {len(labels):,} test images | CLIP {CLIP_NAME}, 80 ImageNet "
-            "prompts | "
-            f"top-1 {top1:.2f}%, top-5 {top5:.2f}% | {weights_note(settings)}; {time.perf_counter() - started:.0f} s |")
+    return (
+        f"| CIFAR-100 zero-shot, 100 classes, {len(labels):,} test images | CLIP {CLIP_NAME}, 80 ImageNet "
+        "prompts | "
+        f"top-1 {top1:.2f}%, top-5 {top5:.2f}% | {weights_note(settings)}; {time.perf_counter() - started:.0f} s |"
+    )
 
 
 def cifar100_source() -> Path | None:
@@ -240,8 +273,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("throughput", "episodes", "accuracy", "all"))
     parser.add_argument("--clip-weights", help=f"local open_clip {CLIP_NAME} weights file ({CLIP_TAG} preprocessing)")
-    parser.add_argument("--dinov2-weights", help="local DINOv2 ViT-S/14 weights (timm's model.safetensors or "
-                                                 "dinov2_vits14_pretrain.pth)")
+    parser.add_argument(
+        "--dinov2-weights",
+        help="local DINOv2 ViT-S/14 weights (timm's model.safetensors or dinov2_vits14_pretrain.pth)",
+    )
     parser.add_argument("--random-weights", action="store_true", help="no pretrained weights (timings only)")
     parser.add_argument("--tiny", action="store_true", help="small models at 32 pixels: a CPU smoke test")
     parser.add_argument("--accelerator", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -271,8 +306,10 @@ def run(args: argparse.Namespace) -> None:
                 rows += accuracy(args, device, out)
             except DatasetNotFoundError as error:
                 rows.append(f"| accuracy | | not measured: {error} | |")
-    print(f"\ndevice: {device_name}, torch {torch.__version__}, precision {args.precision}"
-          f"{', TINY models (smoke test, not a measurement)' if args.tiny else ''}")
+    print(
+        f"\ndevice: {device_name}, torch {torch.__version__}, precision {args.precision}"
+        f"{', TINY models (smoke test, not a measurement)' if args.tiny else ''}"
+    )
     print("| workload | result | notes |")
     print("|---|---|---|")
     print("\n".join(rows))

@@ -32,9 +32,14 @@ def run_fit(config: Path, out: Path, extra: list[str], return_cli: bool = False)
     (and the CLI object, holding the trainer, model and data module, with ``return_cli``)."""
     timing = out / "timing.json"
     args = [
-        "fit", "--config", str(config), f"--trainer.logger.init_args.save_dir={out}",
-        "--trainer.enable_progress_bar=false", "--trainer.callbacks+=fsl_lightning.callbacks.EpisodeThroughput",
-        f"--trainer.callbacks.output_path={timing}", *extra,
+        "fit",
+        "--config",
+        str(config),
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=fsl_lightning.callbacks.EpisodeThroughput",
+        f"--trainer.callbacks.output_path={timing}",
+        *extra,
     ]
     started = time.perf_counter()
     cli = main(args)
@@ -82,9 +87,12 @@ def throughput(steps: int) -> None:
     warmup = 50
     with tempfile.TemporaryDirectory() as out:
         extra = [
-            f"--trainer.max_steps={warmup + steps}", f"--data.train_episodes_per_epoch={warmup + steps}",
-            "--trainer.limit_val_batches=0", "--test_after_fit=false",
-            f"--trainer.callbacks.warmup_steps={warmup}", "--trainer.num_sanity_val_steps=0",
+            f"--trainer.max_steps={warmup + steps}",
+            f"--data.train_episodes_per_epoch={warmup + steps}",
+            "--trainer.limit_val_batches=0",
+            "--test_after_fit=false",
+            f"--trainer.callbacks.warmup_steps={warmup}",
+            "--trainer.num_sanity_val_steps=0",
         ]
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -132,11 +140,15 @@ if __name__ == "__main__":
     sub.add_parser("throughput").add_argument("--steps", type=int, default=1000)
     acc = sub.add_parser("accuracy")
     acc.add_argument(
-        "--configs", nargs="+", default=[str(EXPERIMENTS / f"protonet_{s}.yaml") for s in ("5w1s", "5w5s", "20w1s", "20w5s")],
+        "--configs",
+        nargs="+",
+        default=[str(EXPERIMENTS / f"protonet_{s}.yaml") for s in ("5w1s", "5w5s", "20w1s", "20w5s")],
         help="any experiment configs (default: the four ProtoNet paper settings)",
     )
     acc.add_argument("--target", type=float, default=0.96, help="report when val/acc first reaches this")
-    acc.add_argument("--cli", nargs=argparse.REMAINDER, default=[], help="extra CLI overrides, e.g. --trainer.max_steps=500")
+    acc.add_argument(
+        "--cli", nargs=argparse.REMAINDER, default=[], help="extra CLI overrides, e.g. --trainer.max_steps=500"
+    )
     arguments = parser.parse_args()
     if arguments.command == "throughput":
         throughput(arguments.steps)

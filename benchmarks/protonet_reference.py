@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 
 import torch
-from reference_results import save_result
 import torch.nn.functional as F
+
+from reference_results import save_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from maml_reference import TEST_EPISODES, accuracy_on_our_episodes, mean_ci  # noqa: E402
@@ -57,10 +58,17 @@ def fit_ours(episodes: int, seed: int, out: Path, distance: str) -> None:
     from fsl_lightning.cli import main
 
     arguments = [
-        "fit", "--config", str(CONFIG.relative_to(REPO)), f"--trainer.max_steps={episodes}", f"--seed_everything={seed}",
+        "fit",
+        "--config",
+        str(CONFIG.relative_to(REPO)),
+        f"--trainer.max_steps={episodes}",
+        f"--seed_everything={seed}",
         *([f"--model.init_args.distance={distance}"] if distance != "squared_euclidean" else []),
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
-        f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--test_after_fit=false",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.enable_progress_bar=false",
     ]
     started = time.perf_counter()
     cli = main(arguments)
@@ -128,7 +136,9 @@ def make_loader(split: str, episode: dict, tasks: int):
         torch.utils.data.Sampler.__init__ = lambda self, data_source=None: None
 
     dataset = OmniglotSplit(split)
-    sampler = TaskSampler(dataset, n_way=episode["way"], n_shot=episode["shot"], n_query=episode["query"], n_tasks=tasks)
+    sampler = TaskSampler(
+        dataset, n_way=episode["way"], n_shot=episode["shot"], n_query=episode["query"], n_tasks=tasks
+    )
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=sampler.episodic_collate_fn)
 
 
@@ -151,19 +161,26 @@ def accuracy_on_easyfsl_tasks(state: dict, seed: int) -> torch.Tensor:
 
 
 def evaluate(out: Path, seed: int) -> None:
-    print(f"\n| system | our {TEST_EPISODES} test episodes, acc % (95% CI) | paired difference to ours | "
-          f"easyfsl TaskSampler, {TEST_EPISODES} test tasks | training time | command |")
+    print(
+        f"\n| system | our {TEST_EPISODES} test episodes, acc % (95% CI) | paired difference to ours | "
+        f"easyfsl TaskSampler, {TEST_EPISODES} test tasks | training time | command |"
+    )
     print("|---|---|---|---|---|---|")
     results = {}
     for name in ("ours", "ours-euclidean", "easyfsl"):
         if (out / f"{name}.json").exists():
             state = torch.load(out / f"{name}.pt")
-            results[name] = (accuracy_on_our_episodes(out / f"{name}.pt", CONFIG, ()), accuracy_on_easyfsl_tasks(state, seed),
-                             json.loads((out / f"{name}.json").read_text()))
+            results[name] = (
+                accuracy_on_our_episodes(out / f"{name}.pt", CONFIG, ()),
+                accuracy_on_easyfsl_tasks(state, seed),
+                json.loads((out / f"{name}.json").read_text()),
+            )
     for name, (ours_episodes, easyfsl_tasks, record) in results.items():
         difference = mean_ci(ours_episodes - results["ours"][0]) if name != "ours" and "ours" in results else "-"
-        print(f"| {name} | {mean_ci(ours_episodes)} | {difference} | {mean_ci(easyfsl_tasks)} | "
-              f"{record['seconds']:.0f} s | `{record['command']}` |")
+        print(
+            f"| {name} | {mean_ci(ours_episodes)} | {difference} | {mean_ci(easyfsl_tasks)} | "
+            f"{record['seconds']:.0f} s | `{record['command']}` |"
+        )
 
 
 if __name__ == "__main__":
@@ -174,7 +191,9 @@ if __name__ == "__main__":
     sub.add_parser("setup")
     for name in ("ours", "easyfsl"):
         sub.add_parser(name).add_argument("--episodes", type=int, default=500)
-    sub.choices["ours"].add_argument("--distance", choices=("squared_euclidean", "euclidean"), default="squared_euclidean")
+    sub.choices["ours"].add_argument(
+        "--distance", choices=("squared_euclidean", "euclidean"), default="squared_euclidean"
+    )
     sub.add_parser("evaluate")
     arguments = parser.parse_args()
     if arguments.command == "setup":

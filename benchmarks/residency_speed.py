@@ -27,9 +27,19 @@ from fsl_lightning.cpu_features import this_cpu  # noqa: E402
 
 def fit_seconds(config: str, resident: str, steps: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "fsl_lightning", "fit", "--config", config, f"--trainer.max_steps={steps}",
-                   f"--data.resident={resident}", "--trainer.logger=false", "--trainer.limit_val_batches=0",
-                   "--test_after_fit=false"]
+        command = [
+            sys.executable,
+            "-m",
+            "fsl_lightning",
+            "fit",
+            "--config",
+            config,
+            f"--trainer.max_steps={steps}",
+            f"--data.resident={resident}",
+            "--trainer.logger=false",
+            "--trainer.limit_val_batches=0",
+            "--test_after_fit=false",
+        ]
         start = time.perf_counter()
         subprocess.run(command, cwd=folder, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - start
@@ -50,7 +60,9 @@ def main() -> None:
             rates[resident].append((args.long - args.short) / extra)
             print(f"  {resident}: {rates[resident][-1]:.2f} steps/s", flush=True)
     device, host = statistics.median(rates["device"]), statistics.median(rates["host"])
-    print(f"| residency | steps/s (median of {args.rounds}) |\n|---|---|\n| device | {device:.2f} |\n| host | {host:.2f} |")
+    print(
+        f"| residency | steps/s (median of {args.rounds}) |\n|---|---|\n| device | {device:.2f} |\n| host | {host:.2f} |"
+    )
     print(f"host / device: {host / device:.2f}")
 
 

@@ -54,13 +54,20 @@ def main() -> None:
     logits = torch.cat([item[1] for item in episodes])
     labels = torch.cat([item[2] for item in episodes])
     way = episodes[0][1].shape[-1]
-    print(f"{len(episodes)} test episodes, {len(labels)} queries, accuracy "
-          f"{100 * float((logits.argmax(-1) == labels).float().mean()):.2f}%")
-    for name, probabilities in (("plain softmax", logits.softmax(-1)), ("calibrated", calibration.probabilities(logits))):
+    print(
+        f"{len(episodes)} test episodes, {len(labels)} queries, accuracy "
+        f"{100 * float((logits.argmax(-1) == labels).float().mean()):.2f}%"
+    )
+    for name, probabilities in (
+        ("plain softmax", logits.softmax(-1)),
+        ("calibrated", calibration.probabilities(logits)),
+    ):
         ece = multiclass_calibration_error(probabilities, labels, num_classes=way, n_bins=15, norm="l1")
         nll = torch.nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), labels)
-        print(f"  {name:13s}: ECE {100 * float(ece):.2f}%, NLL {float(nll):.4f}, mean confidence "
-              f"{100 * float(probabilities.max(-1).values.mean()):.2f}%")
+        print(
+            f"  {name:13s}: ECE {100 * float(ece):.2f}%, NLL {float(nll):.4f}, mean confidence "
+            f"{100 * float(probabilities.max(-1).values.mean()):.2f}%"
+        )
     print(f"  test queries marked as outliers: {100 * float(calibration.outliers(logits).float().mean()):.2f}%")
     odd_images(method, episodes[: args.odd_episodes], calibration)
 
@@ -81,8 +88,14 @@ def test_episodes(method, datamodule) -> list[tuple]:
 
 
 def trainer() -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def odd_images(method, episodes: list[tuple], calibration) -> None:
@@ -96,8 +109,11 @@ def odd_images(method, episodes: list[tuple], calibration) -> None:
             image = episode.query_images[:1]
             other = episodes[(index + 1) % len(episodes)][0]
             # a query of the next episode whose class this episode lacks (episodes draw their classes independently)
-            foreign = [i for i, c in enumerate(other.class_ids[other.query_labels].tolist())
-                       if c not in set(episode.class_ids.tolist())][:1]
+            foreign = [
+                i
+                for i, c in enumerate(other.class_ids[other.query_labels].tolist())
+                if c not in set(episode.class_ids.tolist())
+            ][:1]
             inputs = {"blank": torch.zeros_like(image), "noise": torch.rand(image.shape, generator=generator)}
             if foreign:
                 inputs["other test class"] = other.query_images[foreign]
@@ -107,9 +123,11 @@ def odd_images(method, episodes: list[tuple], calibration) -> None:
         logits = torch.cat(scored)
         plain = logits.softmax(-1).max(-1).values.mean()
         calibrated = calibration.probabilities(logits).max(-1).values.mean()
-        print(f"  {name:17s} ({len(logits)}): probability of the predicted class {100 * float(plain):.1f}% plain, "
-              f"{100 * float(calibrated):.1f}% calibrated; marked as outliers "
-              f"{100 * float(calibration.outliers(logits).float().mean()):.1f}%")
+        print(
+            f"  {name:17s} ({len(logits)}): probability of the predicted class {100 * float(plain):.1f}% plain, "
+            f"{100 * float(calibrated):.1f}% calibrated; marked as outliers "
+            f"{100 * float(calibration.outliers(logits).float().mean()):.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from protonet_omniglot import _device_name, run_fit, timed_rate
 
 from fsl_lightning.callbacks import SpeedSettings
+from protonet_omniglot import _device_name, run_fit, timed_rate
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 WORKLOADS = {
@@ -30,29 +30,49 @@ WORKLOADS = {
     "protonet_60w1s": ("ProtoNet Conv4 Omniglot 28x28 60w1s5q", "omniglot/protonet_5w1s.yaml", []),
     "protonet_20w1s": ("ProtoNet Conv4 Omniglot 28x28 20w1s5q", "omniglot/protonet_5w1s.yaml", ["--data.train.way=20"]),
     "matchingnet_5w1s": ("MatchingNet Conv4 Omniglot 28x28 5w1s, its config", "omniglot/matchingnet_5w1s.yaml", []),
-    "maml_5w1s_8tasks": ("MAML 2nd order 5w1s15q, 8 tasks, 1 inner step", "omniglot/maml_5w1s.yaml",
-                         ["--model.init_args.inner_steps=1", "--data.train_tasks_per_batch=8"]),
-    "baseline_pretrain": ("Baseline ResNet12 84x84 pre-training, batches of 64 (Caltech-101)",
-                          "caltech101/baseline_5w1s.yaml", []),
-    "maml_1step": ("MAML 2nd order Conv4 5w1s, 32 tasks, 1 inner step", "omniglot/maml_5w1s.yaml",
-                   ["--model.init_args.inner_steps=1"]),
-    "maml_5steps": ("MAML 2nd order Conv4 5w1s, 32 tasks, 5 inner steps", "omniglot/maml_5w1s.yaml",
-                    ["--model.init_args.inner_steps=5"]),
-    "protonet_resnet12": ("ProtoNet ResNet12 84x84 5w5s15q bf16-mixed, channels-last", "caltech101/protonet_5w5s.yaml",
-                          ["--trainer.precision=bf16-mixed", "--speed.channels_last=true"]),
+    "maml_5w1s_8tasks": (
+        "MAML 2nd order 5w1s15q, 8 tasks, 1 inner step",
+        "omniglot/maml_5w1s.yaml",
+        ["--model.init_args.inner_steps=1", "--data.train_tasks_per_batch=8"],
+    ),
+    "baseline_pretrain": (
+        "Baseline ResNet12 84x84 pre-training, batches of 64 (Caltech-101)",
+        "caltech101/baseline_5w1s.yaml",
+        [],
+    ),
+    "maml_1step": (
+        "MAML 2nd order Conv4 5w1s, 32 tasks, 1 inner step",
+        "omniglot/maml_5w1s.yaml",
+        ["--model.init_args.inner_steps=1"],
+    ),
+    "maml_5steps": (
+        "MAML 2nd order Conv4 5w1s, 32 tasks, 5 inner steps",
+        "omniglot/maml_5w1s.yaml",
+        ["--model.init_args.inner_steps=5"],
+    ),
+    "protonet_resnet12": (
+        "ProtoNet ResNet12 84x84 5w5s15q bf16-mixed, channels-last",
+        "caltech101/protonet_5w5s.yaml",
+        ["--trainer.precision=bf16-mixed", "--speed.channels_last=true"],
+    ),
 }
 
 
 def measure(workload: str, steps: int, warmup: int, extra: list[str], out: Path) -> str:
     name, config, overrides = WORKLOADS[workload]
     timing_args = [
-        f"--trainer.max_steps={warmup + steps}", f"--data.train_episodes_per_epoch={warmup + steps}",
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
+        f"--trainer.max_steps={warmup + steps}",
+        f"--data.train_episodes_per_epoch={warmup + steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--test_after_fit=false",
         f"--trainer.callbacks.warmup_steps={warmup}",
     ]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    _, timing, _, cli = run_fit(EXPERIMENTS / config, out / workload, [*timing_args, *overrides, *extra], return_cli=True)
+    _, timing, _, cli = run_fit(
+        EXPERIMENTS / config, out / workload, [*timing_args, *overrides, *extra], return_cli=True
+    )
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
     ours = timing["steps_per_s"]  # batches/s, as the ceiling (meta-iterations for MAML)
     ceiling = model_step_ceiling(cli, steps, warmup)
@@ -72,7 +92,9 @@ def model_step_ceiling(cli, steps: int, warmup: int) -> float:
     model.log = lambda *args, **kwargs: None  # outside the Trainer loop there is nowhere to log to
     batch = cli.datamodule.training_batch(0, device)
     optimizer = _optimizer(model)
-    precision = getattr(trainer.precision_plugin, "forward_context", None) or trainer.precision_plugin.train_step_context
+    precision = (
+        getattr(trainer.precision_plugin, "forward_context", None) or trainer.precision_plugin.train_step_context
+    )
 
     def step() -> None:
         with precision():
@@ -151,7 +173,11 @@ if __name__ == "__main__":
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for workload in args.workloads:
-            rows.append(measure(workload, args.steps, args.warmup, ["--trainer.enable_progress_bar=false", *args.cli], Path(scratch)))
+            rows.append(
+                measure(
+                    workload, args.steps, args.warmup, ["--trainer.enable_progress_bar=false", *args.cli], Path(scratch)
+                )
+            )
             print(rows[-1], flush=True)
     print(f"\ndevice: {_device_name()}, torch {torch.__version__}")
     print("| workload | fsl_lightning fit (batches/s) | same model, bare step on resident batch | ratio | notes |")

@@ -82,14 +82,18 @@ def timed_run(command: Command, scratch: Path) -> tuple[float, float, str]:
 
 def imported_libraries(text: str) -> list[str] | None:
     lines = [line for line in text.splitlines() if line.startswith(MARKER)]
-    return json.loads(lines[-1][len(MARKER):]) if lines else None
+    return json.loads(lines[-1][len(MARKER) :]) if lines else None
 
 
 def commands_for(code: Path, label: str, python: str) -> list[Command]:
     pythonpath = os.pathsep.join([str(code), str(BENCHMARKS)])
     help_argv = ["--help"]
     fit_argv = [
-        "fit", "--config", str(code / CONFIG), "--trainer.max_steps=1", "--test_after_fit=false",
+        "fit",
+        "--config",
+        str(code / CONFIG),
+        "--trainer.max_steps=1",
+        "--test_after_fit=false",
         "--trainer.logger.init_args.save_dir=outputs",
         "--trainer.callbacks+=first_step.ExitAtFirstStep",
     ]
@@ -135,7 +139,8 @@ def check_imports(commands: list[Command], scratch: Path) -> None:
 def report(commands: list[Command]) -> str:
     lines = [
         "| command | median wall s | ratio to `import torch` | ratio to the floor | median peak MB | imported (of "
-        + ", ".join(WATCHED) + ") |",
+        + ", ".join(WATCHED)
+        + ") |",
         "|---|---|---|---|---|---|",
     ]
     for command in commands:

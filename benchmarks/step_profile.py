@@ -19,9 +19,9 @@ import time
 from collections import defaultdict
 
 import torch
-from cpu_kernels import WORKLOADS, build_step, protonet_workload
 from torch.profiler import ProfilerActivity, profile
 
+from cpu_kernels import WORKLOADS, build_step, protonet_workload
 from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 
@@ -68,8 +68,10 @@ def main() -> None:
         by_kind[kind_of(event.key)] += event.self_cpu_time_total / 1e3 / args.steps  # ms per step
     total = sum(by_kind.values())
     print(f"CPU: {cpu.description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"ProtoNet Conv4 {args.way}-way 1-shot 5-query at 28x28, {setting}: {1e3 * unprofiled:.1f} ms per step "
-          f"unprofiled ({1 / unprofiled:.2f} steps/s), {total:.1f} ms of operator self time per step profiled")
+    print(
+        f"ProtoNet Conv4 {args.way}-way 1-shot 5-query at 28x28, {setting}: {1e3 * unprofiled:.1f} ms per step "
+        f"unprofiled ({1 / unprofiled:.2f} steps/s), {total:.1f} ms of operator self time per step profiled"
+    )
     print("| kind of work | ms per step | share |\n|---|---|---|")
     for kind, milliseconds in sorted(by_kind.items(), key=lambda item: -item[1]):
         print(f"| {kind} | {milliseconds:.1f} | {milliseconds / total:.0%} |")

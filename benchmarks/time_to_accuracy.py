@@ -57,8 +57,13 @@ def run_main_job(out: Path, extra: list[str]) -> dict:
     ]
     started_at = time.time()
     started = time.perf_counter()
-    process = subprocess.run([str(REPO / "main.sh"), *callbacks, *extra], cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.run(
+        [str(REPO / "main.sh"), *callbacks, *extra],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     seconds = time.perf_counter() - started
     (out / "main_job.log").write_text(process.stdout)
     if process.returncode != 0:
@@ -78,8 +83,18 @@ def printed_results(log: str) -> tuple[str, Path]:
 
 def test_accuracy(config: Path, checkpoint: Path, out: Path, *overrides: str) -> tuple[float, float]:
     """``test`` of one checkpoint with one config, in this process: (mean, 95% CI) as fractions."""
-    cli = cli_main(["test", "--config", str(config), "--ckpt_path", str(checkpoint), *overrides,
-                    f"--trainer.logger.init_args.save_dir={out / 'outputs_eval'}", "--trainer.enable_progress_bar=false"])
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--ckpt_path",
+            str(checkpoint),
+            *overrides,
+            f"--trainer.logger.init_args.save_dir={out / 'outputs_eval'}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     summary = cli.model.last_accuracy["test"]
     return float(summary.mean), float(summary.ci95)
 
@@ -89,8 +104,9 @@ def curve(out: Path, started_at: float) -> list[dict]:
     for checkpoint in sorted((out / "checkpoints").glob("step=*.ckpt"), key=lambda path: int(path.stem[5:])):
         row = {"step": int(checkpoint.stem[5:]), "seconds": checkpoint.stat().st_mtime - started_at}
         for name, config in (("5-way", FIVE_WAY), ("20-way", TWENTY_WAY)):
-            mean, ci95 = test_accuracy(config, checkpoint, out, "--data.eval_seed=1",
-                                       f"--data.test_episodes={CURVE_EPISODES[name]}")
+            mean, ci95 = test_accuracy(
+                config, checkpoint, out, "--data.eval_seed=1", f"--data.test_episodes={CURVE_EPISODES[name]}"
+            )
             row[name] = {"mean": mean, "ci95": ci95}
         rows.append(row)
     return rows
@@ -99,8 +115,11 @@ def curve(out: Path, started_at: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("time_to_accuracy"))
-    parser.add_argument("--reuse", action="store_true",
-                        help="skip ./main.sh and evaluate the run already in --out (its log and checkpoints)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="skip ./main.sh and evaluate the run already in --out (its log and checkpoints)",
+    )
     parser.add_argument("extra", nargs="*", help="arguments for ./main.sh (after --)")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -117,13 +136,22 @@ def main() -> None:
     mean, ci95 = test_accuracy(FIVE_WAY, tested, out, "--data.eval_seed=1", "--data.test_episodes=1000")
     second_sample = f"{100 * mean:.2f}% ± {100 * ci95:.2f}%"
     rows = curve(out, run["started_at"])
-    summary = {**run, "cpu": this_cpu().description(), "planned_steps": int(planned[-1]) if planned else None,
-               "test_5way": five_way_test, "test_5way_eval_seed_1": second_sample, "test_20way": twenty_way_test,
-               "tested_checkpoint": str(tested), "curve": rows}
+    summary = {
+        **run,
+        "cpu": this_cpu().description(),
+        "planned_steps": int(planned[-1]) if planned else None,
+        "test_5way": five_way_test,
+        "test_5way_eval_seed_1": second_sample,
+        "test_20way": twenty_way_test,
+        "tested_checkpoint": str(tested),
+        "curve": rows,
+    }
     (out / "time_to_accuracy.json").write_text(json.dumps(summary, indent=2))
-    print(f"./main.sh: {run['main_job_seconds']:.0f} s wall time, {summary['planned_steps']} steps (time budget's "
-          f"plan); tested {tested.name}: 5-way 1-shot {five_way_test} (printed by ./main.sh), {second_sample} on the "
-          f"second 1000 (eval_seed 1); 20-way 1-shot {twenty_way_test} (1000 fixed test episodes)")
+    print(
+        f"./main.sh: {run['main_job_seconds']:.0f} s wall time, {summary['planned_steps']} steps (time budget's "
+        f"plan); tested {tested.name}: 5-way 1-shot {five_way_test} (printed by ./main.sh), {second_sample} on the "
+        f"second 1000 (eval_seed 1); 20-way 1-shot {twenty_way_test} (1000 fixed test episodes)"
+    )
     print("| step | seconds since ./main.sh started | 5-way 1-shot, 1000 other test episodes | 20-way 1-shot, 300 |")
     print("|---|---|---|---|")
     for row in rows:

@@ -57,10 +57,30 @@ METHODS = {
     "SimpleShot": (("SimpleShot", {"feature_transform": "CL2N"}), ("SimpleShot", {"cl2n": True})),
     "BD-CSPN": (("BDCSPN", {"feature_transform": "L2N"}), ("BDCSPN", {"l2n": True})),
     "TIM-GD": (
-        ("TIM", {"feature_transform": "L2N", "temperature": 15.0, "cross_entropy_weight": 0.1,
-                 "marginal_entropy_weight": 1.0, "conditional_entropy_weight": 0.1, "steps": 1000, "lr": 1e-4}),
-        ("TIM", {"l2n": True, "temperature": 15.0, "cross_entropy_weight": 0.1, "marginal_entropy_weight": 1.0,
-                 "conditional_entropy_weight": 0.1, "fine_tuning_steps": 1000, "fine_tuning_lr": 1e-4}),
+        (
+            "TIM",
+            {
+                "feature_transform": "L2N",
+                "temperature": 15.0,
+                "cross_entropy_weight": 0.1,
+                "marginal_entropy_weight": 1.0,
+                "conditional_entropy_weight": 0.1,
+                "steps": 1000,
+                "lr": 1e-4,
+            },
+        ),
+        (
+            "TIM",
+            {
+                "l2n": True,
+                "temperature": 15.0,
+                "cross_entropy_weight": 0.1,
+                "marginal_entropy_weight": 1.0,
+                "conditional_entropy_weight": 0.1,
+                "fine_tuning_steps": 1000,
+                "fine_tuning_lr": 1e-4,
+            },
+        ),
     ),
     "LaplacianShot": (
         ("LaplacianShot", {"feature_transform": "CL2N", "laplacian_weight": 1.0, "knn": 3, "iterations": 20}),
@@ -68,8 +88,7 @@ METHODS = {
     ),
     "PT-MAP": (
         ("PTMAP", {"power": 0.5, "sinkhorn_regularisation": 10.0, "alpha": 0.2, "iterations": 20}),
-        ("PTMAP", {"power_factor": 0.5, "lambda_regularization": 10.0, "fine_tuning_lr": 0.2,
-                   "fine_tuning_steps": 20}),
+        ("PTMAP", {"power_factor": 0.5, "lambda_regularization": 10.0, "fine_tuning_lr": 0.2, "fine_tuning_steps": 20}),
     ),
 }
 
@@ -80,14 +99,21 @@ def episodes_file(out: Path, shot: int) -> Path:
 
 # ----- the backbone ---------------------------------------------------------------------------------------------------
 def fit_backbone(steps: int, seed: int, out: Path) -> None:
+    from fsl_lightning.cli import main
     from reference_results import save_result
 
-    from fsl_lightning.cli import main
-
     arguments = [
-        "fit", "--config", str(CONFIG.relative_to(REPO)), f"--trainer.max_steps={steps}", "--data.train.way=20",
-        f"--seed_everything={seed}", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-        "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
+        "fit",
+        "--config",
+        str(CONFIG.relative_to(REPO)),
+        f"--trainer.max_steps={steps}",
+        "--data.train.way=20",
+        f"--seed_everything={seed}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--test_after_fit=false",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.enable_progress_bar=false",
     ]
     started = time.perf_counter()
     cli = main(arguments)
@@ -112,10 +138,12 @@ def test_run(classifier, out: Path, shot: int):
     from fsl_lightning.episode import EpisodeSpec
     from fsl_lightning.methods import FrozenFeatures
 
-    datamodule = EpisodicDataModule(Omniglot(protocol="vinyals", download=False),
-                                    evaluation=EpisodeSpec(WAY, shot, QUERY), test_episodes=EPISODES)
-    model = FrozenFeatures(frozen_conv4(out), episode_classifier=classifier,
-                           feature_cache_dir=str(out / "feature_cache"))
+    datamodule = EpisodicDataModule(
+        Omniglot(protocol="vinyals", download=False), evaluation=EpisodeSpec(WAY, shot, QUERY), test_episodes=EPISODES
+    )
+    model = FrozenFeatures(
+        frozen_conv4(out), episode_classifier=classifier, feature_cache_dir=str(out / "feature_cache")
+    )
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     started = time.perf_counter()
     trainer.test(model, datamodule, verbose=False)
@@ -139,8 +167,13 @@ def episode_recorder():
             self.base_mean = base_features.double().mean(dim=0).float().cpu()
 
         def fit_predict(self, support, support_labels, queries, way, generator):
-            self.episodes.append((support.detach().float().cpu().clone(), support_labels.cpu().clone(),
-                                  queries.detach().float().cpu().clone()))
+            self.episodes.append(
+                (
+                    support.detach().float().cpu().clone(),
+                    support_labels.cpu().clone(),
+                    queries.detach().float().cpu().clone(),
+                )
+            )
             return self.scorer(support, support_labels, queries, way)
 
     return EpisodeRecorder()
@@ -154,14 +187,26 @@ def record_features(out: Path, shot: int) -> None:
     query_labels = torch.arange(WAY).repeat_interleave(QUERY).expand(len(queries), -1).clone()
     check = cosine_accuracy(support, support_labels, queries, query_labels)
     assert torch.allclose(check, per_episode), "the recorded episodes do not reproduce the test loop's accuracies"
-    torch.save({"support": support, "support_labels": support_labels, "queries": queries,
-                "query_labels": query_labels, "base_mean": recorder.base_mean}, episodes_file(out, shot))
+    torch.save(
+        {
+            "support": support,
+            "support_labels": support_labels,
+            "queries": queries,
+            "query_labels": query_labels,
+            "base_mean": recorder.base_mean,
+        },
+        episodes_file(out, shot),
+    )
     print(f"recorded {len(support)} episodes ({shot}-shot, {support.shape[-1]} features) to {episodes_file(out, shot)}")
     # our SimpleShot (CL2N) through the test loop, base-class mean included, against it on the record
     in_loop, _ = test_run(our_classifier("SimpleShot", recorder.base_mean), out, shot)
     classifier = our_classifier("SimpleShot", recorder.base_mean)
-    on_record = torch.tensor([(classifier(s, sl, q, WAY).argmax(-1) == ql).float().mean().item()
-                              for s, sl, q, ql in zip(support, support_labels, queries, query_labels)])
+    on_record = torch.tensor(
+        [
+            (classifier(s, sl, q, WAY).argmax(-1) == ql).float().mean().item()
+            for s, sl, q, ql in zip(support, support_labels, queries, query_labels)
+        ]
+    )
     assert torch.allclose(in_loop, on_record), "SimpleShot scores the record differently from the test loop"
     print(f"SimpleShot through the test loop = on the record: {mean_ci(in_loop)}")
 
@@ -170,10 +215,12 @@ def cosine_accuracy(support, support_labels, queries, query_labels) -> torch.Ten
     from fsl_lightning.methods.episode_classifiers import NearestCentroid
 
     scorer = NearestCentroid()
-    return torch.tensor([
-        (scorer(s, sl, q, WAY).argmax(-1) == ql).float().mean().item()
-        for s, sl, q, ql in zip(support, support_labels, queries, query_labels)
-    ])
+    return torch.tensor(
+        [
+            (scorer(s, sl, q, WAY).argmax(-1) == ql).float().mean().item()
+            for s, sl, q, ql in zip(support, support_labels, queries, query_labels)
+        ]
+    )
 
 
 # ----- both sides -----------------------------------------------------------------------------------------------------
@@ -200,10 +247,12 @@ def score_ours(out: Path, shot: int, methods: list[str], limit: int | None) -> N
     data, episodes = recorded(out, shot, limit)
     for name in methods:
         classifier, started = our_classifier(name, data["base_mean"]), time.perf_counter()
-        per_episode = torch.tensor([
-            (classifier(s, sl, q, WAY, seed=index).argmax(-1) == ql).float().mean().item()
-            for index, (s, sl, q, ql) in enumerate(episodes)
-        ])
+        per_episode = torch.tensor(
+            [
+                (classifier(s, sl, q, WAY, seed=index).argmax(-1) == ql).float().mean().item()
+                for index, (s, sl, q, ql) in enumerate(episodes)
+            ]
+        )
         seconds = time.perf_counter() - started
         add_result(out / f"ours-{shot}shot.pt", name, per_episode, seconds)
         print(f"ours {name}: {mean_ci(per_episode)} ({seconds:.0f} s)", flush=True)
@@ -254,10 +303,14 @@ def mean_ci(values: torch.Tensor) -> str:
 def compare(out: Path, shot: int) -> None:
     ours = torch.load(out / f"ours-{shot}shot.pt", weights_only=True)
     theirs = torch.load(out / f"easyfsl-{shot}shot.pt", weights_only=True)
-    print(f"\n5-way {shot}-shot, accuracy % (95% CI) over the recorded test episodes; backbone: "
-          f"{json.loads((out / 'backbone.json').read_text())['command']}\n")
-    print("| method | episodes | this project | easyfsl 1.5 | paired difference (ours − easyfsl) | within the CI | "
-          "time, ours / easyfsl |")
+    print(
+        f"\n5-way {shot}-shot, accuracy % (95% CI) over the recorded test episodes; backbone: "
+        f"{json.loads((out / 'backbone.json').read_text())['command']}\n"
+    )
+    print(
+        "| method | episodes | this project | easyfsl 1.5 | paired difference (ours − easyfsl) | within the CI | "
+        "time, ours / easyfsl |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in METHODS:
         if name not in ours or name not in theirs:
@@ -267,8 +320,10 @@ def compare(out: Path, shot: int) -> None:
         difference = (a - b).double()
         half_width = 1.96 * difference.std() / math.sqrt(len(difference))
         agrees = "yes" if abs(difference.mean()) <= half_width or difference.abs().max() == 0 else "**no**"
-        print(f"| {name} | {len(a)} | {mean_ci(a)} | {mean_ci(b)} | {mean_ci(difference)} | {agrees} | "
-              f"{ours[name]['seconds']:.0f} s / {theirs[name]['seconds']:.0f} s |")
+        print(
+            f"| {name} | {len(a)} | {mean_ci(a)} | {mean_ci(b)} | {mean_ci(difference)} | {agrees} | "
+            f"{ours[name]['seconds']:.0f} s / {theirs[name]['seconds']:.0f} s |"
+        )
 
 
 # ----- where the two differ -------------------------------------------------------------------------------------------
@@ -317,8 +372,9 @@ def easyfsl_maths_variants() -> list[tuple[str, str, object]]:
             prototypes = rectify(support, support_labels, shifted, way, self.rectification_temperature)
             scored = queries if self.score_unshifted else shifted
             unary = squared_euclidean_distance(scored, prototypes)
-            return laplacianshot.bound_updates(unary, laplacianshot.knn_affinity(scored, self.knn),
-                                               self.laplacian_weight, self.iterations)
+            return laplacianshot.bound_updates(
+                unary, laplacianshot.knn_affinity(scored, self.knn), self.laplacian_weight, self.iterations
+            )
 
     class EasyfslPreprocessingPTMAP(ours.PTMAP):
         """easyfsl: ``(relu(x) + 1e-6)^beta`` only: no L2 normalisation, no centring of each set."""
@@ -338,8 +394,11 @@ def easyfsl_maths_variants() -> list[tuple[str, str, object]]:
         ("BD-CSPN", "eps = 1 only", ours.BDCSPN(**{**bdcspn, "temperature": 1.0})),
         ("BD-CSPN", "unshifted queries scored only", UnshiftedScoringBDCSPN(**bdcspn)),
         ("TIM-GD", "cosine logits", CosineTIM(**tim)),
-        ("LaplacianShot", "BD-CSPN's rectification (eps = 1), unshifted queries scored",
-         LaplacianShotVariant(True, True, **eps_1)),
+        (
+            "LaplacianShot",
+            "BD-CSPN's rectification (eps = 1), unshifted queries scored",
+            LaplacianShotVariant(True, True, **eps_1),
+        ),
         ("LaplacianShot", "BD-CSPN's rectification (eps = 1) only", LaplacianShotVariant(True, False, **eps_1)),
         ("LaplacianShot", "unshifted queries scored only", LaplacianShotVariant(False, True, **laplacian)),
         ("PT-MAP", "power transform only", EasyfslPreprocessingPTMAP(**ptmap)),
@@ -358,21 +417,38 @@ def diagnose(out: Path, shot: int, methods: list[str], limit: int | None) -> Non
             continue
         if getattr(classifier, "needs_base_features", False):
             classifier.prepare(data["base_mean"].unsqueeze(0))
-        per_episode = torch.tensor([
-            (classifier(s, sl, q, WAY).argmax(-1) == ql).float().mean().item() for s, sl, q, ql in episodes
-        ])
+        per_episode = torch.tensor(
+            [(classifier(s, sl, q, WAY).argmax(-1) == ql).float().mean().item() for s, sl, q, ql in episodes]
+        )
         reference = theirs[name]["per_episode"][: len(per_episode)]
         differing = int((per_episode != reference).sum())
-        print(f"| {name} | {change} | {mean_ci(per_episode)} | {mean_ci(reference)} | "
-              f"{mean_ci(per_episode - reference)} | {differing} of {len(per_episode)} |", flush=True)
+        print(
+            f"| {name} | {change} | {mean_ci(per_episode)} | {mean_ci(reference)} | "
+            f"{mean_ci(per_episode - reference)} | {differing} of {len(per_episode)} |",
+            flush=True,
+        )
 
 
 def run_easyfsl_in_peer_venv(out: Path, shot: int, methods: list[str], limit: int | None) -> None:
     if not PEERS_PYTHON.exists():
         raise SystemExit(f"{PEERS_PYTHON} is missing: run `python {Path(__file__).name} setup` first.")
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    subprocess.run([str(PEERS_PYTHON), __file__, "easyfsl", "--shot", str(shot), "--out", str(out),
-                    "--methods", *methods, *(["--limit", str(limit)] if limit else [])], check=True, env=environment)
+    subprocess.run(
+        [
+            str(PEERS_PYTHON),
+            __file__,
+            "easyfsl",
+            "--shot",
+            str(shot),
+            "--out",
+            str(out),
+            "--methods",
+            *methods,
+            *(["--limit", str(limit)] if limit else []),
+        ],
+        check=True,
+        env=environment,
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from protonet_omniglot import _device_name, _synchronize, run_fit
 
 from fsl_lightning.cli import main
+from protonet_omniglot import _device_name, _synchronize, run_fit
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "caltech101"
 TRANSFER = ("baseline", "baseline_pp", "rfs_simple", "rfs_distill", "skd", "transfer_resnet18")
@@ -36,7 +36,11 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 def accuracy(methods: list[str], extra: list[str], out: Path) -> None:
     rows = []
     for method in methods:
-        teacher = ["--model.init_args.teacher_checkpoint", str(_last_checkpoint(out / "rfs_simple"))] if method == "rfs_distill" else []
+        teacher = (
+            ["--model.init_args.teacher_checkpoint", str(_last_checkpoint(out / "rfs_simple"))]
+            if method == "rfs_distill"
+            else []
+        )
         metrics, _, seconds = run_fit(EXPERIMENTS / f"{method}_5w1s.yaml", out / method, [*extra, *teacher])
         rows.append(_row(method, 1, metrics, f"{seconds:.0f} s"))
         if method in TRANSFER:
@@ -46,7 +50,9 @@ def accuracy(methods: list[str], extra: list[str], out: Path) -> None:
             metrics, _, seconds = run_fit(EXPERIMENTS / f"{method}_5w5s.yaml", out / f"{method}_5s", extra)
             rows.append(_row(method, 5, metrics, f"{seconds:.0f} s"))
         print(rows[-2], rows[-1], sep="\n", flush=True)
-    print(f"\ndevice: {_device_name()}, torch {torch.__version__}; Caltech-101, fsl_lightning split v1, 84x84, ResNet12")
+    print(
+        f"\ndevice: {_device_name()}, torch {torch.__version__}; Caltech-101, fsl_lightning split v1, 84x84, ResNet12"
+    )
     print("| method | setting | test accuracy % (95% CI, 1000 episodes) | fit + test time |")
     print("|---|---|---|---|")
     print("\n".join(rows))
@@ -55,9 +61,14 @@ def accuracy(methods: list[str], extra: list[str], out: Path) -> None:
 def throughput(steps: int, precision: str, episodes: int, out: Path, extra: list[str]) -> None:
     warmup = 30
     stage1 = [
-        f"--trainer.max_steps={warmup + steps}", f"--data.train_episodes_per_epoch={warmup + steps}",
-        "--trainer.limit_val_batches=0", "--test_after_fit=false", "--trainer.num_sanity_val_steps=0",
-        f"--trainer.callbacks.warmup_steps={warmup}", f"--trainer.precision={precision}", *extra,
+        f"--trainer.max_steps={warmup + steps}",
+        f"--data.train_episodes_per_epoch={warmup + steps}",
+        "--trainer.limit_val_batches=0",
+        "--test_after_fit=false",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.callbacks.warmup_steps={warmup}",
+        f"--trainer.precision={precision}",
+        *extra,
     ]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -72,9 +83,13 @@ def throughput(steps: int, precision: str, episodes: int, out: Path, extra: list
     print(f"\ndevice: {_device_name()}, torch {torch.__version__}, precision {precision}")
     print("| workload | rate | notes |")
     print("|---|---|---|")
-    print(f"| stage 1: RFS pre-training, ResNet12 84x84, batch 64, augmented | {images_per_s:.0f} images/s | "
-          f"peak GPU memory {peak:.0f} MiB; gathering + augmenting the batch takes {100 * share:.1f}% of a step |")
-    print(f"| stage 2: {episodes} test episodes 5w1s, logistic regression on ResNet12 features | {rfs_eval:.1f} episodes/s | untrained weights: the classifier's cost does not depend on them |")
+    print(
+        f"| stage 1: RFS pre-training, ResNet12 84x84, batch 64, augmented | {images_per_s:.0f} images/s | "
+        f"peak GPU memory {peak:.0f} MiB; gathering + augmenting the batch takes {100 * share:.1f}% of a step |"
+    )
+    print(
+        f"| stage 2: {episodes} test episodes 5w1s, logistic regression on ResNet12 features | {rfs_eval:.1f} episodes/s | untrained weights: the classifier's cost does not depend on them |"
+    )
     print(f"| same episodes, ProtoNet | {proto_eval:.1f} episodes/s | |")
 
 
@@ -128,8 +143,10 @@ def _last_checkpoint(run: Path) -> Path:
 
 
 def _row(method: str, shot: int, metrics: dict, time_note: str) -> str:
-    return (f"| {method} | 5-way {shot}-shot | {100 * metrics['test/acc']:.2f} ± {100 * metrics['test/acc_ci95']:.2f} "
-            f"| {time_note} |")
+    return (
+        f"| {method} | 5-way {shot}-shot | {100 * metrics['test/acc']:.2f} ± {100 * metrics['test/acc_ci95']:.2f} "
+        f"| {time_note} |"
+    )
 
 
 if __name__ == "__main__":

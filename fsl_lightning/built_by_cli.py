@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
+_given_hyperparameters: ContextVar[Any] | None
 try:  # set while LightningCLI instantiates a module from its config (Lightning >= 2.3)
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 except ImportError:  # pragma: no cover - older or newer Lightning without it

@@ -44,7 +44,8 @@ def newest_last_checkpoint(root: Path) -> Path:
 def best_checkpoint_of_run(checkpoint: Path) -> Path:
     """The best checkpoint that the ModelCheckpoint of ``checkpoint``'s run had recorded when it saved ``checkpoint``."""
     recorded = [
-        state.get("best_model_path") for key, state in read_checkpoint(checkpoint).get("callbacks", {}).items()
+        state.get("best_model_path")
+        for key, state in read_checkpoint(checkpoint).get("callbacks", {}).items()
         if key.startswith("ModelCheckpoint") and state.get("monitor")
     ]
     best = next((Path(path) for path in recorded if path), None)

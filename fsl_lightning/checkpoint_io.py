@@ -18,9 +18,10 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, TypeGuard
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
@@ -57,7 +58,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     saved by Lightning's own code.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with written_atomically(Path(path), "wb", durable=True) as file:
@@ -66,8 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self,
         path: _PATH,
-        map_location: Optional[Callable] = lambda storage, loc: storage,
-        weights_only: Optional[bool] = None,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
         with checkpoint_load_errors_reported(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
@@ -96,11 +97,12 @@ def _weights_only_refusal(error: BaseException) -> pickle.UnpicklingError | None
     """torch's refusal of a pickled object under ``weights_only``, wherever it is in the chain of ``error``
     (timm and others re-raise it as a ``RuntimeError``)."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
-            return error
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pickle.UnpicklingError) and "Weights only load failed" in str(current):
+            return current
+        current = current.__cause__ or current.__context__
     return None
 
 
@@ -129,8 +131,8 @@ def _refused_types(path: _PATH | None, refusal: pickle.UnpicklingError) -> str:
     return f"an object that is not plain data ({detail.group(1).strip() if detail else 'a pickled object'})"
 
 
-def _is_local_checkpoint_file(path: _PATH | None) -> bool:
-    return bool(path) and _is_local_file_protocol(path) and Path(path).is_file()
+def _is_local_checkpoint_file(path: _PATH | None) -> TypeGuard[_PATH]:
+    return path is not None and bool(path) and _is_local_file_protocol(path) and Path(path).is_file()
 
 
 def _unreadable_message(path: Path, error: BaseException) -> str:

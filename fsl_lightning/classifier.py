@@ -107,8 +107,9 @@ class FewShotClassifier:
     ) -> None:
         if not trained:
             method.refuse_untrained_weights(
-                "predict", "use FewShotClassifier.from_checkpoint(<file.ckpt>), or pass trained=True for a method "
-                "whose weights you trained yourself"
+                "predict",
+                "use FewShotClassifier.from_checkpoint(<file.ckpt>), or pass trained=True for a method "
+                "whose weights you trained yourself",
             )
         self.device = torch.device(device)
         # The evaluation form that `predict` uses (layout, folded batch norm), so that both give the same scores.
@@ -169,9 +170,10 @@ class FewShotClassifier:
         else:
             images, labels, class_names = self._labelled_images(support)
         images = self._as_input(images, "support").to(self.device)
-        support_set = SupportSet(images, labels.to(self.device), len(class_names), class_names=tuple(class_names))
+        names = tuple(class_names)
+        support_set = SupportSet(images, labels.to(self.device), len(names), class_names=names)
         with torch.inference_mode():  # as Lightning's predict loop
-            self.support = FittedSupport(self.method.fit_support(support_set), support_set.class_names)
+            self.support = FittedSupport(self.method.fit_support(support_set), names)
         return self
 
     def predict(self, queries: Queries, bad_images: BadImages = "skip") -> list[Prediction]:
@@ -180,8 +182,13 @@ class FewShotClassifier:
         a prediction with its ``error`` (and no class), ``stop`` raises its :class:`CorruptImageError`."""
         score_name = self.score_name
         return [
-            Prediction(row["query_file"], row["predicted_class"] or None, row.get(score_name),
-                       {"yes": True, "no": False}.get(row.get("outlier", "")), row.get("error"))
+            Prediction(
+                row["query_file"],
+                row["predicted_class"] or None,
+                row.get(score_name),
+                {"yes": True, "no": False}.get(row.get("outlier", "")),
+                row.get("error"),
+            )
             for row in self._rows(queries, bad_images)
         ]
 
@@ -196,13 +203,13 @@ class FewShotClassifier:
         if self.support is None:
             raise UserError("Call fit_support(<support folder or {class name: images}>) before predict.")
         check_bad_images_choice(bad_images)
-        queries = self._query_images(queries, bad_images)
+        images = self._query_images(queries, bad_images)
         rows = []
         with torch.inference_mode():  # as Lightning's predict loop
-            for batch_images, batch_files in query_slices(queries.images, queries.decoded_files, self.batch_size):
+            for batch_images, batch_files in query_slices(images.images, images.decoded_files, self.batch_size):
                 logits = self.method.score(self.support.state, as_model_input(batch_images.to(self.device)))
                 rows += self.method.prediction_rows(logits, batch_files, self.support.class_names)
-        return rows_in_file_order(rows, queries)
+        return rows_in_file_order(rows, images)
 
     def _query_images(self, queries: Queries, bad_images: BadImages) -> QueryImages:
         """The query images as model input, with their files (``None`` for a tensor) and the files that did not
@@ -225,8 +232,11 @@ class FewShotClassifier:
         if not decoded_files:
             raise no_usable_queries(len(queries), unreadable)
         decoded_in_order = iter(decoded)
-        tensors = [next(decoded_in_order) if file is not None else query
-                   for query, file in zip(queries, all_files) if file not in unreadable]
+        tensors = [  # the files (all_files not None) decoded in order, the tensors as given
+            next(decoded_in_order) if isinstance(query, (str, Path)) else query
+            for query, file in zip(queries, all_files)
+            if file not in unreadable
+        ]
         images = torch.cat([self._as_input(tensor.unsqueeze(0), "query") for tensor in tensors])
         return QueryImages(images, decoded_files, all_files, unreadable)
 
@@ -245,7 +255,9 @@ class FewShotClassifier:
         self, images: Tensor, labels: Tensor | Sequence[int] | None, class_names: Sequence[str] | None
     ) -> tuple[Tensor, Tensor, list[str]]:
         if labels is None:
-            raise UserError("fit_support(images) needs the label of each image: fit_support(images, labels=[0, 1, ...]).")
+            raise UserError(
+                "fit_support(images) needs the label of each image: fit_support(images, labels=[0, 1, ...])."
+            )
         labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
         way = int(labels.max()) + 1 if len(labels) else 0
         if len(labels) != len(images) or labels.min() < 0 or len(labels.unique()) != way or way < 2:

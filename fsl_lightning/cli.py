@@ -27,14 +27,18 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import WandbLogger
 
-from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.callbacks import (
-    NonFiniteLossGuard, PredictionCSVWriter, SpeedSettings, TimeBudgetSchedule, WandbTestMedia,
+    NonFiniteLossGuard,
+    PredictionCSVWriter,
+    SpeedSettings,
+    TimeBudgetSchedule,
+    WandbTestMedia,
 )
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
+from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
 from fsl_lightning.errors import UserError
@@ -65,7 +69,9 @@ class FewShotCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint (or the last)."
         )
         parser.add_argument(
-            "--weights_from", type=str | None, default=None,
+            "--weights_from",
+            type=str | None,
+            default=None,
             help="fit only: start from the weights of this checkpoint (a .ckpt file, `last` or `best`) with a fresh "
             "optimiser, learning-rate schedule and step count; --ckpt_path resumes all of those instead.",
         )
@@ -166,7 +172,9 @@ class FewShotCLI(LightningCLI):
     def _weights_file(self, weights_from: str) -> Path:
         if weights_from not in ALIASES:
             return Path(weights_from)
-        return resolve_checkpoint_alias(weights_from, experiment_root(self.trainer.logger, self.trainer.default_root_dir))
+        return resolve_checkpoint_alias(
+            weights_from, experiment_root(self.trainer.logger, self.trainer.default_root_dir)
+        )
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -196,7 +204,7 @@ class FewShotCLI(LightningCLI):
         if not self.config[self.subcommand].test_after_fit or self.trainer.interrupted:
             return
         checkpoint = self.trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
@@ -210,7 +218,10 @@ class SaveAndLogConfig(SaveConfigCallback):
         if isinstance(logger, WandbLogger):  # its log_dir is shared by all runs: use the run's own folder
             run_dir = Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.config_filename = str(run_dir.relative_to(trainer.log_dir) / "config.yaml")
+            log_dir = trainer.log_dir  # the logger's save_dir, under which Lightning saves the config (a collective)
+            if log_dir is None:
+                raise UserError("The W&B logger needs a save_dir to keep the run's config.yaml in: set its save_dir.")
+            self.config_filename = str(run_dir.relative_to(log_dir) / "config.yaml")
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -251,8 +262,6 @@ def remove_run_folder_without_results(trainer: Trainer | None) -> None:
         shutil.rmtree(folder)
         with contextlib.suppress(OSError):  # the experiment's folder, if this run was its only one
             folder.parent.rmdir()
-
-
 
 
 def _experiment_root_of_config(config) -> Path:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,7 +37,9 @@ def check_episode_numbers(way: int, shot: int, query: int, episodes: str = "Epis
     prefix = f"--{option}." if option else ""
     for name, value, least in (("way", way, 2), ("shot", shot, 1), ("query", query, 1)):
         if value < least:
-            raise UserError(f"{episodes} need {name} >= {least}, got {name}={value}: set {prefix}{name} to at least {least}.")
+            raise UserError(
+                f"{episodes} need {name} >= {least}, got {name}={value}: set {prefix}{name} to at least {least}."
+            )
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,15 @@ def silence_library_noise() -> None:
     warning for an image over its size limit (checked by :mod:`fsl_lightning.data.images`)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_TIPS)  # adding the same filter again is a no-op
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
     # PIL's warning for a large image: fsl_lightning.data.images checks every image's size itself and either
     # decodes it reduced or refuses it in one line
     warnings.filterwarnings(
-        "ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb",
+        "ignore",
+        message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb",
         category=Image.DecompressionBombWarning,
     )
 
@@ -53,6 +56,7 @@ def silence_evaluation_noise() -> None:
     callbacks that wrote it (a ModelCheckpoint, the Timer): they save and time training, and evaluation needs
     neither. In ``fit --ckpt_path`` the advice stays, since a resumed run may need them."""
     warnings.filterwarnings(
-        "ignore", message="Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
-        "provided during `Trainer` instantiation"
+        "ignore",
+        message="Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
+        "provided during `Trainer` instantiation",
     )

@@ -47,7 +47,9 @@ def _backbone_class_path(name: str) -> str:
     try:
         backbone = BACKBONES[name.lower()]
     except KeyError:
-        raise SystemExit(f"error: unknown backbone {name!r} in the sweep; choose one of {', '.join(BACKBONES)}.") from None
+        raise SystemExit(
+            f"error: unknown backbone {name!r} in the sweep; choose one of {', '.join(BACKBONES)}."
+        ) from None
     return f"{backbone.__module__.rsplit('.', 1)[0]}.{backbone.__name__}"
 
 

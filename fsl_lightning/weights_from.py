@@ -34,8 +34,9 @@ def load_weights(model: LightningModule, checkpoint_file: Path) -> None:
     print(f"Starting from the weights of {checkpoint_file} (fresh optimiser and learning-rate schedule)")
 
 
-def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, option: str, how_to_make_it: str,
-                          prefix: str = "backbone.") -> None:
+def load_backbone_weights(
+    backbone: nn.Module, checkpoint_file: Path, option: str, how_to_make_it: str, prefix: str = "backbone."
+) -> None:
     """Loads the ``prefix``-ed weights of another run's checkpoint into ``backbone``, and nothing else: a method
     that meta-trains from a pre-trained backbone (FEAT's ``backbone_checkpoint``, Meta-Baseline's stage 1) starts
     from a pre-training run (Transfer, ProtoNet...) whose other weights (its classifier head) it does not have.
@@ -45,7 +46,7 @@ def load_backbone_weights(backbone: nn.Module, checkpoint_file: Path, option: st
     if not checkpoint_file.is_file():
         raise UserError(f"{option}: no checkpoint file {checkpoint_file}. {how_to_make_it}")
     state = load_checkpoint_file(checkpoint_file).get("state_dict", {})
-    wanted = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    wanted = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     try:
         if not wanted:
             raise RuntimeError(f"it holds no {prefix}* weights")

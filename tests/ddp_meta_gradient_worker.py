@@ -16,10 +16,9 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_adaptation import TASKS, meta_batch, tiny_method  # noqa: E402
-
 from fsl_lightning.episode import Episode  # noqa: E402
 from fsl_lightning.methods.maml import MAML  # noqa: E402
+from test_adaptation import TASKS, meta_batch, tiny_method  # noqa: E402
 
 WORLD = 2
 
@@ -38,9 +37,18 @@ class MetaLoss(nn.Module):
 def shard(batch: Episode, rank: int) -> Episode:
     per_rank = TASKS // WORLD
     pick = slice(rank * per_rank, (rank + 1) * per_rank)
-    return Episode(*(field[pick] for field in (
-        batch.support_images, batch.support_labels, batch.query_images, batch.query_labels, batch.class_ids
-    )))
+    return Episode(
+        *(
+            field[pick]
+            for field in (
+                batch.support_images,
+                batch.support_labels,
+                batch.query_images,
+                batch.query_labels,
+                batch.class_ids,
+            )
+        )
+    )
 
 
 def worker(rank: int, engine: str, port: int, output: str) -> None:

@@ -3,7 +3,7 @@ tests/test_support_split.py)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,9 +15,32 @@ from fsl_lightning.backbones.relation_conv4 import RelationConv4
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.episode import Episode, EpisodeSpec, split_support_query
 from fsl_lightning.methods import (
-    ANIL, DN4, FEAT, FOMAML, MAML, R2D2, SKD, Baseline, BaselinePlusPlus, ClassifierBaseline, CLIPFewShot,
-    CLIPZeroShot, FewShotMethod, FrozenFeatures, MatchingNet, MetaBaseline, MetaOptNet, MetaSGD, NearestNeighbour,
-    ProtoNet, RelationNet, Reptile, RFSDistill, RFSSimple, Siamese, Transfer,
+    ANIL,
+    DN4,
+    FEAT,
+    FOMAML,
+    MAML,
+    R2D2,
+    SKD,
+    Baseline,
+    BaselinePlusPlus,
+    ClassifierBaseline,
+    CLIPFewShot,
+    CLIPZeroShot,
+    FewShotMethod,
+    FrozenFeatures,
+    MatchingNet,
+    MetaBaseline,
+    MetaOptNet,
+    MetaSGD,
+    NearestNeighbour,
+    ProtoNet,
+    RelationNet,
+    Reptile,
+    RFSDistill,
+    RFSSimple,
+    Siamese,
+    Transfer,
 )
 
 #: 5-way 2-shot (K > 1: class means, sums and averages are exercised) with 3 queries per class
@@ -56,8 +79,15 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "MetaSGD": lambda: MetaSGD(_maml_backbone("running")),
     "ANIL": lambda: ANIL(_maml_backbone(), test_inner_steps=2),
     # the plain-SGD inner loop (inner_optimizer="adam", the default, is tested in test_reptile)
-    "Reptile": lambda: Reptile(_maml_backbone("running"), inner_steps=2, test_inner_steps=2, inner_optimizer="sgd",
-                               inner_lr=0.1, inner_batch_size=None, test_inner_batch_size=None),
+    "Reptile": lambda: Reptile(
+        _maml_backbone("running"),
+        inner_steps=2,
+        test_inner_steps=2,
+        inner_optimizer="sgd",
+        inner_lr=0.1,
+        inner_batch_size=None,
+        test_inner_batch_size=None,
+    ),
     "R2D2": lambda: R2D2(Conv4(1, 16)),
     # DN4's Conv64F (7x7 descriptors of 28x28 images); FEAT with its Transformer over 16-d embeddings
     "DN4": lambda: DN4(Conv4(1, 16, flatten=False, pooled_blocks=2, negative_slope=0.2)),
@@ -67,8 +97,9 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
     "Baseline": lambda: Baseline(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "BaselinePlusPlus": lambda: BaselinePlusPlus(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "RFSSimple": lambda: RFSSimple(Conv4(1, 16), num_base_classes=8, feature_dim=16),
-    "RFSDistill": lambda: RFSDistill(Conv4(1, 16), num_base_classes=8, feature_dim=16,
-                                     teacher_checkpoint="teacher.ckpt"),  # read only when fit starts
+    "RFSDistill": lambda: RFSDistill(
+        Conv4(1, 16), num_base_classes=8, feature_dim=16, teacher_checkpoint="teacher.ckpt"
+    ),  # read only when fit starts
     "SKD": lambda: SKD(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "ClassifierBaseline": lambda: ClassifierBaseline(Conv4(1, 16), num_base_classes=8, feature_dim=16),
     "MetaBaseline": lambda: MetaBaseline(Conv4(1, 16), classifier_baseline_checkpoint="stage1.ckpt"),  # read by fit
@@ -78,7 +109,13 @@ BUILDERS: dict[str, Callable[[], FewShotMethod]] = {
 }
 #: methods whose training step scores the episode with ``episode_logits`` in training mode
 TRAINED_ON_EPISODE_LOGITS = {
-    "ProtoNet", "MatchingNet", "RelationNet", "R2D2", "DN4", "MetaOptNet", "MetaBaseline",
+    "ProtoNet",
+    "MatchingNet",
+    "RelationNet",
+    "R2D2",
+    "DN4",
+    "MetaOptNet",
+    "MetaBaseline",
 }
 MAML_FAMILY = {"MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile"}
 

@@ -12,7 +12,7 @@ def support_and_query_folders(data_root: Path, tmp_path: Path, characters: int, 
     truth = {}
     with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as archive:
         names = sorted(n for n in archive.namelist() if n.endswith(".png"))
-        for class_index, character in enumerate(sorted({n.rsplit("/", 1)[0] for n in names})[:: 131][:characters]):
+        for class_index, character in enumerate(sorted({n.rsplit("/", 1)[0] for n in names})[::131][:characters]):
             label = f"class_{class_index}"
             files = [n for n in names if n.startswith(character + "/")][: 1 + queries_per_class]
             (support / label).mkdir(parents=True)

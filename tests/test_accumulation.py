@@ -28,8 +28,12 @@ class RecordEpisodes(Callback):
 
 def _datamodule(omniglot, sample_on_device: bool) -> EpisodicDataModule:
     return EpisodicDataModule(
-        omniglot, train=EpisodeSpec(5, 1, 1), evaluation=EpisodeSpec(5, 1, 1),
-        train_episodes_per_epoch=EPISODES_PER_EPOCH, val_episodes=1, sample_on_device=sample_on_device,
+        omniglot,
+        train=EpisodeSpec(5, 1, 1),
+        evaluation=EpisodeSpec(5, 1, 1),
+        train_episodes_per_epoch=EPISODES_PER_EPOCH,
+        val_episodes=1,
+        sample_on_device=sample_on_device,
     )
 
 
@@ -37,11 +41,20 @@ def _fit(omniglot, sample_on_device=False, ckpt_path=None, callbacks=(), **train
     recorder = RecordEpisodes()
     torch.manual_seed(0)
     trainer = L.Trainer(
-        accelerator="cpu", accumulate_grad_batches=2, logger=False, limit_val_batches=0, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder, *callbacks],
-        enable_checkpointing=bool(callbacks), **trainer_arguments,
+        accelerator="cpu",
+        accumulate_grad_batches=2,
+        logger=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder, *callbacks],
+        enable_checkpointing=bool(callbacks),
+        **trainer_arguments,
     )
-    trainer.fit(ProtoNet(Conv4(in_channels=1, hidden_channels=8)), _datamodule(omniglot, sample_on_device), ckpt_path=ckpt_path)
+    trainer.fit(
+        ProtoNet(Conv4(in_channels=1, hidden_channels=8)), _datamodule(omniglot, sample_on_device), ckpt_path=ckpt_path
+    )
     return recorder.seen
 
 

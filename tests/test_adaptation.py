@@ -234,8 +234,10 @@ def test_the_loop_engine_runs_torch_fused_batch_norm_and_the_vmap_engine_plain_o
     """The loop engine's exactness above is then that of torch's kernel, not of the plain ops it replaces; and it
     leaves the modules as it found them (the vmap engine and the running-statistics pass need the plain ops)."""
     model, batch = tiny_model(), meta_batch()
-    calls = {name: fused_batch_norm_calls(lambda name=name: engine_meta_loss(name, model, batch, 1, False))
-             for name in ("loop", "vmap")}
+    calls = {
+        name: fused_batch_norm_calls(lambda name=name: engine_meta_loss(name, model, batch, 1, False))
+        for name in ("loop", "vmap")
+    }
     # 4 norms x 3 tasks x (support forward, query forward)
     assert calls == {"loop": 4 * TASKS * 2, "vmap": 0}
     assert not any(getattr(module, "native", False) for module in model.modules())
@@ -256,8 +258,12 @@ def test_native_batch_norm_computes_what_the_plain_ops_compute(mode):
     def derivatives() -> list[Tensor]:
         outputs = norm(inputs)
         first = torch.autograd.grad((outputs * upstream).sum(), [inputs, norm.weight], create_graph=True)
-        second = torch.autograd.grad(first[0].pow(2).sum() + first[1].pow(2).sum(), [inputs, norm.weight, norm.bias],
-                                     allow_unused=True, materialize_grads=True)
+        second = torch.autograd.grad(
+            first[0].pow(2).sum() + first[1].pow(2).sum(),
+            [inputs, norm.weight, norm.bias],
+            allow_unused=True,
+            materialize_grads=True,
+        )
         return [outputs, *first, *second]
 
     plain = derivatives()
@@ -316,9 +322,15 @@ def test_second_order_method_meta_gradient_matches_finite_differences(method_cla
 @pytest.mark.parametrize("adapt_batch_norm", [False, True])
 def test_metasgd_with_equal_rates_is_maml(adapt_batch_norm):
     batch = meta_batch()
-    maml = MAML(backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap", adapt_batch_norm=adapt_batch_norm)
+    maml = MAML(
+        backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap", adapt_batch_norm=adapt_batch_norm
+    )
     metasgd = MetaSGD(
-        backbone=tiny_model(), inner_lr=INNER_LR, inner_steps=2, engine="vmap", initial_rate_range=None,
+        backbone=tiny_model(),
+        inner_lr=INNER_LR,
+        inner_steps=2,
+        engine="vmap",
+        initial_rate_range=None,
         adapt_batch_norm=adapt_batch_norm,
     ).double()
     maml.double()
@@ -354,8 +366,13 @@ def test_anil_adapts_only_the_head():
 
 def test_inner_loop_stays_fp32_under_bf16_autocast_unless_the_user_opts_out():
     batch = meta_batch()
-    batch = Episode(batch.support_images.float(), batch.support_labels, batch.query_images.float(),
-                    batch.query_labels, batch.class_ids)
+    batch = Episode(
+        batch.support_images.float(),
+        batch.support_labels,
+        batch.query_images.float(),
+        batch.query_labels,
+        batch.class_ids,
+    )
     fp32 = MAML(backbone=tiny_model().float(), inner_lr=INNER_LR, inner_steps=2)
     reference = fp32.meta_loss(batch)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -72,8 +72,9 @@ def test_every_image_gets_its_own_transform():
 
 def test_full_crop_without_flip_or_jitter_is_identity():
     images = random_images()
-    augment = BatchAugmentation(random_resized_crop=True, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                                horizontal_flip=False, color_jitter=0.0)
+    augment = BatchAugmentation(
+        random_resized_crop=True, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), horizontal_flip=False, color_jitter=0.0
+    )
     torch.testing.assert_close(augment(images, seeded()), images)
 
 
@@ -112,8 +113,9 @@ def test_crop_resize_of_the_whole_image_is_identity_per_image_box():
     images = random_images(count=3)
     whole = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).expand(3, 4)
     torch.testing.assert_close(crop_resize(images, whole), images)
-    corner = crop_resize(images, torch.tensor([[0.0, 0.0, 8.0, 8.0], [8.0, 8.0, 16.0, 16.0], [0, 0, 16, 16]]),
-                         output_size=(8, 8))
+    corner = crop_resize(
+        images, torch.tensor([[0.0, 0.0, 8.0, 8.0], [8.0, 8.0, 16.0, 16.0], [0, 0, 16, 16]]), output_size=(8, 8)
+    )
     torch.testing.assert_close(corner[0], images[0, :, :8, :8])
     torch.testing.assert_close(corner[1], images[1, :, 8:, 8:])
 
@@ -175,8 +177,12 @@ def test_padded_crop_is_an_exact_window_of_the_zero_padded_image_at_a_random_off
     padded = torch.nn.functional.pad(images, (8, 8, 8, 8))
     offsets = []
     for index in range(len(images)):
-        found = [(top, left) for top in range(17) for left in range(17)
-                 if torch.equal(out[index], padded[index, :, top:top + 12, left:left + 12])]
+        found = [
+            (top, left)
+            for top in range(17)
+            for left in range(17)
+            if torch.equal(out[index], padded[index, :, top : top + 12, left : left + 12])
+        ]
         assert len(found) == 1
         offsets += found
     tops, lefts = zip(*offsets)
@@ -216,8 +222,13 @@ def test_is_chosen_from_a_config_by_class_path():
 
     parser = ArgumentParser()
     parser.add_argument("--augmentation", type=BatchAugmentation)
-    config = parser.parse_args(["--augmentation", '{"class_path": "fsl_lightning.data.augment.BatchAugmentation", '
-                                '"init_args": {"crop_scale": [0.5, 1.0], "color_jitter": 0.2}}'])
+    config = parser.parse_args(
+        [
+            "--augmentation",
+            '{"class_path": "fsl_lightning.data.augment.BatchAugmentation", '
+            '"init_args": {"crop_scale": [0.5, 1.0], "color_jitter": 0.2}}',
+        ]
+    )
     augmentation = parser.instantiate_classes(config).augmentation
     assert isinstance(augmentation, BatchAugmentation)
     assert augmentation.crop_scale == (0.5, 1.0) and augmentation.color_jitter == 0.2

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from bad_images import (
     animated_gif,
     broken_symlink,
@@ -28,15 +30,13 @@ from bad_images import (
     truncated,
     write_png,
 )
-from omniglot_folders import support_and_query_folders
-from PIL import Image
-
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
 from fsl_lightning.data import ImageFolderDataset
 from fsl_lightning.data.datasets.natural import decode_rgb
 from fsl_lightning.data.datasets.omniglot import decode_character_image
 from fsl_lightning.data.images import CorruptImageError, open_image
+from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -154,11 +154,19 @@ def test_an_unreadable_file_is_named_with_the_permission_to_give(tmp_path):
         image = folder / "secret.png"
         Image.new("L", (8, 8)).save(image)
         image.chmod(0o000)
-        check = (f"import os; from pathlib import Path; from fsl_lightning.data.images import open_image\n"
-                 f"if os.geteuid() == 0: os.setuid(65534)\n"
-                 f"open_image(Path({str(image)!r}), {str(image)!r}, 'L')")
-        ended = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=folder, timeout=120)
+        check = (
+            f"import os; from pathlib import Path; from fsl_lightning.data.images import open_image\n"
+            f"if os.geteuid() == 0: os.setuid(65534)\n"
+            f"open_image(Path({str(image)!r}), {str(image)!r}, 'L')"
+        )
+        ended = subprocess.run(
+            [sys.executable, "-c", check],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=folder,
+            timeout=120,
+        )
         assert ended.returncode != 0
         assert f"Cannot read image {image}: permission denied. Give this user read access" in ended.stderr
     finally:
@@ -182,10 +190,21 @@ def test_a_bad_image_in_an_image_folder_dataset_is_named(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root) -> Path:
     out = tmp_path_factory.mktemp("fit")
-    cli = main(["fit", "--config", CONFIG, "--data.train.way=5", "--data.train_episodes_per_epoch=10",
-                "--data.val_episodes=2", "--trainer.max_steps=10", "--trainer.accelerator=cpu",
-                "--trainer.enable_progress_bar=false", "--test_after_fit=false",
-                f"--trainer.logger.init_args.save_dir={out}"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.train.way=5",
+            "--data.train_episodes_per_epoch=10",
+            "--data.val_episodes=2",
+            "--trainer.max_steps=10",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--test_after_fit=false",
+            f"--trainer.logger.init_args.save_dir={out}",
+        ]
+    )
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
@@ -193,17 +212,27 @@ def trained(tmp_path_factory, data_root) -> Path:
 def folders_with_bad_queries(data_root, tmp_path):
     """4 real characters (1 support image, 2 queries each) and, among the queries, a bomb, a text file, a loop."""
     support, queries, truth = support_and_query_folders(data_root, tmp_path, 4, 2)
-    bad = [decompression_bomb(queries / "bomb.png"), not_an_image(queries / "class_1_notes.png"),
-           symlink_loop(queries / "loop.png")]
+    bad = [
+        decompression_bomb(queries / "bomb.png"),
+        not_an_image(queries / "class_1_notes.png"),
+        symlink_loop(queries / "loop.png"),
+    ]
     return support, queries, truth, bad
 
 
-def test_predict_scores_the_other_queries_and_lists_the_bad_ones(trained, folders_with_bad_queries, tmp_path,
-                                                                 capsys):
+def test_predict_scores_the_other_queries_and_lists_the_bad_ones(trained, folders_with_bad_queries, tmp_path, capsys):
     support, queries, truth, bad = folders_with_bad_queries
     output = tmp_path / "predictions.csv"
-    main(["predict", "--ckpt_path", str(trained), f"--data.predict_support_dir={support}",
-          f"--data.predict_query_dir={queries}", f"--prediction_writer.output_path={output}"])
+    main(
+        [
+            "predict",
+            "--ckpt_path",
+            str(trained),
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={output}",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "Wrote 8 predictions" in printed
     (summary,) = [line for line in printed.splitlines() if line.startswith("Skipped 3 query images")]
@@ -217,15 +246,24 @@ def test_predict_scores_the_other_queries_and_lists_the_bad_ones(trained, folder
     assert "400 megapixels" in next(row["error"] for row in rows if row["query_file"].endswith("bomb.png"))
 
     with pytest.raises(SystemExit) as stopped:
-        main(["predict", "--ckpt_path", str(trained), f"--data.predict_support_dir={support}",
-              f"--data.predict_query_dir={queries}", f"--prediction_writer.output_path={tmp_path / 'stop.csv'}",
-              "--data.predict_bad_images=stop"])
+        main(
+            [
+                "predict",
+                "--ckpt_path",
+                str(trained),
+                f"--data.predict_support_dir={support}",
+                f"--data.predict_query_dir={queries}",
+                f"--prediction_writer.output_path={tmp_path / 'stop.csv'}",
+                "--data.predict_bad_images=stop",
+            ]
+        )
     assert str(stopped.value.code).startswith(f"error: Image {bad[0]} claims 400 megapixels")
     assert not (tmp_path / "stop.csv").exists()
 
 
-def test_the_api_gives_bad_queries_their_error_and_refuses_a_bad_support_image(trained, folders_with_bad_queries,
-                                                                                no_training_data):
+def test_the_api_gives_bad_queries_their_error_and_refuses_a_bad_support_image(
+    trained, folders_with_bad_queries, no_training_data
+):
     support, queries, truth, bad = folders_with_bad_queries
     classifier = FewShotClassifier.from_checkpoint(trained).fit_support(support)
     predictions = classifier.predict(queries)
@@ -239,8 +277,11 @@ def test_the_api_gives_bad_queries_their_error_and_refuses_a_bad_support_image(t
 
     not_an_image(support / "class_0" / "second.png")
     symlink_loop(support / "class_2" / "loop.png")
-    with pytest.raises(CorruptImageError, match=r"^2 support images of .* cannot be used, and the support set "
-                                                r"defines the classes: .*second\.png is not an image.*loop\.png"):
+    with pytest.raises(
+        CorruptImageError,
+        match=r"^2 support images of .* cannot be used, and the support set "
+        r"defines the classes: .*second\.png is not an image.*loop\.png",
+    ):
         classifier.fit_support(support)
 
 

@@ -27,10 +27,13 @@ def _with_trained_statistics(network: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("network, images", [
-    (lambda: Conv4(1), torch.rand(6, 1, 28, 28)),
-    (lambda: ResNet12(in_channels=3), torch.rand(2, 3, 84, 84)),
-])
+@pytest.mark.parametrize(
+    "network, images",
+    [
+        (lambda: Conv4(1), torch.rand(6, 1, 28, 28)),
+        (lambda: ResNet12(in_channels=3), torch.rand(2, 3, 84, 84)),
+    ],
+)
 def test_folded_backbone_computes_the_same_features_without_batch_norm(network, images, channels_last):
     trained = _with_trained_statistics(network())
     if channels_last:
@@ -52,8 +55,14 @@ def small_datamodule(omniglot):
     from fsl_lightning.data import EpisodicDataModule
     from fsl_lightning.episode import EpisodeSpec
 
-    return EpisodicDataModule(omniglot, train=EpisodeSpec(5, 1, 2), evaluation=EpisodeSpec(5, 1, 2),
-                              train_episodes_per_epoch=1, val_episodes=1, test_episodes=2)
+    return EpisodicDataModule(
+        omniglot,
+        train=EpisodeSpec(5, 1, 2),
+        evaluation=EpisodeSpec(5, 1, 2),
+        train_episodes_per_epoch=1,
+        val_episodes=1,
+        test_episodes=2,
+    )
 
 
 def test_test_runs_the_folded_copy_and_gives_the_trained_backbone_back(small_datamodule, tmp_path):
@@ -65,8 +74,15 @@ def test_test_runs_the_folded_copy_and_gives_the_trained_backbone_back(small_dat
             self.batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in pl_module.backbone.modules())
 
     seen = SeesTheBackbone()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[seen], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[seen],
+        default_root_dir=tmp_path,
+    )
     trainer.test(method, small_datamodule)
     assert seen.batch_norms == 0
     assert method.backbone is trained_backbone and "backbone.encoder.0.1.running_mean" in method.state_dict()

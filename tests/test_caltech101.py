@@ -88,7 +88,9 @@ def test_image_folder_splits_classes_by_seed_and_writes_the_split(photo_folder, 
     monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
     dataset = ImageFolderDataset(str(photo_folder), image_size=24, split_seed=3)
     split = dataset.class_split()
-    assert split == first_class_split(sorted(p.name for p in photo_folder.iterdir() if p.is_dir()), 3, (0.64, 0.16, 0.2))
+    assert split == first_class_split(
+        sorted(p.name for p in photo_folder.iterdir() if p.is_dir()), 3, (0.64, 0.16, 0.2)
+    )
     assert read_split_file(photo_folder / "fsl_split_seed3.json") == split
     train = dataset.load_split("train")
     assert train.class_names == split["train"] and train.images.shape[1:] == (3, 24, 24)

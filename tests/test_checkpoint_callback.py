@@ -19,8 +19,15 @@ def _fit_and_read_last(checkpoint_class, omniglot, folder) -> dict:
     datamodule = EpisodicDataModule(omniglot, train=spec, evaluation=spec, train_episodes_per_epoch=3, val_episodes=2)
     # "epoch", lowest first: the first validation is the best and no later one improves on it
     checkpoints = checkpoint_class(dirpath=folder, monitor="epoch", mode="min", save_last=True)
-    trainer = L.Trainer(max_steps=9, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[checkpoints])
+    trainer = L.Trainer(
+        max_steps=9,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[checkpoints],
+    )
     trainer.fit(ProtoNet(Conv4(in_channels=1, hidden_channels=8)), datamodule=datamodule)
     return torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
 

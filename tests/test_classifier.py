@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from omniglot_folders import support_and_query_folders
 from torch import nn
 
 from fsl_lightning.backbones import Conv4
@@ -20,13 +19,19 @@ from fsl_lightning.cli import main
 from fsl_lightning.data import EpisodicDataModule, Omniglot
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import NearestNeighbour, ProtoNet
+from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments" / "omniglot"
 TINY_FIT = [
-    "--data.train.way=5", "--data.train_episodes_per_epoch=10", "--data.val_episodes=2", "--trainer.max_steps=10",
-    "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+    "--data.train.way=5",
+    "--data.train_episodes_per_epoch=10",
+    "--data.val_episodes=2",
+    "--trainer.max_steps=10",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--test_after_fit=false",
     "--trainer.log_every_n_steps=5",
 ]
 
@@ -35,8 +40,15 @@ TINY_FIT = [
 def checkpoint(tmp_path_factory, data_root) -> Path:
     """A ProtoNet trained for a few steps at 28x28 (Vinyals protocol), by the CLI."""
     out = tmp_path_factory.mktemp("fit")
-    cli = main(["fit", "--config", str(EXPERIMENTS / "protonet_5w1s.yaml"), *TINY_FIT,
-                f"--trainer.logger.init_args.save_dir={out}"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "protonet_5w1s.yaml"),
+            *TINY_FIT,
+            f"--trainer.logger.init_args.save_dir={out}",
+        ]
+    )
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
@@ -55,17 +67,31 @@ def no_training_data(tmp_path, monkeypatch):
     return empty
 
 
-def test_the_api_writes_the_csv_of_the_cli_predict_without_training_data(checkpoint, folders, tmp_path,
-                                                                         no_training_data):
+def test_the_api_writes_the_csv_of_the_cli_predict_without_training_data(
+    checkpoint, folders, tmp_path, no_training_data
+):
     support, queries = folders
     cli_csv, api_csv = tmp_path / "cli.csv", tmp_path / "api.csv"
     # 4 queries per step: the API batches queries as the CLI does
     subprocess.run(
-        [sys.executable, "-m", "fsl_lightning", "predict", "--ckpt_path", str(checkpoint),
-         f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-         "--data.predict_batch_size=4", f"--prediction_writer.output_path={cli_csv}", "--trainer.logger=false",
-         "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"],
-        check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "fsl_lightning",
+            "predict",
+            "--ckpt_path",
+            str(checkpoint),
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            "--data.predict_batch_size=4",
+            f"--prediction_writer.output_path={cli_csv}",
+            "--trainer.logger=false",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+        ],
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )
     classifier = FewShotClassifier.from_checkpoint(checkpoint, batch_size=4).fit_support(support)
     classifier.predict_to_csv(queries, api_csv)
@@ -116,8 +142,7 @@ class CountsEmbeddedImages:
         method.embed = counted
 
 
-def test_the_api_fits_the_support_set_once_and_scores_query_batches_against_it(checkpoint, folders,
-                                                                               no_training_data):
+def test_the_api_fits_the_support_set_once_and_scores_query_batches_against_it(checkpoint, folders, no_training_data):
     support, queries = folders  # 6 support images, 18 queries
     classifier = FewShotClassifier.from_checkpoint(checkpoint, batch_size=4)
     embedded = CountsEmbeddedImages(classifier.method)
@@ -136,23 +161,43 @@ def test_predict_fits_the_support_folder_once_for_all_its_batches(checkpoint, fo
     support, queries = folders
     method = FewShotClassifier.from_checkpoint(checkpoint).method
     embedded = CountsEmbeddedImages(method)
-    datamodule = EpisodicDataModule(Omniglot(protocol="vinyals"), predict_support_dir=str(support),
-                                    predict_query_dir=str(queries), predict_batch_size=4)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[PredictionCSVWriter(str(tmp_path / "cli.csv"))])
+    datamodule = EpisodicDataModule(
+        Omniglot(protocol="vinyals"),
+        predict_support_dir=str(support),
+        predict_query_dir=str(queries),
+        predict_batch_size=4,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[PredictionCSVWriter(str(tmp_path / "cli.csv"))],
+    )
     trainer.predict(method, datamodule=datamodule, return_predictions=False)
     assert embedded.images == 6 + 18  # not 6 per batch of 4 queries
     FewShotClassifier.from_checkpoint(checkpoint, batch_size=4).fit_support(support).predict_to_csv(
-        queries, tmp_path / "api.csv")
+        queries, tmp_path / "api.csv"
+    )
     assert (tmp_path / "cli.csv").read_text() == (tmp_path / "api.csv").read_text()
 
 
 def test_nearest_neighbour_needs_no_checkpoint_and_gives_the_cli_distances(folders, tmp_path, no_training_data):
     support, queries = folders
     config = EXPERIMENTS / "nn1_20w1s.yaml"  # pixel-space 1-NN at 105x105 (Lake's protocol)
-    main(["predict", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-          f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-          f"--prediction_writer.output_path={tmp_path / 'cli.csv'}"])
+    main(
+        [
+            "predict",
+            "--config",
+            str(config),
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={tmp_path / 'cli.csv'}",
+        ]
+    )
     classifier = FewShotClassifier.from_config(config).fit_support(support)
     classifier.predict_to_csv(queries, tmp_path / "api.csv")
     assert (tmp_path / "api.csv").read_text() == (tmp_path / "cli.csv").read_text()

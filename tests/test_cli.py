@@ -7,15 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from omniglot_folders import support_and_query_folders
 
 from fsl_lightning.cli import main
+from omniglot_folders import support_and_query_folders
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
 SHORT_RUN = [
-    "--data.train.way=20", "--data.train_episodes_per_epoch=60", "--data.val_episodes=20",
-    "--data.test_episodes=100", "--trainer.max_steps=120", "--trainer.accelerator=cpu",
+    "--data.train.way=20",
+    "--data.train_episodes_per_epoch=60",
+    "--data.val_episodes=20",
+    "--data.test_episodes=100",
+    "--trainer.max_steps=120",
+    "--trainer.accelerator=cpu",
     "--trainer.enable_progress_bar=false",
 ]
 
@@ -38,24 +42,51 @@ def test_fit_writes_checkpoints_and_config_then_tests_the_best(fitted):
 
 def test_test_subcommand_from_the_checkpoint_gives_the_same_accuracy(fitted, tmp_path):
     out, accuracy_after_fit, best = fitted
-    cli = main([
-        "test", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}", "--ckpt_path", best,
-    ])
+    cli = main(
+        [
+            "test",
+            "--config",
+            CONFIG,
+            *SHORT_RUN,
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--ckpt_path",
+            best,
+        ]
+    )
     assert cli.trainer.callback_metrics["test/acc"].item() == pytest.approx(accuracy_after_fit, abs=1e-6)
 
 
 def test_validate_subcommand_reports_validation_accuracy(fitted, tmp_path):
     _, _, best = fitted
-    cli = main(["validate", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
-                "--ckpt_path", best])
+    cli = main(
+        [
+            "validate",
+            "--config",
+            CONFIG,
+            *SHORT_RUN,
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--ckpt_path",
+            best,
+        ]
+    )
     assert cli.trainer.callback_metrics["val/acc"].item() > 0.8
 
 
 def test_a_second_run_never_overwrites_the_first(fitted):
     out, _, _ = fitted
     assert not (out / "omniglot_protonet_5w1s" / "version_1").exists()
-    cli = main(["fit", "--config", CONFIG, *SHORT_RUN, "--trainer.max_steps=2", "--data.train_episodes_per_epoch=2",
-                "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={out}"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            *SHORT_RUN,
+            "--trainer.max_steps=2",
+            "--data.train_episodes_per_epoch=2",
+            "--test_after_fit=false",
+            f"--trainer.logger.init_args.save_dir={out}",
+        ]
+    )
     assert Path(cli.trainer.log_dir).name == "version_1"
     assert (out / "omniglot_protonet_5w1s" / "version_0" / "checkpoints" / "last.ckpt").exists()
 
@@ -66,11 +97,20 @@ def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_pa
     # accuracy is not a coin toss over a few hard characters (this checkpoint scores about 0.78; chance is 0.05).
     support, queries, truth = support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
     csv_path = tmp_path / "predictions.csv"
-    main([
-        "predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--ckpt_path", best, f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-        f"--prediction_writer.output_path={csv_path}",
-    ])
+    main(
+        [
+            "predict",
+            "--config",
+            CONFIG,
+            *SHORT_RUN,
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--ckpt_path",
+            best,
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={csv_path}",
+        ]
+    )
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["query_file"] for row in rows] == sorted(truth)
@@ -84,8 +124,17 @@ def test_predict_writes_a_csv_of_query_file_class_and_probability(fitted, tmp_pa
 def test_predict_without_folders_says_what_to_pass(fitted, tmp_path):
     _, _, best = fitted
     with pytest.raises(SystemExit, match="^error: predict needs a support folder.*predict_support_dir"):
-        main(["predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}",
-              "--ckpt_path", best])
+        main(
+            [
+                "predict",
+                "--config",
+                CONFIG,
+                *SHORT_RUN,
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+                "--ckpt_path",
+                best,
+            ]
+        )
 
 
 def test_unknown_method_is_named_with_the_available_ones():
@@ -94,7 +143,9 @@ def test_unknown_method_is_named_with_the_available_ones():
 
 
 # Experiment configs; experiments/loggers/ holds overlays (tested with W&B) and experiments/sweeps/ W&B sweep specs.
-EXPERIMENT_CONFIGS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if p.parent.name not in ("loggers", "sweeps"))
+EXPERIMENT_CONFIGS = sorted(
+    p for p in (REPO / "experiments").rglob("*.yaml") if p.parent.name not in ("loggers", "sweeps")
+)
 
 
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
@@ -136,13 +187,25 @@ def test_two_process_ddp_test_equals_the_single_device_result(fitted, tmp_path):
 
     out, accuracy_after_fit, best = fitted
     command = [
-        sys.executable, "-m", "fsl_lightning", "test", "--config", CONFIG, *SHORT_RUN, "--data.test_episodes=101",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", "--ckpt_path", best,
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "test",
+        "--config",
+        CONFIG,
+        *SHORT_RUN,
+        "--data.test_episodes=101",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--ckpt_path",
+        best,
     ]
     single = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ)
     ddp = subprocess.run(
         command + ["--trainer.devices=2", "--trainer.strategy=ddp"],
-        capture_output=True, text=True, timeout=600, env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -203,8 +266,17 @@ def test_predict_needs_only_the_checkpoint_and_the_folders_and_writes_only_its_c
     monkeypatch.setenv("FSL_DATA_ROOT", str(empty_data_root))
     monkeypatch.chdir(cwd)
     for _ in range(2):  # a second call finds the first one's files
-        main(["predict", "--ckpt_path", best, f"--data.predict_support_dir={support}",
-              f"--data.predict_query_dir={queries}", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+        main(
+            [
+                "predict",
+                "--ckpt_path",
+                best,
+                f"--data.predict_support_dir={support}",
+                f"--data.predict_query_dir={queries}",
+                "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
     assert [path.name for path in cwd.iterdir()] == ["predictions.csv"]
     assert _accuracy_of(cwd / "predictions.csv", truth) >= 0.5
 
@@ -213,9 +285,20 @@ def test_predict_with_the_experiment_logger_creates_no_run_folder(fitted, tmp_pa
     _, _, best = fitted
     support, queries, _ = support_and_query_folders(data_root, tmp_path, characters=5, queries_per_class=1)
     logs = tmp_path / "logs"
-    main(["predict", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={logs}", "--ckpt_path",
-          best, f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-          f"--prediction_writer.output_path={tmp_path / 'predictions.csv'}"])
+    main(
+        [
+            "predict",
+            "--config",
+            CONFIG,
+            *SHORT_RUN,
+            f"--trainer.logger.init_args.save_dir={logs}",
+            "--ckpt_path",
+            best,
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={tmp_path / 'predictions.csv'}",
+        ]
+    )
     assert not logs.exists()
 
 
@@ -223,8 +306,18 @@ def test_test_without_a_logger_writes_nothing_into_the_current_directory(fitted,
     _, _, best = fitted
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
-        main(["test", "--config", CONFIG, *SHORT_RUN, "--data.test_episodes=5", "--trainer.logger=false",
-              "--ckpt_path", best])
+        main(
+            [
+                "test",
+                "--config",
+                CONFIG,
+                *SHORT_RUN,
+                "--data.test_episodes=5",
+                "--trainer.logger=false",
+                "--ckpt_path",
+                best,
+            ]
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -242,12 +335,20 @@ def test_predict_with_a_config_of_another_protocol_prepares_images_as_in_trainin
     support, queries, truth = support_and_query_folders(data_root, tmp_path, characters=20, queries_per_class=19)
     csv_path = tmp_path / "predictions.csv"
     with pytest.warns(UserWarning, match=r"data\.dataset\.init_args\.protocol: 'vinyals' -> 'lake'"):
-        cli = main([
-            "predict", "--config", str(REPO / "experiments" / "omniglot" / "protonet_20w1s.yaml"),
-            "--data.dataset.init_args.protocol=lake", "--trainer.logger=false", "--ckpt_path", best,
-            f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
-            f"--prediction_writer.output_path={csv_path}",
-        ])
+        cli = main(
+            [
+                "predict",
+                "--config",
+                str(REPO / "experiments" / "omniglot" / "protonet_20w1s.yaml"),
+                "--data.dataset.init_args.protocol=lake",
+                "--trainer.logger=false",
+                "--ckpt_path",
+                best,
+                f"--data.predict_support_dir={support}",
+                f"--data.predict_query_dir={queries}",
+                f"--prediction_writer.output_path={csv_path}",
+            ]
+        )
     assert cli.datamodule.dataset.image_size == 28
     assert _accuracy_of(csv_path, truth) >= 0.5
 
@@ -255,8 +356,18 @@ def test_predict_with_a_config_of_another_protocol_prepares_images_as_in_trainin
 def test_an_image_size_the_model_was_not_trained_at_is_an_error_naming_both(fitted, tmp_path):
     _, _, best = fitted
     with pytest.raises(ValueError, match=r"trained on images with channels=1, image_size=28.* image_size=105"):
-        main(["test", "--config", CONFIG, *SHORT_RUN, "--trainer.logger=false", "--ckpt_path", best,
-              "--data.dataset.init_args.image_size=105"])
+        main(
+            [
+                "test",
+                "--config",
+                CONFIG,
+                *SHORT_RUN,
+                "--trainer.logger=false",
+                "--ckpt_path",
+                best,
+                "--data.dataset.init_args.image_size=105",
+            ]
+        )
 
 
 def _accuracy_of(csv_path: Path, truth: dict[str, str]) -> float:

@@ -57,9 +57,6 @@ START_OF_TEXT, END_OF_TEXT = 49406, 49407
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_hubs")
 
 
-
-
-
 def tiny_clip(**kwargs) -> CLIPBackbone:
     torch.manual_seed(0)
     return CLIPBackbone("ViT-B-32", **{"pretrained": None, "model_config": TINY, "frozen": True, **kwargs})
@@ -135,9 +132,11 @@ def test_aligned_text_and_image_features_classify_right_from_class_names():
     truth = torch.tensor([3, 0, 6, 1, 5, 2, 4, 4, 0])
     queries = truth.float().div(255).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)
     batch = {
-        "episode": Episode(queries[:0], torch.zeros(0, dtype=torch.long), queries, torch.full((9,), -1),
-                           torch.arange(len(names))),
-        "class_names": names, "query_files": [f"q{i}.png" for i in range(9)],
+        "episode": Episode(
+            queries[:0], torch.zeros(0, dtype=torch.long), queries, torch.full((9,), -1), torch.arange(len(names))
+        ),
+        "class_names": names,
+        "query_files": [f"q{i}.png" for i in range(9)],
     }
     rows = model.predict_step(batch, 0)
     assert [row["predicted_class"] for row in rows] == [names[k] for k in truth]
@@ -270,12 +269,21 @@ def read_predictions(path: Path) -> list[dict]:
 def test_predict_with_a_support_folder_mixes_few_shot_and_zero_shot(user_folders, tmp_path):
     root, names = user_folders
     output = tmp_path / "predictions.csv"
-    main([
-        "predict", "--config", str(EXPERIMENTS / "clip_5w1s.yaml"), "--config", tiny_config(tmp_path),
-        f"--data.predict_support_dir={root / 'support'}", f"--data.predict_query_dir={root / 'queries'}",
-        "--model.init_args.mix_weight=0.5", "--trainer.accelerator=cpu",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--prediction_writer.output_path={output}",
-    ])
+    main(
+        [
+            "predict",
+            "--config",
+            str(EXPERIMENTS / "clip_5w1s.yaml"),
+            "--config",
+            tiny_config(tmp_path),
+            f"--data.predict_support_dir={root / 'support'}",
+            f"--data.predict_query_dir={root / 'queries'}",
+            "--model.init_args.mix_weight=0.5",
+            "--trainer.accelerator=cpu",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--prediction_writer.output_path={output}",
+        ]
+    )
     rows = read_predictions(output)
     assert len(rows) == 9 and {row["predicted_class"] for row in rows} <= set(names)
     assert all(0 < float(row["probability"]) <= 1 for row in rows)
@@ -284,12 +292,20 @@ def test_predict_with_a_support_folder_mixes_few_shot_and_zero_shot(user_folders
 def test_predict_from_class_names_alone_is_zero_shot(user_folders, tmp_path):
     root, _ = user_folders
     output = tmp_path / "predictions.csv"
-    main([
-        "predict", "--config", str(EXPERIMENTS / "clip_zeroshot.yaml"), "--config", tiny_config(tmp_path),
-        f"--data.predict_query_dir={root / 'queries'}", "--data.predict_class_names=[sea_turtle, piano, cat]",
-        "--trainer.accelerator=cpu", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--prediction_writer.output_path={output}",
-    ])
+    main(
+        [
+            "predict",
+            "--config",
+            str(EXPERIMENTS / "clip_zeroshot.yaml"),
+            "--config",
+            tiny_config(tmp_path),
+            f"--data.predict_query_dir={root / 'queries'}",
+            "--data.predict_class_names=[sea_turtle, piano, cat]",
+            "--trainer.accelerator=cpu",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--prediction_writer.output_path={output}",
+        ]
+    )
     rows = read_predictions(output)
     assert len(rows) == 9 and {row["predicted_class"] for row in rows} <= {"sea_turtle", "piano", "cat"}
 
@@ -299,14 +315,26 @@ def test_class_names_without_support_need_a_zero_shot_method(caltech_subset32, u
     from fsl_lightning.backbones.timm_backbone import TimmBackbone
     from fsl_lightning.methods import FrozenFeatures
 
-    dm = EpisodicDataModule(caltech_subset32, predict_query_dir=str(root / "queries"), predict_class_names=["cat", "dog"])
+    dm = EpisodicDataModule(
+        caltech_subset32, predict_query_dir=str(root / "queries"), predict_class_names=["cat", "dog"]
+    )
     frozen = FrozenFeatures(TimmBackbone("resnet18", pretrained=None, frozen=True, image_size=32))
     with pytest.raises(ValueError, match=r"zero-shot prediction, which FrozenFeatures cannot do.*predict_support_dir"):
         trainer().predict(frozen, dm)
     with pytest.raises(ValueError, match="at least 2 distinct"):
-        trainer().predict(CLIPZeroShot(tiny_clip()), EpisodicDataModule(
-            caltech_subset32, predict_query_dir=str(root / "queries"), predict_class_names=["cat", "cat"]))
+        trainer().predict(
+            CLIPZeroShot(tiny_clip()),
+            EpisodicDataModule(
+                caltech_subset32, predict_query_dir=str(root / "queries"), predict_class_names=["cat", "cat"]
+            ),
+        )
     with pytest.raises(ValueError, match="not both"):
-        trainer().predict(CLIPZeroShot(tiny_clip()), EpisodicDataModule(
-            caltech_subset32, predict_support_dir=str(root / "support"), predict_query_dir=str(root / "queries"),
-            predict_class_names=["cat", "dog"]))
+        trainer().predict(
+            CLIPZeroShot(tiny_clip()),
+            EpisodicDataModule(
+                caltech_subset32,
+                predict_support_dir=str(root / "support"),
+                predict_query_dir=str(root / "queries"),
+                predict_class_names=["cat", "dog"],
+            ),
+        )

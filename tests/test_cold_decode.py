@@ -30,10 +30,12 @@ def some_characters(background_archive) -> list[list[str]]:
 
 @pytest.mark.parametrize("image_size", [28, 105])
 def test_parallel_decode_equals_the_serial_decode_of_each_file(background_archive, some_characters, image_size):
-    serial = torch.stack([
-        torch.stack([decode_character_image(background_archive.read(m), m, image_size) for m in members])
-        for members in some_characters
-    ])
+    serial = torch.stack(
+        [
+            torch.stack([decode_character_image(background_archive.read(m), m, image_size) for m in members])
+            for members in some_characters
+        ]
+    )
     parallel = decode_character_groups(background_archive, some_characters, image_size, workers=2)
     assert parallel.dtype == torch.uint8 and parallel.shape == (30, 20, 1, image_size, image_size)
     assert torch.equal(parallel, serial)
@@ -76,7 +78,9 @@ def test_second_omniglot_start_reads_no_image_file(data_root, tmp_path, monkeypa
     assert torch.equal(second.images, first.images) and second.class_names == first.class_names
 
 
-def test_second_image_folder_start_reads_no_image_file(data_root, tmp_path, monkeypatch, background_archive, some_characters):
+def test_second_image_folder_start_reads_no_image_file(
+    data_root, tmp_path, monkeypatch, background_archive, some_characters
+):
     monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "my_images"
     for members in some_characters[:12]:

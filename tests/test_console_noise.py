@@ -11,17 +11,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
 TINY = [
-    "--data.train.way=5", "--data.train_episodes_per_epoch=2", "--data.val_episodes=2", "--data.test_episodes=2",
-    "--trainer.max_steps=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+    "--data.train.way=5",
+    "--data.train_episodes_per_epoch=2",
+    "--data.val_episodes=2",
+    "--data.test_episodes=2",
+    "--trainer.max_steps=2",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
 ]
-NOISE = ("litlogger", "litmodels", "LeafSpec", "Couldn't infer the batch indices", "The dirpath has changed",
-         "callbacks used to create the checkpoint need to be provided", "decompression bomb")
+NOISE = (
+    "litlogger",
+    "litmodels",
+    "LeafSpec",
+    "Couldn't infer the batch indices",
+    "The dirpath has changed",
+    "callbacks used to create the checkpoint need to be provided",
+    "decompression bomb",
+)
 
 
 def run_cli(*args: str) -> str:
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "fsl_lightning", *args], capture_output=True, text=True,
-                            env=environment)
+    result = subprocess.run(
+        [sys.executable, "-m", "fsl_lightning", *args], capture_output=True, text=True, env=environment
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr
 
@@ -31,13 +44,23 @@ def test_fit_and_predict_print_no_library_noise(tmp_path, data_root):
     (checkpoint,) = tmp_path.rglob("last.ckpt")
     support, queries = _two_user_classes(data_root, tmp_path)
     predict_output = run_cli(
-        "predict", "--config", CONFIG, *TINY, f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--ckpt_path={checkpoint}", f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}",
+        "predict",
+        "--config",
+        CONFIG,
+        *TINY,
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--ckpt_path={checkpoint}",
+        f"--data.predict_support_dir={support}",
+        f"--data.predict_query_dir={queries}",
         f"--prediction_writer.output_path={tmp_path / 'predictions.csv'}",
     )
     assert "Test accuracy" in fit_output and (tmp_path / "predictions.csv").is_file()
-    printed = {(command, noise) for command, output in (("fit", fit_output), ("predict", predict_output))
-               for noise in NOISE if noise in output}
+    printed = {
+        (command, noise)
+        for command, output in (("fit", fit_output), ("predict", predict_output))
+        for noise in NOISE
+        if noise in output
+    }
     assert not printed, f"{sorted(printed)}\n{fit_output}\n{predict_output}"
 
 

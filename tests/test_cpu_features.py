@@ -29,8 +29,14 @@ def test_bf16_training_is_the_default_only_on_cpus_with_bf16_units(cpu, fast, un
 
 
 @pytest.mark.parametrize(
-    "cap, fast, avx512", [("AVX2", False, False), ("avx512_core", False, True), ("AVX512_CORE_BF16", True, True),
-                          ("ALL", True, True), (None, True, True)],
+    "cap, fast, avx512",
+    [
+        ("AVX2", False, False),
+        ("avx512_core", False, True),
+        ("AVX512_CORE_BF16", True, True),
+        ("ALL", True, True),
+        (None, True, True),
+    ],
 )
 def test_a_onednn_isa_cap_is_the_cpu_the_kernels_see(cap, fast, avx512):
     """ONEDNN_MAX_CPU_ISA=AVX2 runs an AMX Xeon's kernels as on an AVX2-only CPU: the defaults follow the kernels."""

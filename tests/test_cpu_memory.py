@@ -35,8 +35,9 @@ PROBE = textwrap.dedent("""
 def _probe(mode: str, **env: str) -> str:
     import os
 
-    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                            env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env={**os.environ, **env}
+    )
     return result.stdout.strip()
 
 

@@ -24,9 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
 SPEC = EpisodeSpec(way=5, shot=1, query=5)
 ONE_STEP = [
-    "--data.train.way=5", "--data.train.query=5", "--data.train_episodes_per_epoch=1", "--data.val_episodes=2",
-    "--trainer.max_steps=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-    "--test_after_fit=false", "--trainer.num_sanity_val_steps=0", "--model.init_args.lr_scheduler=null",
+    "--data.train.way=5",
+    "--data.train.query=5",
+    "--data.train_episodes_per_epoch=1",
+    "--data.val_episodes=2",
+    "--trainer.max_steps=1",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--test_after_fit=false",
+    "--trainer.num_sanity_val_steps=0",
+    "--model.init_args.lr_scheduler=null",
     "--speed.cpu_bf16=false",  # fp32, as the hand-computed step below (bf16 differs from it by its rounding)
 ]
 
@@ -34,8 +41,17 @@ SGD = '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}'
 
 
 def fit(out: Path, *extra: str) -> dict:
-    command = [sys.executable, "-m", "fsl_lightning", "fit", "--config", CONFIG, *ONE_STEP,
-               f"--trainer.logger.init_args.save_dir={out}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "fit",
+        "--config",
+        CONFIG,
+        *ONE_STEP,
+        f"--trainer.logger.init_args.save_dir={out}",
+        *extra,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
     (checkpoint,) = out.glob("*/version_0/checkpoints/last.ckpt")
@@ -75,6 +91,7 @@ def expected_ddp_step(initial: dict, train: EpisodicDataModule, world: int = 2) 
     torch.stack(losses).mean().backward()
     optimizer.step()
     return {
-        name: weight for name, weight in model.state_dict().items()
+        name: weight
+        for name, weight in model.state_dict().items()
         if not (name.endswith("num_batches_tracked") or "running_" in name or name.endswith(".0.bias"))
     }

@@ -63,15 +63,26 @@ def test_meta_batches_have_a_leading_task_dimension():
 
 def test_protonet_trains_on_device_drawn_episodes(omniglot):
     datamodule = EpisodicDataModule(
-        omniglot, train=EpisodeSpec(20, 1, 5), evaluation=EpisodeSpec(5, 1, 5), train_episodes_per_epoch=60,
-        val_episodes=20, test_episodes=100, sample_on_device=True,
+        omniglot,
+        train=EpisodeSpec(20, 1, 5),
+        evaluation=EpisodeSpec(5, 1, 5),
+        train_episodes_per_epoch=60,
+        val_episodes=20,
+        test_episodes=100,
+        sample_on_device=True,
     )
     datamodule.setup("fit")
     assert isinstance(next(iter(datamodule.train_dataloader())), int)  # the loader yields only keys
     torch.manual_seed(0)
     model = ProtoNet(Conv4(in_channels=1))
-    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=60,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule)
     trainer.test(model, datamodule, verbose=False)
     assert float(model.last_accuracy["test"].mean) > 0.6  # chance is 0.2

@@ -19,17 +19,21 @@ ROOT2 = math.sqrt(2)
 
 # Two 2-d descriptors per image. Class 0: images A and B; class 1: images C and D (2-shot: with k = 3 a class's
 # neighbours must come from both of its images). Not normalised: the measure normalises each descriptor.
-SUPPORT = torch.tensor([
-    [[1.0, 0.0], [0.0, -1.0]],  # A: (1, 0), (0, -1)
-    [[1.0, 1.0], [0.0, -5.0]],  # B: (1, 1)/sqrt(2), (0, -1)
-    [[-1.0, 0.0], [0.0, 3.0]],  # C: (-1, 0), (0, 1)
-    [[3.0, 4.0], [-2.0, 0.0]],  # D: (0.6, 0.8), (-1, 0)
-])
+SUPPORT = torch.tensor(
+    [
+        [[1.0, 0.0], [0.0, -1.0]],  # A: (1, 0), (0, -1)
+        [[1.0, 1.0], [0.0, -5.0]],  # B: (1, 1)/sqrt(2), (0, -1)
+        [[-1.0, 0.0], [0.0, 3.0]],  # C: (-1, 0), (0, 1)
+        [[3.0, 4.0], [-2.0, 0.0]],  # D: (0.6, 0.8), (-1, 0)
+    ]
+)
 LABELS = torch.tensor([0, 0, 1, 1])
-QUERIES = torch.tensor([
-    [[1.0, 0.0], [0.0, 2.0]],  # q1 = (1, 0), (0, 1)
-    [[-1.0, 0.0], [-3.0, 0.0]],  # q2 = (-1, 0) twice
-])
+QUERIES = torch.tensor(
+    [
+        [[1.0, 0.0], [0.0, 2.0]],  # q1 = (1, 0), (0, 1)
+        [[-1.0, 0.0], [-3.0, 0.0]],  # q2 = (-1, 0) twice
+    ]
+)
 
 
 def test_the_measure_with_one_neighbour_sums_each_descriptors_best_cosine():
@@ -61,8 +65,9 @@ def test_dn4_scores_the_local_descriptors_of_the_backbones_feature_maps():
     with torch.no_grad():
         support_maps, query_maps = method.backbone(support), method.backbone(queries)
         assert support_maps.shape == (4, 8, 7, 7)  # Conv64F on 28x28: two poolings, 49 descriptors
-        expected = image_to_class_similarity(local_descriptors(query_maps), local_descriptors(support_maps), LABELS,
-                                             way=2, neighbours=3)
+        expected = image_to_class_similarity(
+            local_descriptors(query_maps), local_descriptors(support_maps), LABELS, way=2, neighbours=3
+        )
         scores = method.score(method.fit_support(SupportSet(support, LABELS, 2)), queries)
     torch.testing.assert_close(scores, expected)
     # the descriptors are the positions: descriptor i of an image is its map's channel vector at position i

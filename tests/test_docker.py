@@ -11,11 +11,7 @@ DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
 
 
 def test_every_copied_path_exists_in_the_repository():
-    sources = [
-        source
-        for line in DOCKERFILE.splitlines() if line.startswith("COPY ")
-        for source in line.split()[1:-1]
-    ]
+    sources = [source for line in DOCKERFILE.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]]
     assert "install.sh" in sources and "fsl_lightning/" in sources
     for source in sources:
         assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repository"

@@ -28,8 +28,11 @@ class RecordsBatches(nn.Module):
 
 def episode(way: int = 5, shot: int = 1, query: int = 3, side: int = 28) -> Episode:
     return Episode(
-        torch.rand(way * shot, 1, side, side), torch.arange(way).repeat_interleave(shot),
-        torch.rand(way * query, 1, side, side), torch.arange(way).repeat_interleave(query), torch.arange(way),
+        torch.rand(way * shot, 1, side, side),
+        torch.arange(way).repeat_interleave(shot),
+        torch.rand(way * query, 1, side, side),
+        torch.arange(way).repeat_interleave(query),
+        torch.arange(way),
     )
 
 
@@ -79,4 +82,6 @@ def test_dn4_embeds_the_queries_then_each_class_apart_and_keeps_the_support_orde
     queries = method.embed(task.query_images)
     classes = {label: method.embed(task.support_images[shuffled == label]) for label in range(3)}
     support = torch.stack([classes[int(label)][int((shuffled[:i] == label).sum())] for i, label in enumerate(shuffled)])
-    torch.testing.assert_close(logits, method.score_features(method.fit_features(support, SupportSet.of(task)), queries))
+    torch.testing.assert_close(
+        logits, method.score_features(method.fit_features(support, SupportSet.of(task)), queries)
+    )

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from fsl_lightning.episode import Episode
-from fsl_lightning.methods import R2D2
-from fsl_lightning.methods import Baseline, BaselinePlusPlus
+from fsl_lightning.methods import R2D2, Baseline, BaselinePlusPlus
 from fsl_lightning.methods.episode_classifiers import (
     CosineProbe,
     LinearProbe,
@@ -19,8 +18,8 @@ from fsl_lightning.methods.episode_classifiers import (
     chen_cosine_scale,
     weight_normalised_cosine,
 )
-from fsl_lightning.methods.transfer import CosineClassifier
 from fsl_lightning.methods.r2d2 import ridge_regression_weights
+from fsl_lightning.methods.transfer import CosineClassifier
 
 
 def separable_episode(way=4, shot=3, queries_per_class=5, dim=16, seed=0):
@@ -52,7 +51,9 @@ def test_r2d2_logits_are_scaled_ridge_predictions_with_an_intercept():
     episode = Episode(support.double(), labels, queries.double(), query_labels, torch.arange(4))
     x = torch.cat([support, torch.ones(len(support), 1)], dim=1).double()
     xq = torch.cat([queries, torch.ones(len(queries), 1)], dim=1).double()
-    w = torch.linalg.solve(x.T @ x + 2.0 * torch.eye(x.shape[1], dtype=torch.float64), x.T @ F.one_hot(labels, 4).double())
+    w = torch.linalg.solve(
+        x.T @ x + 2.0 * torch.eye(x.shape[1], dtype=torch.float64), x.T @ F.one_hot(labels, 4).double()
+    )
     assert torch.allclose(model.episode_logits(episode).double(), 3.0 * xq @ w + 0.5, atol=1e-5)
 
 
@@ -82,8 +83,11 @@ def test_r2d2_matches_the_reference_solver_on_the_same_features(shot):
     plain = R2D2(torch.nn.Flatten(), initial_scale=10.0, regulariser_scaling="plain").double()
     with torch.no_grad():
         plain.bias.fill_(0.25)
-    assert not torch.allclose(plain.episode_logits(Episode(support, labels, queries, query_labels, torch.arange(5))).double(),
-                              reference, atol=1e-3)
+    assert not torch.allclose(
+        plain.episode_logits(Episode(support, labels, queries, query_labels, torch.arange(5))).double(),
+        reference,
+        atol=1e-3,
+    )
 
 
 def test_r2d2_defaults_are_the_reference_configuration():
@@ -182,7 +186,7 @@ def reference_chen_probe(support, labels, queries, way, generator, cosine):
     for _ in range(100):
         order = torch.randperm(len(support), generator=generator)
         for start in range(0, len(support), 4):
-            batch = order[start:start + 4]
+            batch = order[start : start + 4]
             optimiser.zero_grad()
             F.cross_entropy(scores(support[batch]), labels[batch]).backward()
             optimiser.step()
@@ -220,8 +224,9 @@ def test_transfer_episodes_fit_their_probe_from_the_episode_seed(method):
     support, labels, queries, query_labels = separable_episode()
 
     def episode(seed):
-        return Episode(support.view(-1, 1, 4, 4), labels, queries.view(-1, 1, 4, 4), query_labels,
-                       torch.arange(4), seed=seed)
+        return Episode(
+            support.view(-1, 1, 4, 4), labels, queries.view(-1, 1, 4, 4), query_labels, torch.arange(4), seed=seed
+        )
 
     torch.manual_seed(1)
     first = model.episode_logits(episode(3))

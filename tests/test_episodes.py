@@ -27,7 +27,10 @@ def make_datamodule(omniglot, **kwargs):
 
 def attach_trainer(datamodule, stage, rank=0, world=1, step=0):
     datamodule.trainer = SimpleNamespace(
-        state=SimpleNamespace(stage=stage), global_rank=rank, world_size=world, global_step=step,
+        state=SimpleNamespace(stage=stage),
+        global_rank=rank,
+        world_size=world,
+        global_step=step,
         accumulate_grad_batches=1,
     )
 
@@ -52,8 +55,12 @@ def test_episode_has_the_right_classes_counts_and_labels(omniglot, vinyals_test_
             # every image with label i is one of class_ids[i]'s 20 images
             pool = classes.images[classes.class_offsets[class_id] : classes.class_offsets[class_id + 1]]
             pool = pool.float() / 255
-            for image in torch.cat([episode.support_images[episode.support_labels == label],
-                                    episode.query_images[episode.query_labels == label]]):
+            for image in torch.cat(
+                [
+                    episode.support_images[episode.support_labels == label],
+                    episode.query_images[episode.query_labels == label],
+                ]
+            ):
                 assert (pool == image).flatten(1).all(1).any()
 
 
@@ -123,14 +130,20 @@ def test_training_stream_is_distinct_per_rank_and_resumes_at_the_step(omniglot):
 
 
 def test_way_larger_than_the_classes_is_refused(omniglot):
-    with pytest.raises(UserError, match=r"Training episodes are 5000-way, but the train split has only 4112 classes: "
-                                         r"set --data.train.way to at most 4112"):
+    with pytest.raises(
+        UserError,
+        match=r"Training episodes are 5000-way, but the train split has only 4112 classes: "
+        r"set --data.train.way to at most 4112",
+    ):
         make_datamodule(omniglot, train=EpisodeSpec(way=5000, shot=1, query=1))
 
 
 def test_shot_plus_query_larger_than_the_images_per_class_is_refused(omniglot):
-    with pytest.raises(UserError, match=r"Evaluation episodes \(validation\) take shot=5 \+ query=16 = 21 images per "
-                                         r"class.*only 20: lower --data.evaluation.shot and --data.evaluation.query"):
+    with pytest.raises(
+        UserError,
+        match=r"Evaluation episodes \(validation\) take shot=5 \+ query=16 = 21 images per "
+        r"class.*only 20: lower --data.evaluation.shot and --data.evaluation.query",
+    ):
         make_datamodule(omniglot, evaluation=EpisodeSpec(way=5, shot=5, query=16))
 
 
@@ -186,7 +199,9 @@ def test_evaluation_within_group_needs_a_dataset_with_groups(omniglot):
             return replace(super().load_split(split), class_groups=None)
 
     dataset = Ungrouped(download=False)
-    with pytest.raises(ValueError, match="evaluation_within_group needs class groups.*set evaluation_within_group: false"):
+    with pytest.raises(
+        ValueError, match="evaluation_within_group needs class groups.*set evaluation_within_group: false"
+    ):
         make_datamodule(dataset, evaluation_within_group=True)
 
 
@@ -213,8 +228,14 @@ def test_evaluation_episodes_carry_a_seed_that_depends_only_on_their_key(omniglo
 
 def test_episode_map_task_and_to_keep_the_seed():
     images = torch.rand(2, 4, 1, 3, 3)
-    batch = Episode(images, torch.zeros(2, 4, dtype=torch.long), images, torch.zeros(2, 4, dtype=torch.long),
-                    torch.zeros(2, 2, dtype=torch.long), seed=7)
+    batch = Episode(
+        images,
+        torch.zeros(2, 4, dtype=torch.long),
+        images,
+        torch.zeros(2, 4, dtype=torch.long),
+        torch.zeros(2, 2, dtype=torch.long),
+        seed=7,
+    )
     assert batch.task(1).seed == 7 and batch.to("cpu").seed == 7 and batch.map(torch.clone).seed == 7
     assert batch.task(1).support_indices is None
 
@@ -223,7 +244,9 @@ def test_joined_splits_keep_each_class_whole_and_their_groups_apart():
     from fsl_lightning.data.datasets.base import ClassImages
 
     def split(sizes, first_value, groups):
-        images = [torch.full((size, 1, 2, 2), first_value + index, dtype=torch.uint8) for index, size in enumerate(sizes)]
+        images = [
+            torch.full((size, 1, 2, 2), first_value + index, dtype=torch.uint8) for index, size in enumerate(sizes)
+        ]
         return ClassImages.from_groups(images, [f"c{first_value + i}" for i in range(len(sizes))], torch.tensor(groups))
 
     joined = split([2, 3], 0, [0, 1]).joined_with(split([4], 10, [0]))

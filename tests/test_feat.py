@@ -31,8 +31,9 @@ def test_the_set_function_is_one_head_attention_with_residual_and_layer_norm():
         attention.layer_norm.bias.uniform_(-0.5, 0.5)
     reference = nn.MultiheadAttention(8, num_heads=1, bias=True, batch_first=True)
     with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([attention.query.weight, attention.key.weight,
-                                                  attention.value.weight]))
+        reference.in_proj_weight.copy_(
+            torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+        )
         reference.in_proj_bias.zero_()
         reference.out_proj.weight.copy_(attention.fc.weight)
         reference.out_proj.bias.copy_(attention.fc.bias)
@@ -105,8 +106,10 @@ def test_queries_score_the_squared_distance_to_the_adapted_prototypes_over_the_t
 def tiny_episode() -> Episode:
     torch.manual_seed(1)
     return Episode(
-        support_images=torch.randn(6, 1, 28, 28), support_labels=torch.tensor([0, 1, 2, 0, 1, 2]),
-        query_images=torch.randn(6, 1, 28, 28), query_labels=torch.tensor([2, 1, 0, 0, 1, 2]),
+        support_images=torch.randn(6, 1, 28, 28),
+        support_labels=torch.tensor([0, 1, 2, 0, 1, 2]),
+        query_images=torch.randn(6, 1, 28, 28),
+        query_labels=torch.tensor([2, 1, 0, 0, 1, 2]),
         class_ids=torch.arange(3),
     )
 
@@ -173,8 +176,9 @@ def test_meta_training_ramps_dropblock_up_from_the_start_after_loading_the_pre_t
     """Sha-Lab/FEAT's ResNet-12 counts its forward passes in a plain attribute, not saved with the pre-trained
     weights, so meta-training starts its DropBlock ramp at 0; this project's counter is a buffer, loaded with them."""
     torch.manual_seed(0)
-    pretrained = Transfer(ResNet12(in_channels=3, drop_rate=0.1, dropblock_schedule_steps=100), num_base_classes=4,
-                          feature_dim=640)
+    pretrained = Transfer(
+        ResNet12(in_channels=3, drop_rate=0.1, dropblock_schedule_steps=100), num_base_classes=4, feature_dim=640
+    )
     pretrained.train()
     for _ in range(30):
         pretrained.backbone(torch.rand(2, 3, 32, 32))
@@ -182,10 +186,15 @@ def test_meta_training_ramps_dropblock_up_from_the_start_after_loading_the_pre_t
     assert ramps and all(int(ramp.training_steps) == 30 for ramp in ramps)
     checkpoint = tmp_path / "pretrained.ckpt"
     torch.save({"state_dict": pretrained.state_dict()}, checkpoint)
-    method = FEAT(ResNet12(in_channels=3, drop_rate=0.1, dropblock_schedule_steps=100), feature_dim=640,
-                  backbone_checkpoint=str(checkpoint))
+    method = FEAT(
+        ResNet12(in_channels=3, drop_rate=0.1, dropblock_schedule_steps=100),
+        feature_dim=640,
+        backbone_checkpoint=str(checkpoint),
+    )
     method.setup("fit")
     loaded = [m for m in method.backbone.modules() if isinstance(m, DropBlock)]
     assert all(int(ramp.training_steps) == 0 and float(ramp.current_drop_rate()) == 0.0 for ramp in loaded)
-    torch.testing.assert_close(method.backbone.state_dict()["blocks.0.body.0.weight"],
-                               pretrained.backbone.state_dict()["blocks.0.body.0.weight"])
+    torch.testing.assert_close(
+        method.backbone.state_dict()["blocks.0.body.0.weight"],
+        pretrained.backbone.state_dict()["blocks.0.body.0.weight"],
+    )

@@ -145,8 +145,9 @@ def test_tim_loss_and_logits_equal_the_paper_formulas():
     classifier = TIM()
     weights = torch.tensor([[0.9, 0.2], [0.1, 0.8]])
     loss = classifier.loss(weights, support, support_labels, queries)
-    expected = tim_loss_by_hand(weights.tolist(), support.tolist(), support_labels.tolist(), queries.tolist(), 15.0,
-                                (0.1, 1.0, 0.1))
+    expected = tim_loss_by_hand(
+        weights.tolist(), support.tolist(), support_labels.tolist(), queries.tolist(), 15.0, (0.1, 1.0, 0.1)
+    )
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     # no step: the weights are the support prototypes and the logits -tau/2 ||z - w||^2
     prototypes = torch.stack([support[:2].mean(dim=0), support[2]])
@@ -258,9 +259,16 @@ def test_frozen_features_hand_the_training_split_features_to_simpleshot(caltech_
     assert torch.allclose(model.episode_classifier.base_mean, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("classifier, arguments", [
-    (SimpleShot, {}), (BDCSPN, {}), (TIM, {"steps": 20}), (LaplacianShot, {}), (PTMAP, {}),
-])  # TIM's 1000 steps are tested above; 20 keep this run short
+@pytest.mark.parametrize(
+    "classifier, arguments",
+    [
+        (SimpleShot, {}),
+        (BDCSPN, {}),
+        (TIM, {"steps": 20}),
+        (LaplacianShot, {}),
+        (PTMAP, {}),
+    ],
+)  # TIM's 1000 steps are tested above; 20 keep this run short
 def test_each_classifier_evaluates_frozen_conv4_features(caltech_subset32, classifier, arguments):
     torch.manual_seed(0)
     model = FrozenFeatures(Conv4(in_channels=3, hidden_channels=16), episode_classifier=classifier(**arguments))

@@ -35,15 +35,13 @@ data:
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_hubs")
 
 
-
-
-
 class CountingBackbone(TimmBackbone):
     """The tiny DINOv2, counting the images it embeds (what a cache hit must not increase)."""
 
     def __init__(self) -> None:
-        super().__init__("vit_small_patch14_dinov2", pretrained=None, frozen=True, image_size=28,
-                         model_kwargs=TINY_DINOV2)
+        super().__init__(
+            "vit_small_patch14_dinov2", pretrained=None, frozen=True, image_size=28, model_kwargs=TINY_DINOV2
+        )
         self.images_seen = 0
 
     def forward(self, images):
@@ -122,8 +120,10 @@ def test_frozen_dinov2_architecture_beats_chance_with_prototypes_and_logistic_re
 def test_torchvision_and_timm_cnns_serve_as_frozen_backbones_too(caltech_subset32):
     from fsl_lightning.backbones import TorchvisionBackbone
 
-    for backbone in (TorchvisionBackbone("resnet18", weights=None, frozen=True),
-                     TimmBackbone("resnet18", pretrained=None, frozen=True, image_size=32)):
+    for backbone in (
+        TorchvisionBackbone("resnet18", weights=None, frozen=True),
+        TimmBackbone("resnet18", pretrained=None, frozen=True, image_size=32),
+    ):
         model = FrozenFeatures(backbone, episode_classifier=NearestCentroid())
         dm = datamodule(caltech_subset32, episodes=5)
         result = trainer().test(model, dm, verbose=False)[0]
@@ -134,14 +134,23 @@ def test_a_timm_backbone_fine_tunes_through_transfer(caltech_subset32):
     from fsl_lightning.methods import Transfer
 
     torch.manual_seed(0)
-    backbone = TimmBackbone("vit_small_patch14_dinov2", pretrained=None, frozen=False, image_size=28,
-                            model_kwargs=TINY_DINOV2)
+    backbone = TimmBackbone(
+        "vit_small_patch14_dinov2", pretrained=None, frozen=False, image_size=28, model_kwargs=TINY_DINOV2
+    )
     before = backbone.model.blocks[0].attn.qkv.weight.detach().clone()
     model = Transfer(backbone, num_base_classes=64, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    dm = EpisodicDataModule(caltech_subset32, pretrain_batch_size=16, evaluation=EpisodeSpec(5, 1, 15), val_episodes=2,
-                            test_episodes=2)
-    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-              num_sanity_val_steps=0, limit_val_batches=0).fit(model, dm)
+    dm = EpisodicDataModule(
+        caltech_subset32, pretrain_batch_size=16, evaluation=EpisodeSpec(5, 1, 15), val_episodes=2, test_episodes=2
+    )
+    L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    ).fit(model, dm)
     assert not torch.equal(before, backbone.model.blocks[0].attn.qkv.weight)
 
 
@@ -157,10 +166,18 @@ def test_fit_is_refused_with_what_to_run_instead(caltech_subset32):
 def test_dinov2_config_runs_test_through_the_cli(tmp_path):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(TINY_DINOV2_YAML)
-    cli = main([
-        "test", "--config", str(REPO / "experiments" / "caltech101" / "dinov2_5w5s.yaml"), "--config", str(tiny),
-        "--data.test_episodes=6", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-    ])
+    cli = main(
+        [
+            "test",
+            "--config",
+            str(REPO / "experiments" / "caltech101" / "dinov2_5w5s.yaml"),
+            "--config",
+            str(tiny),
+            "--data.test_episodes=6",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
     assert "test/acc" in cli.trainer.callback_metrics
     assert cli.model.images_embedded == len(cli.datamodule.splits["test"].images)

@@ -28,8 +28,11 @@ def test_the_environment_has_the_pinned_versions_of_constraints_txt():
 
     if os.environ.get("FSL_NEWEST") == "1":
         pytest.skip("installed with FSL_NEWEST=1: the newest versions, not the pinned ones")
-    pins = [line.split("==") for line in (Path(__file__).parents[1] / "constraints.txt").read_text().splitlines()
-            if line and not line.startswith("#")]
+    pins = [
+        line.split("==")
+        for line in (Path(__file__).parents[1] / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert any(name == "lightning" for name, _ in pins), "constraints.txt must pin Lightning"
     different = []
     for name, pinned in pins:

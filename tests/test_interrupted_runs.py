@@ -23,9 +23,16 @@ CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
 RUN = "omniglot_protonet_5w1s"
 # 2-way episodes of 28x28 Omniglot, validation every 5 steps: a whole run takes seconds on one thread.
 TINY = [
-    "--data.train.way=2", "--data.train.query=2", "--data.evaluation.way=2", "--data.evaluation.query=2",
-    "--data.train_episodes_per_epoch=5", "--data.val_episodes=3", "--trainer.accelerator=cpu",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=2",
+    "--data.train.way=2",
+    "--data.train.query=2",
+    "--data.evaluation.way=2",
+    "--data.evaluation.query=2",
+    "--data.train_episodes_per_epoch=5",
+    "--data.val_episodes=3",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.log_every_n_steps=2",
     "--test_after_fit=false",
 ]
 # The checkpoint callback of the experiment (the same state key, so that a resumed run restores its state).
@@ -38,12 +45,25 @@ def _fit(save_dir: Path, *arguments: str, extra_config: dict | None = None, env:
         path = save_dir.parent / f"{save_dir.name}.yaml"
         path.write_text(yaml.safe_dump(extra_config))
         configs += ["--config", str(path)]
-    command = [sys.executable, "-m", "fsl_lightning", "fit", *configs, *TINY,
-               f"--trainer.logger.init_args.save_dir={save_dir}", *arguments]
-    environment = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
-                   **(env or {})}
-    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "fit",
+        *configs,
+        *TINY,
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+        *arguments,
+    ]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if not wait:
         return process
     output, _ = process.communicate()
@@ -61,8 +81,9 @@ def test_a_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
     assert code == 0, output
     # Killed at step 13, mid-epoch: its newest checkpoint is from step 5 (the best; Lightning 2.6 writes last.ckpt
     # only with a new best), and the CSV logger had written nothing since (it flushes every 100 steps).
-    killer = {"trainer": {"callbacks": [BEST_AND_LAST, {"class_path": "interruptions.KillAtStep",
-                                                         "init_args": {"step": 13}}]}}
+    killer = {
+        "trainer": {"callbacks": [BEST_AND_LAST, {"class_path": "interruptions.KillAtStep", "init_args": {"step": 13}}]}
+    }
     code, output = _fit(tmp_path / "killed", "--trainer.max_steps=20", extra_config=killer)
     assert code == -9, output
     code, output = _fit(tmp_path / "killed", "--trainer.max_steps=20", "--ckpt_path", "last")
@@ -109,11 +130,17 @@ def test_a_kill_while_saving_a_checkpoint_leaves_a_checkpoint_to_resume_from(tmp
 
 def _kill_during_second_save_and_resume(tmp_path: Path, temporary_dir: Path) -> None:
     # last.ckpt written at every step, 100 MB larger than the model, with TMPDIR on another filesystem (tmpfs)
-    every_step = {"trainer": {"callbacks": [
-        {"class_path": "fsl_lightning.callbacks.ModelCheckpoint",
-         "init_args": {"every_n_train_steps": 1, "save_top_k": 0, "save_last": True}},
-        {"class_path": "interruptions.CheckpointBallast", "init_args": {"megabytes": 100}},
-    ]}}
+    every_step = {
+        "trainer": {
+            "callbacks": [
+                {
+                    "class_path": "fsl_lightning.callbacks.ModelCheckpoint",
+                    "init_args": {"every_n_train_steps": 1, "save_top_k": 0, "save_last": True},
+                },
+                {"class_path": "interruptions.CheckpointBallast", "init_args": {"megabytes": 100}},
+            ]
+        }
+    }
     env = {"TMPDIR": str(temporary_dir)}
     run = _fit(tmp_path / "out", "--trainer.max_steps=40", extra_config=every_step, env=env, wait=False)
     folder = tmp_path / "out" / RUN / "version_0" / "checkpoints"
@@ -143,5 +170,15 @@ def test_a_truncated_checkpoint_is_named_with_what_to_do(tmp_path, kept_bytes, b
     broken.parent.mkdir(parents=True)
     broken.write_bytes(whole.read_bytes()[:kept_bytes])
     with pytest.raises(SystemExit, match=rf"^error: Checkpoint {broken} is truncated or corrupt.*--ckpt_path"):
-        main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=1", "--ckpt_path",
-              "last" if by_name else str(broken), f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"])
+        main(
+            [
+                "fit",
+                "--config",
+                CONFIG,
+                *TINY,
+                "--trainer.max_steps=1",
+                "--ckpt_path",
+                "last" if by_name else str(broken),
+                f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}",
+            ]
+        )

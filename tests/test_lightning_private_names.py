@@ -44,9 +44,15 @@ def test_private_attributes_of_live_objects_exist(tmp_path):
     epoch_loop = trainer.fit_loop.epoch_loop
     used_by = "fsl_lightning/callbacks/resumed_run.py"
     assert hasattr(epoch_loop, "_batches_that_stepped"), f"epoch_loop._batches_that_stepped is gone; {used_by}"
-    assert callable(getattr(epoch_loop, "_should_accumulate", None)), f"epoch_loop._should_accumulate is gone; {used_by}"
-    assert hasattr(L.LightningModule(), "_trainer"), "LightningModule._trainer is gone; fsl_lightning/methods rely on it"
-    assert hasattr(TQDMProgressBar(), "_enabled"), "TQDMProgressBar._enabled is gone; fsl_lightning/callbacks/progress.py"
+    assert callable(getattr(epoch_loop, "_should_accumulate", None)), (
+        f"epoch_loop._should_accumulate is gone; {used_by}"
+    )
+    assert hasattr(L.LightningModule(), "_trainer"), (
+        "LightningModule._trainer is gone; fsl_lightning/methods rely on it"
+    )
+    assert hasattr(TQDMProgressBar(), "_enabled"), (
+        "TQDMProgressBar._enabled is gone; fsl_lightning/callbacks/progress.py"
+    )
 
 
 def test_the_cli_still_keeps_its_subcommand_parsers():

@@ -30,8 +30,14 @@ def short_run(method, omniglot, tmp_path, steps: int, tasks_per_batch: int = 4) 
         test_episodes=40,
     )
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     untrained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]
     trainer.fit(method, datamodule=datamodule)
@@ -59,8 +65,16 @@ METHODS = {
     "anil": lambda: ANIL(backbone(), adam, inner_lr=0.4, inner_steps=1, test_inner_steps=3),
     # Reptile learns more slowly per meta-iteration (no query objective): 5x the iterations (each is cheaper: first
     # order), and its update direction theta - mean(phi) fed to Adam, as Nichol et al. 2018 (section 3) allow.
-    "reptile": lambda: Reptile(backbone(), adam, inner_lr=0.1, inner_steps=5, test_inner_steps=10, inner_optimizer="sgd",
-                               inner_batch_size=None, test_inner_batch_size=None),
+    "reptile": lambda: Reptile(
+        backbone(),
+        adam,
+        inner_lr=0.1,
+        inner_steps=5,
+        test_inner_steps=10,
+        inner_optimizer="sgd",
+        inner_batch_size=None,
+        test_inner_batch_size=None,
+    ),
 }
 STEPS_OF = {"reptile": 5 * STEPS}
 

@@ -11,9 +11,15 @@ from fsl_lightning.methods.maml import MAML
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_RUN = [
-    "--model.init_args.backbone.init_args.hidden_channels=16", "--data.train_tasks_per_batch=2",
-    "--data.train.query=5", "--data.evaluation.query=5", "--data.train_episodes_per_epoch=4",
-    "--data.val_episodes=4", "--data.test_episodes=10", "--trainer.max_steps=4", "--trainer.accelerator=cpu",
+    "--model.init_args.backbone.init_args.hidden_channels=16",
+    "--data.train_tasks_per_batch=2",
+    "--data.train.query=5",
+    "--data.evaluation.query=5",
+    "--data.train_episodes_per_epoch=4",
+    "--data.val_episodes=4",
+    "--data.test_episodes=10",
+    "--trainer.max_steps=4",
+    "--trainer.accelerator=cpu",
     "--trainer.enable_progress_bar=false",
 ]
 

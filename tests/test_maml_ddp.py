@@ -29,16 +29,39 @@ def test_two_process_meta_gradient_equals_single_device(engine, tmp_path):
 
     # One device, the same tasks (one per rank: the first two of the meta-batch), one meta-batch.
     batch = meta_batch()
-    both = Episode(*(field[:2] for field in (
-        batch.support_images, batch.support_labels, batch.query_images, batch.query_labels, batch.class_ids
-    )))
+    both = Episode(
+        *(
+            field[:2]
+            for field in (
+                batch.support_images,
+                batch.support_labels,
+                batch.query_images,
+                batch.query_labels,
+                batch.class_ids,
+            )
+        )
+    )
     method = tiny_method(MAML, engine, steps=2, first_order=False)
     single = torch.autograd.grad(method.meta_loss(both)[0], list(method.parameters()))
     assert len(distributed) == len(single)
     for d, s in zip(distributed, single):
         torch.testing.assert_close(d, s, rtol=1e-10, atol=1e-12)
     # and not vacuously: one rank's tasks alone give another gradient
-    alone = torch.autograd.grad(method.meta_loss(Episode(*(f[:1] for f in (
-        batch.support_images, batch.support_labels, batch.query_images, batch.query_labels, batch.class_ids
-    ))))[0], list(method.parameters()))
+    alone = torch.autograd.grad(
+        method.meta_loss(
+            Episode(
+                *(
+                    f[:1]
+                    for f in (
+                        batch.support_images,
+                        batch.support_labels,
+                        batch.query_images,
+                        batch.query_labels,
+                        batch.class_ids,
+                    )
+                )
+            )
+        )[0],
+        list(method.parameters()),
+    )
     assert max((a - s).abs().max().item() for a, s in zip(alone, single)) > 1e-6

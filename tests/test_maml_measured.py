@@ -40,9 +40,17 @@ CALIBRATED = dict(initialisation="pytorch", batch_norm_scale=True, batch_norm_ep
 
 def reference_maml(adapt_batch_norm: bool = False, **network_settings) -> MAML:
     """The measured setting's MAML, on MAMLConv4 with its defaults (cbfinn/maml's network) unless overridden."""
-    network = MAMLConv4(in_channels=1, way=5, hidden_channels=32, image_size=28, downsampling="stride", **network_settings)
-    return MAML(network, lambda params: torch.optim.Adam(params, lr=3e-3), inner_lr=0.4, inner_steps=1, test_inner_steps=3,
-                adapt_batch_norm=adapt_batch_norm)
+    network = MAMLConv4(
+        in_channels=1, way=5, hidden_channels=32, image_size=28, downsampling="stride", **network_settings
+    )
+    return MAML(
+        network,
+        lambda params: torch.optim.Adam(params, lr=3e-3),
+        inner_lr=0.4,
+        inner_steps=1,
+        test_inner_steps=3,
+        adapt_batch_norm=adapt_batch_norm,
+    )
 
 
 def calibrated_maml() -> MAML:
@@ -53,14 +61,25 @@ def trained_accuracy(build_method, omniglot, tmp_path, seed: int = 0) -> float:
     """Test accuracy of ``build_method()`` after the measured setting's meta-training, with ``seed``."""
     spec = EpisodeSpec(way=5, shot=1, query=5)
     datamodule = EpisodicDataModule(
-        omniglot, train=spec, evaluation=spec, train_episodes_per_epoch=META_STEPS,
-        train_tasks_per_batch=TASKS_PER_BATCH, val_episodes=1, test_episodes=TEST_EPISODES,
+        omniglot,
+        train=spec,
+        evaluation=spec,
+        train_episodes_per_epoch=META_STEPS,
+        train_tasks_per_batch=TASKS_PER_BATCH,
+        val_episodes=1,
+        test_episodes=TEST_EPISODES,
     )
     L.seed_everything(seed)
     method = build_method()
     trainer = L.Trainer(
-        max_steps=META_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=META_STEPS,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(method, datamodule=datamodule)
     return trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_adaptation import meta_batch, tiny_model
 
 from fsl_lightning.methods.metasgd import MetaSGD
+from test_adaptation import meta_batch, tiny_model
 
 
 def test_initial_rates_are_drawn_uniformly_from_the_papers_range():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_adaptation import analytic_gradient, assert_gradients_close, finite_difference_gradient, meta_batch
 from torch import nn
 
 from fsl_lightning.adaptation import build_engine
@@ -17,6 +16,7 @@ from fsl_lightning.methods.anil import ANIL
 from fsl_lightning.methods.maml import MAML
 from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.reptile import Reptile
+from test_adaptation import analytic_gradient, assert_gradients_close, finite_difference_gradient, meta_batch
 
 WAY = 3  # as test_adaptation.meta_batch: 3 tasks of 3-way, 16x16 single-channel float64 images
 
@@ -62,8 +62,9 @@ def test_second_order_meta_gradient_with_torch_batch_norm_is_exact_in_both_engin
     batch = meta_batch()
     gradients = {}
     for engine in ("vmap", "loop", "learn2learn"):
-        method = MAML(torch_batch_norm_net(track_running_stats=track_running_stats), inner_lr=0.3, inner_steps=2,
-                      engine=engine)
+        method = MAML(
+            torch_batch_norm_net(track_running_stats=track_running_stats), inner_lr=0.3, inner_steps=2, engine=engine
+        )
         gradients[engine] = analytic_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
     numeric = finite_difference_gradient(lambda: method.meta_loss(batch)[0], list(method.parameters()))
     for engine in ("vmap", "loop"):

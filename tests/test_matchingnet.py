@@ -20,8 +20,13 @@ def _episode(support, support_labels, queries, query_labels) -> Episode:
     """An episode of flat 2-d "images" [N, 1, 1, 2] for a Flatten backbone."""
     as_images = lambda rows: torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, 1, -1)  # noqa: E731
     way = max(support_labels) + 1
-    return Episode(as_images(support), torch.tensor(support_labels), as_images(queries), torch.tensor(query_labels),
-                   torch.arange(way))
+    return Episode(
+        as_images(support),
+        torch.tensor(support_labels),
+        as_images(queries),
+        torch.tensor(query_labels),
+        torch.arange(way),
+    )
 
 
 def test_cosine_similarity_by_hand():
@@ -96,12 +101,22 @@ def _train_and_test(method, omniglot, tmp_path, train: EpisodeSpec, steps: int) 
     """
     L.seed_everything(0)
     datamodule = EpisodicDataModule(
-        omniglot, train=train, evaluation=EpisodeSpec(way=5, shot=1, query=5),
-        train_episodes_per_epoch=steps, val_episodes=5, test_episodes=50,
+        omniglot,
+        train=train,
+        evaluation=EpisodeSpec(way=5, shot=1, query=5),
+        train_episodes_per_epoch=steps,
+        val_episodes=5,
+        test_episodes=50,
     )
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     untrained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]
     trainer.fit(method, datamodule=datamodule)
@@ -125,7 +140,8 @@ def test_predict_writes_the_attention_probability_of_the_best_class():
     rows = method.predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
     total = math.e + 1 + math.exp(-1)
     assert MatchingNet.score_name == "probability"
-    assert rows == [{"query_file": "q.png", "predicted_class": "a", "probability": pytest.approx(math.e / total),
-                     "outlier": ""}]  # no validation behind this method: no outlier check
+    assert rows == [
+        {"query_file": "q.png", "predicted_class": "a", "probability": pytest.approx(math.e / total), "outlier": ""}
+    ]  # no validation behind this method: no outlier check
     probabilities = method.prediction_scores(method.episode_logits(episode))
     assert torch.allclose(probabilities, torch.tensor([[math.e / total, (1 + math.exp(-1)) / total]]))

@@ -46,8 +46,9 @@ def test_logits_are_ten_times_the_cosine_to_the_class_mean_by_hand():
     model = MetaBaseline(nn.Flatten())
     episode = tiny_episode()
     torch.testing.assert_close(model.episode_logits(episode), 10 * COSINES)
-    torch.testing.assert_close(model.score(model.fit_support(SupportSet.of(episode)), episode.query_images),
-                               10 * COSINES)
+    torch.testing.assert_close(
+        model.score(model.fit_support(SupportSet.of(episode)), episode.query_images), 10 * COSINES
+    )
 
 
 def test_the_classifier_baseline_scores_episodes_by_the_same_cosine_rule():
@@ -79,10 +80,22 @@ def test_a_meta_batch_is_embedded_in_one_backbone_pass_with_each_episode_scored_
     model = MetaBaseline(Conv4(1, 16)).eval()  # eval: the features do not depend on the batch
     calls = []
     model.backbone.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
-    tasks = [Episode(torch.randn(5, 1, 28, 28), torch.arange(5), torch.randn(10, 1, 28, 28),
-                     torch.arange(5).repeat(2), torch.arange(5)) for _ in range(2)]
-    meta_batch = Episode(*(torch.stack([getattr(task, name) for task in tasks]) for name in
-                           ("support_images", "support_labels", "query_images", "query_labels", "class_ids")))
+    tasks = [
+        Episode(
+            torch.randn(5, 1, 28, 28),
+            torch.arange(5),
+            torch.randn(10, 1, 28, 28),
+            torch.arange(5).repeat(2),
+            torch.arange(5),
+        )
+        for _ in range(2)
+    ]
+    meta_batch = Episode(
+        *(
+            torch.stack([getattr(task, name) for task in tasks])
+            for name in ("support_images", "support_labels", "query_images", "query_labels", "class_ids")
+        )
+    )
     together = model.training_logits(meta_batch, [meta_batch.task(t) for t in range(2)])
     assert calls == [30]
     for task, logits in zip(tasks, together):
@@ -98,14 +111,27 @@ def caltech32(data_root):
 
 
 def trainer(steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                     limit_val_batches=0, **kwargs)
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
 
 
 def episodes(dataset, **kwargs) -> EpisodicDataModule:
-    settings = dict(train=EpisodeSpec(5, 1, 2), evaluation=EpisodeSpec(5, 1, 2), train_episodes_per_epoch=2,
-                    val_episodes=1, test_episodes=1)
+    settings = dict(
+        train=EpisodeSpec(5, 1, 2),
+        evaluation=EpisodeSpec(5, 1, 2),
+        train_episodes_per_epoch=2,
+        val_episodes=1,
+        test_episodes=1,
+    )
     return EpisodicDataModule(dataset, **{**settings, **kwargs})
 
 
@@ -131,8 +157,11 @@ class BackboneAtTrainStart(Callback):
 def test_stage_two_starts_from_the_stage_one_backbone_and_meta_trains_it(caltech32, stage_one):
     stage_one_model, path = stage_one
     torch.manual_seed(1)  # other initial weights than stage 1's
-    model = MetaBaseline(Conv4(3, 16), classifier_baseline_checkpoint=str(path),
-                         optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9))
+    model = MetaBaseline(
+        Conv4(3, 16),
+        classifier_baseline_checkpoint=str(path),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+    )
     start = BackboneAtTrainStart()
     trainer(2, callbacks=[start]).fit(model, episodes(caltech32, train_tasks_per_batch=2))
     expected = stage_one_model.backbone.state_dict()
@@ -158,8 +187,10 @@ def test_a_missing_stage_one_file_is_named(tmp_path):
 def test_a_stage_one_checkpoint_of_another_backbone_is_refused(stage_one):
     _, path = stage_one
     model = MetaBaseline(Conv4(3, 32), classifier_baseline_checkpoint=str(path))
-    with pytest.raises(UserError, match="do not fit this backbone: pass the checkpoint of a run with the "
-                                        "same backbone settings.*size mismatch"):
+    with pytest.raises(
+        UserError,
+        match="do not fit this backbone: pass the checkpoint of a run with the same backbone settings.*size mismatch",
+    ):
         model.load_classifier_baseline()
 
 

@@ -29,13 +29,25 @@ def test_meta_batches_of_two_episodes_train_on_omniglot(name, omniglot, tmp_path
     L.seed_everything(0)
     method = METHODS[name]()
     datamodule = EpisodicDataModule(
-        omniglot, train=EpisodeSpec(way=5, shot=1, query=2), evaluation=EpisodeSpec(way=5, shot=1, query=2),
-        train_tasks_per_batch=2, train_episodes_per_epoch=STEPS, val_episodes=1, test_episodes=1,
+        omniglot,
+        train=EpisodeSpec(way=5, shot=1, query=2),
+        evaluation=EpisodeSpec(way=5, shot=1, query=2),
+        train_tasks_per_batch=2,
+        train_episodes_per_epoch=STEPS,
+        val_episodes=1,
+        test_episodes=1,
     )
     before = [parameter.detach().clone() for parameter in method.backbone.parameters()]
     trainer = L.Trainer(
-        max_steps=STEPS, limit_val_batches=0, accelerator="cpu", logger=False, enable_checkpointing=False,
-        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=STEPS,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(method, datamodule=datamodule)
     assert trainer.global_step == STEPS

@@ -34,9 +34,14 @@ def scipy_qp(Q, p, G, h, A, b):
     """The same QP by SciPy's SLSQP (batch of 1), from the origin."""
     Q, p, G, h, A, b = (t[0].numpy() for t in (Q, p, G, h, A, b))
     result = minimize(
-        lambda x: 0.5 * x @ Q @ x + p @ x, np.zeros(len(p)), jac=lambda x: Q @ x + p, method="SLSQP",
-        constraints=[{"type": "ineq", "fun": lambda x: h - G @ x, "jac": lambda x: -G},
-                     {"type": "eq", "fun": lambda x: A @ x - b, "jac": lambda x: A}],
+        lambda x: 0.5 * x @ Q @ x + p @ x,
+        np.zeros(len(p)),
+        jac=lambda x: Q @ x + p,
+        method="SLSQP",
+        constraints=[
+            {"type": "ineq", "fun": lambda x: h - G @ x, "jac": lambda x: -G},
+            {"type": "eq", "fun": lambda x: A @ x - b, "jac": lambda x: A},
+        ],
         options={"ftol": 1e-12, "maxiter": 1000},
     )
     assert result.success, result.message

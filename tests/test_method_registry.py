@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from method_zoo import BUILDERS, RGB_METHODS, build
 
 import fsl_lightning.methods as methods
 from fsl_lightning.episode import EpisodeSpec, LabelledBatch, split_support_query
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.methods.registry import registered
+from method_zoo import BUILDERS, RGB_METHODS, build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +63,8 @@ def test_one_training_step_reaches_every_trained_parameter(name):
     loss = method.training_step(synthetic_training_batch(method, name), 0)
     loss.backward()
     unreached = [
-        key for key, parameter in trained.items()
+        key
+        for key, parameter in trained.items()
         if (parameter.grad is None or not parameter.grad.any()) and (name, key) not in UNTRAINED_BY_DESIGN
     ]
     assert not unreached, f"{name}: one training step leaves {unreached} without a gradient"

@@ -29,9 +29,8 @@ per test (1 thread, lightly loaded machine).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import tempfile
+from collections.abc import Sequence
 
 import lightning as L
 import pytest
@@ -72,21 +71,33 @@ def siamese(cls: type[Siamese] = Siamese) -> Siamese:
     return cls(Conv4(in_channels=1), adam, embedding_dim=64)  # the 28x28 twin
 
 
-def untrained_and_trained_accuracy(build, omniglot, seed: int = 0, train_steps: int = TRAIN_STEPS,
-                                   callbacks: Sequence[L.Callback] = ()) -> dict:
+def untrained_and_trained_accuracy(
+    build, omniglot, seed: int = 0, train_steps: int = TRAIN_STEPS, callbacks: Sequence[L.Callback] = ()
+) -> dict:
     """Test accuracy of ``build()``'s network before and after ``train_steps`` training episodes (seeded by
     ``seed``: weights and training episodes); the test episodes are the same fixed ones for every seed.
     ``callbacks`` join the Trainer's (``benchmarks/family_bars.py --cpu-defaults``: the CLI's speed settings)."""
     datamodule = EpisodicDataModule(
-        omniglot, train=EPISODE, evaluation=EPISODE, train_episodes_per_epoch=train_steps, val_episodes=1,
-        test_episodes=TEST_EPISODES, seed=seed,
+        omniglot,
+        train=EPISODE,
+        evaluation=EPISODE,
+        train_episodes_per_epoch=train_steps,
+        val_episodes=1,
+        test_episodes=TEST_EPISODES,
+        seed=seed,
     )
     L.seed_everything(seed)
     method: FewShotMethod = build()
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
-            max_steps=train_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-            limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+            max_steps=train_steps,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
             callbacks=list(callbacks),
         )
         untrained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]
@@ -104,8 +115,14 @@ def _check_bar(name: str, result: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("name, build", [
-    ("ProtoNet", protonet), ("MatchingNet", matchingnet), ("RelationNet", relationnet), ("Siamese", siamese),
-])
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("ProtoNet", protonet),
+        ("MatchingNet", matchingnet),
+        ("RelationNet", relationnet),
+        ("Siamese", siamese),
+    ],
+)
 def test_method_on_omniglot_reaches_its_bar(name, build, omniglot):
     _check_bar(name, untrained_and_trained_accuracy(build, omniglot))

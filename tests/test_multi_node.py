@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import torch
-from test_ddp_training import CONFIG, ONE_STEP, SGD, SPEC, expected_ddp_step
 
 from fsl_lightning.data import EpisodicDataModule
+from test_ddp_training import CONFIG, ONE_STEP, SGD, SPEC, expected_ddp_step
 
 NODES = ["--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.strategy=ddp"]
 
@@ -36,11 +36,19 @@ def on_two_nodes(arguments: list[str], cwd: Path) -> list[subprocess.CompletedPr
     port = free_port()
     processes = []
     for node in (0, 1):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),
-               "LOCAL_RANK": "0", "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NODE_RANK": str(node),
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "2",
+            "OMP_NUM_THREADS": "1",
+        }
         command = [sys.executable, "-m", "fsl_lightning", *arguments, *NODES]
-        processes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
+        processes.append(
+            subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     results = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
@@ -58,23 +66,48 @@ def accuracy_line(stdout: str) -> str:
 
 def test_two_simulated_nodes_train_on_their_own_episodes_and_test_as_one_process(omniglot, tmp_path):
     out = tmp_path / "two_nodes"
-    fit = ["fit", "--config", CONFIG, *ONE_STEP, f"--trainer.logger.init_args.save_dir={out}",
-           f"--model.init_args.optimizer={SGD}"]
+    fit = [
+        "fit",
+        "--config",
+        CONFIG,
+        *ONE_STEP,
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--model.init_args.optimizer={SGD}",
+    ]
     on_two_nodes(fit, tmp_path)
     (checkpoint,) = out.glob("*/version_*/checkpoints/last.ckpt")  # one run folder, one checkpoint: written once
     trained = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
 
     initial = tmp_path / "initial"
-    subprocess.run([sys.executable, "-m", "fsl_lightning", *fit[:-2], f"--trainer.logger.init_args.save_dir={initial}",
-                    "--model.init_args.optimizer.init_args.lr=0.0"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fsl_lightning",
+            *fit[:-2],
+            f"--trainer.logger.init_args.save_dir={initial}",
+            "--model.init_args.optimizer.init_args.lr=0.0",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (start,) = initial.glob("*/version_0/checkpoints/last.ckpt")
     datamodule = EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC)
     expected = expected_ddp_step(torch.load(start, map_location="cpu", weights_only=False)["state_dict"], datamodule)
     for name, weight in expected.items():
         assert torch.allclose(trained[name], weight, atol=1e-5), name
 
-    test = ["test", "--config", CONFIG, *ONE_STEP, "--data.test_episodes=41", f"--trainer.logger.init_args.save_dir={tmp_path / 'test'}",
-            "--ckpt_path", str(checkpoint)]
+    test = [
+        "test",
+        "--config",
+        CONFIG,
+        *ONE_STEP,
+        "--data.test_episodes=41",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'test'}",
+        "--ckpt_path",
+        str(checkpoint),
+    ]
     single = subprocess.run([sys.executable, "-m", "fsl_lightning", *test], capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     node0, node1 = on_two_nodes(test, tmp_path)

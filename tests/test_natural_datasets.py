@@ -315,8 +315,12 @@ def test_repository_splits_are_the_published_ones():
     assert [len(fc100[s]) for s in ("train", "val", "test")] == [12, 4, 4]
     assert sorted(fc100["train"] + fc100["val"] + fc100["test"]) == COARSE_NAMES
     assert set(fc100["test"]) == {"aquatic_mammals", "insects", "medium_mammals", "people"}
-    assert set(fc100["val"]) == {"large_carnivores", "large_omnivores_and_herbivores", "non-insect_invertebrates",
-                                 "small_mammals"}
+    assert set(fc100["val"]) == {
+        "large_carnivores",
+        "large_omnivores_and_herbivores",
+        "non-insect_invertebrates",
+        "small_mammals",
+    }
 
 
 def test_cifar_fs_from_the_official_archive(tmp_path):
@@ -359,8 +363,12 @@ def test_cifar_is_downloaded_from_the_official_address_when_absent(tmp_path, mon
     monkeypatch.setattr(cifar_module, "download_file", fake_download)
     dataset = CIFARFS(root=str(tmp_path / "root"))
     assert dataset.load_split("val").num_classes == 16
-    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                      tmp_path / "root" / "cifar100" / "cifar-100-python.tar.gz")]
+    assert calls == [
+        (
+            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+            tmp_path / "root" / "cifar100" / "cifar-100-python.tar.gz",
+        )
+    ]
 
 
 def test_cifar_missing_and_offline_say_what_to_put_where(tmp_path, monkeypatch):

@@ -32,15 +32,27 @@ def test_nearest_in_class_by_hand():
 def test_logits_are_minus_the_distance_to_the_nearest_support_image_of_each_class():
     # query (3, 3): distances sqrt(18) to (0, 0) and sqrt(34) to (6, 8) [class 0], 1 to (3, 4) [class 1]
     points = lambda rows: torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, 1, 2)  # noqa: E731
-    episode = Episode(points([[0, 0], [3, 4], [6, 8]]), torch.tensor([0, 1, 0]), points([[3, 3]]), torch.tensor([1]),
-                      torch.tensor([5, 6]))
+    episode = Episode(
+        points([[0, 0], [3, 4], [6, 8]]),
+        torch.tensor([0, 1, 0]),
+        points([[3, 3]]),
+        torch.tensor([1]),
+        torch.tensor([5, 6]),
+    )
     logits = NearestNeighbour(backbone=nn.Flatten()).episode_logits(episode)
     assert torch.allclose(logits, torch.tensor([[-math.sqrt(18), -1.0]]))
 
 
 def _trainer(tmp_path) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir=tmp_path, max_steps=1)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        max_steps=1,
+    )
 
 
 def test_pixel_nearest_neighbour_beats_chance_on_omniglot_without_training(omniglot, tmp_path):
@@ -57,11 +69,19 @@ def test_fit_stops_with_a_pointer_to_test(omniglot, tmp_path):
 
 def test_the_config_runs_through_the_cli_test_command_without_a_checkpoint(omniglot, tmp_path):
     # the config's Lake 105x105 images take minutes to decode on 2 cores: the cached Vinyals 28x28 ones here
-    cli = main([
-        "test", "--config", CONFIG, "--data.dataset.init_args.protocol=vinyals",
-        "--data.dataset.init_args.image_size=28", "--data.test_episodes=50", "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-    ])
+    cli = main(
+        [
+            "test",
+            "--config",
+            CONFIG,
+            "--data.dataset.init_args.protocol=vinyals",
+            "--data.dataset.init_args.image_size=28",
+            "--data.test_episodes=50",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
     assert cli.trainer.callback_metrics["test/acc"].item() > 0.15
 
 
@@ -69,14 +89,26 @@ def test_predict_writes_the_distance_to_the_nearest_support_image_under_a_distan
     # query (3, 0): distances 3 to (0, 0) [class a], 4 and sqrt(73) to (3, 4), (6, 8) [class b];
     # query (5, 5): sqrt(50) to (0, 0), sqrt(5) to (3, 4), sqrt(10) to (6, 8)
     points = lambda rows: torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, 1, 2)  # noqa: E731
-    episode = Episode(points([[0, 0], [3, 4], [6, 8]]), torch.tensor([0, 1, 1]), points([[3, 0], [5, 5]]),
-                      torch.tensor([-1, -1]), torch.tensor([0, 1]))
+    episode = Episode(
+        points([[0, 0], [3, 4], [6, 8]]),
+        torch.tensor([0, 1, 1]),
+        points([[3, 0], [5, 5]]),
+        torch.tensor([-1, -1]),
+        torch.tensor([0, 1]),
+    )
     batch = {"episode": episode, "query_files": ["first.png", "second.png"], "class_names": ["a", "b"]}
     output = tmp_path / "predictions.csv"
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[PredictionCSVWriter(str(output))])
-    trainer.predict(NearestNeighbour(backbone=nn.Flatten()), DataLoader([batch], batch_size=None),
-                    return_predictions=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[PredictionCSVWriter(str(output))],
+    )
+    trainer.predict(
+        NearestNeighbour(backbone=nn.Flatten()), DataLoader([batch], batch_size=None), return_predictions=False
+    )
     with output.open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["query_file", "predicted_class", "distance", "outlier", "error"]

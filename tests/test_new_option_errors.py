@@ -10,7 +10,9 @@ from fsl_lightning.methods import R2D2, Reptile
 
 
 def test_an_unknown_maml_conv4_initialisation_names_the_choices():
-    with pytest.raises(ValueError, match=r"initialisation must be one of \('maml', 'glorot', 'pytorch'\), got 'xavier'"):
+    with pytest.raises(
+        ValueError, match=r"initialisation must be one of \('maml', 'glorot', 'pytorch'\), got 'xavier'"
+    ):
         MAMLConv4(initialisation="xavier")
 
 

@@ -64,16 +64,20 @@ def test_lake_protocol_validates_on_background_alphabets_and_tests_on_the_evalua
     # each class keeps its own 20 images
     names, images = dataset._characters("images_background")
     index = val.class_names.index("Latin/character01")
-    assert torch.equal(val.images[val.class_offsets[index] : val.class_offsets[index + 1]],
-                       images[names.index("Latin/character01")])
+    assert torch.equal(
+        val.images[val.class_offsets[index] : val.class_offsets[index + 1]], images[names.index("Latin/character01")]
+    )
 
 
 def test_lake_validation_has_alphabets_for_20_way_trials_within_one_alphabet(data_root):
     from fsl_lightning.data import EpisodicDataModule
     from fsl_lightning.episode import EpisodeSpec
 
-    datamodule = EpisodicDataModule(Omniglot(protocol="lake", image_size=32, download=False),
-                                    evaluation=EpisodeSpec(20, 1, 1), evaluation_within_group=True)
+    datamodule = EpisodicDataModule(
+        Omniglot(protocol="lake", image_size=32, download=False),
+        evaluation=EpisodeSpec(20, 1, 1),
+        evaluation_within_group=True,
+    )
     datamodule.setup("fit")  # raises if no validation alphabet had 20 characters
     assert datamodule.splits["val"].num_classes == 241
 
@@ -109,7 +113,9 @@ def test_archive_with_wrong_structure_is_rejected(tmp_path):
     folder = tmp_path / "omniglot"
     folder.mkdir()
     _write_zip(folder / "images_background.zip", characters=3, images_per_character=20)
-    with pytest.raises(DatasetNotFoundError, match="holds 3 character folders, but Omniglot's images_background has 964"):
+    with pytest.raises(
+        DatasetNotFoundError, match="holds 3 character folders, but Omniglot's images_background has 964"
+    ):
         Omniglot(root=str(tmp_path), download=False, image_size=28).load_split("train")
 
 
@@ -119,7 +125,9 @@ def test_corrupt_image_error_names_the_file(tmp_path, monkeypatch):
     folder = tmp_path / "omniglot"
     folder.mkdir()
     _write_zip(folder / "images_background.zip", characters=2, images_per_character=20, corrupt="0002_07.png")
-    with pytest.raises(CorruptImageError, match=r"images_background\.zip:images_background/Alpha/character02/0002_07\.png"):
+    with pytest.raises(
+        CorruptImageError, match=r"images_background\.zip:images_background/Alpha/character02/0002_07\.png"
+    ):
         Omniglot(root=str(tmp_path), protocol="lake", download=False).load_split("train")
 
 

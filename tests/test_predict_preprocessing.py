@@ -22,13 +22,13 @@ SPEC = EpisodeSpec(way=5, shot=1, query=2)
 def _first_test_episode(dataset):
     datamodule = EpisodicDataModule(dataset, evaluation=SPEC, test_episodes=1)
     datamodule.setup("test")
-    datamodule.trainer = SimpleNamespace(state=SimpleNamespace(stage=RunningStage.TESTING), global_rank=0,
-                                         world_size=1)
+    datamodule.trainer = SimpleNamespace(state=SimpleNamespace(stage=RunningStage.TESTING), global_rank=0, world_size=1)
     return datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0), datamodule.splits["test"]
 
 
 def _write_episode_files(episode, classes, file_of, root: Path) -> tuple[Path, Path]:
     """The episode's files as a user would give them: support/<label>/..., queries/... (in query order)."""
+
     def source(index: int) -> tuple[Path | bytes, str]:
         class_id = int(torch.bucketize(torch.tensor(index), classes.class_offsets[1:], right=True))
         return file_of(classes.class_names[class_id], index - int(classes.class_offsets[class_id]))

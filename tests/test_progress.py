@@ -21,8 +21,12 @@ from fsl_lightning.episode import EpisodeSpec
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
 TINY = [
-    "--data.train.way=5", "--data.train_episodes_per_epoch=10", "--data.val_episodes=5", "--trainer.accelerator=cpu",
-    "--trainer.enable_model_summary=false", "--test_after_fit=false",
+    "--data.train.way=5",
+    "--data.train_episodes_per_epoch=10",
+    "--data.val_episodes=5",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_model_summary=false",
+    "--test_after_fit=false",
 ]
 NUMBER = r"\d+\.\d{4}"
 STEP_LINE = (
@@ -32,8 +36,18 @@ STEP_LINE = (
 
 def test_a_fit_written_to_a_file_logs_step_lines_and_a_line_per_validation(tmp_path):
     log = tmp_path / "run.log"
-    command = [sys.executable, "-m", "fsl_lightning", "fit", "--config", CONFIG, *TINY, "--trainer.max_steps=22",
-               "--trainer.log_every_n_steps=5", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "fit",
+        "--config",
+        CONFIG,
+        *TINY,
+        "--trainer.max_steps=22",
+        "--trainer.log_every_n_steps=5",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with log.open("w") as output:
         subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=REPO, check=True)
@@ -47,8 +61,18 @@ def test_a_fit_written_to_a_file_logs_step_lines_and_a_line_per_validation(tmp_p
 
 
 def test_the_terminal_bar_counts_steps_to_max_steps_and_shows_the_training_metrics(tmp_path):
-    cli = main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=12", "--trainer.log_every_n_steps=4",
-                "--progress.plain_lines=false", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            *TINY,
+            "--trainer.max_steps=12",
+            "--trainer.log_every_n_steps=4",
+            "--progress.plain_lines=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
     progress = cli.trainer.progress_bar_callback
     assert isinstance(progress, StepProgressBar) and progress.is_enabled
     bar = progress.train_progress_bar
@@ -61,16 +85,34 @@ def test_the_terminal_bar_counts_steps_to_max_steps_and_shows_the_training_metri
 
 
 def test_reports_also_come_every_n_seconds(tmp_path, capsys):
-    main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=4", "--trainer.limit_val_batches=0",
-          "--progress.plain_lines=true", "--progress.every_n_steps=1000", "--progress.every_n_seconds=1e-6",
-          f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            *TINY,
+            "--trainer.max_steps=4",
+            "--trainer.limit_val_batches=0",
+            "--progress.plain_lines=true",
+            "--progress.every_n_steps=1000",
+            "--progress.every_n_seconds=1e-6",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
     steps = re.findall(r"^step (\d+)/4 \| loss", capsys.readouterr().out, re.MULTILINE)
     assert steps == ["1", "2", "3", "4"]
 
 
 def test_the_bar_gives_way_to_enable_progress_bar_false_and_to_a_bar_in_the_callbacks(tmp_path, capsys):
-    quick = ["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
-             f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    quick = [
+        "fit",
+        "--config",
+        CONFIG,
+        *TINY,
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
     assert main([*quick, "--trainer.enable_progress_bar=false"]).trainer.progress_bar_callback is None
     assert "step 2/2" not in capsys.readouterr().out
     chosen = main([*quick, "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"])

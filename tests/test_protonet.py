@@ -74,8 +74,10 @@ def test_a_batch_of_episodes_is_one_step_on_their_mean_loss():
     method.log = lambda *args, **kwargs: None  # no Trainer here
     labels = torch.arange(5)
     batch = Episode(
-        support_images=torch.rand(3, 5, 1, 28, 28), support_labels=labels.expand(3, -1),
-        query_images=torch.rand(3, 10, 1, 28, 28), query_labels=labels.repeat_interleave(2).expand(3, -1),
+        support_images=torch.rand(3, 5, 1, 28, 28),
+        support_labels=labels.expand(3, -1),
+        query_images=torch.rand(3, 10, 1, 28, 28),
+        query_labels=labels.repeat_interleave(2).expand(3, -1),
         class_ids=labels.expand(3, -1),
     )
     per_episode = [method.episode_loss(batch.task(t), method.episode_logits(batch.task(t))) for t in range(3)]
@@ -85,12 +87,23 @@ def test_a_batch_of_episodes_is_one_step_on_their_mean_loss():
 def test_predict_writes_the_softmax_probability_of_the_best_class():
     # prototypes (1, 1) and (4, 5) as above; query (1, 2): squared distances 1 and 18 -> p = 1 / (1 + e^-17)
     support = torch.tensor([[0.0, 0.0], [2.0, 2.0], [4.0, 4.0], [4.0, 6.0]]).view(4, 1, 1, 2)
-    episode = Episode(support, torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 2.0]]).view(1, 1, 1, 2),
-                      torch.tensor([-1]), torch.tensor([7, 9]))
+    episode = Episode(
+        support,
+        torch.tensor([0, 0, 1, 1]),
+        torch.tensor([[1.0, 2.0]]).view(1, 1, 1, 2),
+        torch.tensor([-1]),
+        torch.tensor([7, 9]),
+    )
     method = ProtoNet(backbone=Flatten())
     rows = method.predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
     assert ProtoNet.score_name == "probability"
-    assert rows == [{"query_file": "q.png", "predicted_class": "a",
-                     "probability": pytest.approx(1 / (1 + math.exp(-17)), abs=1e-7), "outlier": ""}]
+    assert rows == [
+        {
+            "query_file": "q.png",
+            "predicted_class": "a",
+            "probability": pytest.approx(1 / (1 + math.exp(-17)), abs=1e-7),
+            "outlier": "",
+        }
+    ]
     probabilities = method.prediction_scores(method.episode_logits(episode))
     assert torch.allclose(probabilities.sum(dim=-1), torch.ones(1))

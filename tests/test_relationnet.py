@@ -49,8 +49,13 @@ def _constant_maps(values: list[float]) -> Tensor:
 
 def test_relation_scores_compare_each_query_with_each_summed_class_map():
     # 2-way 2-shot: class maps 1 + 2 = 3 and 3 + 4 = 7; queries 5 and 6 -> scores 0.1 * class + 0.01 * query
-    episode = Episode(_constant_maps([1, 2, 3, 4]), torch.tensor([0, 0, 1, 1]), _constant_maps([5, 6]),
-                      torch.tensor([0, 1]), torch.tensor([3, 8]))
+    episode = Episode(
+        _constant_maps([1, 2, 3, 4]),
+        torch.tensor([0, 0, 1, 1]),
+        _constant_maps([5, 6]),
+        torch.tensor([0, 1]),
+        torch.tensor([3, 8]),
+    )
     method = RelationNet(backbone=Identity(), feature_channels=1, feature_size=4)
     method.relation = ReadPair()
     expected = torch.tensor([[0.35, 0.75], [0.36, 0.76]])
@@ -70,8 +75,13 @@ def test_paper_embedding_keeps_5x5_maps_on_omniglot_and_scores_are_probabilities
 
 
 def test_a_flat_backbone_is_refused_with_the_reason():
-    episode = Episode(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]),
-                      torch.tensor([0, 1]))
+    episode = Episode(
+        torch.rand(2, 1, 28, 28),
+        torch.tensor([0, 1]),
+        torch.rand(2, 1, 28, 28),
+        torch.tensor([0, 1]),
+        torch.tensor([0, 1]),
+    )
     with pytest.raises(ValueError, match="feature maps"):
         RelationNet(backbone=Conv4(in_channels=1)).episode_logits(episode)
 
@@ -79,14 +89,25 @@ def test_a_flat_backbone_is_refused_with_the_reason():
 def test_relationnet_learns_omniglot(omniglot, tmp_path):
     L.seed_everything(0)
     datamodule = EpisodicDataModule(
-        omniglot, train=EpisodeSpec(way=5, shot=1, query=5), evaluation=EpisodeSpec(way=5, shot=1, query=5),
-        train_episodes_per_epoch=100, val_episodes=5, test_episodes=50,
+        omniglot,
+        train=EpisodeSpec(way=5, shot=1, query=5),
+        evaluation=EpisodeSpec(way=5, shot=1, query=5),
+        train_episodes_per_epoch=100,
+        val_episodes=5,
+        test_episodes=50,
     )
-    method = RelationNet(backbone=RelationConv4(in_channels=1),
-                         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    method = RelationNet(
+        backbone=RelationConv4(in_channels=1), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3)
+    )
     trainer = L.Trainer(
-        max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=100,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(method, datamodule=datamodule)
     trained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor
-from test_adaptation import meta_batch, tiny_model
 
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4
 from fsl_lightning.episode import Episode
 from fsl_lightning.methods.reptile import Reptile
+from test_adaptation import meta_batch, tiny_model
 
 WAY, SHOT, QUERY, TASKS, SIDE = 5, 1, 6, 6, 16
 
@@ -37,8 +37,14 @@ def test_logged_training_accuracy_is_not_measured_on_queries_the_inner_loop_trai
 
     Before the fix train/acc scored the queries with the weights adapted on them (measured 1.0 here)."""
     torch.manual_seed(0)
-    method = Reptile(MAMLConv4(in_channels=1, way=WAY, hidden_channels=16, image_size=SIDE), inner_lr=0.5,
-                     inner_steps=30, inner_optimizer="sgd", inner_batch_size=None, test_inner_batch_size=None)
+    method = Reptile(
+        MAMLConv4(in_channels=1, way=WAY, hidden_channels=16, image_size=SIDE),
+        inner_lr=0.5,
+        inner_steps=30,
+        inner_optimizer="sgd",
+        inner_batch_size=None,
+        test_inner_batch_size=None,
+    )
     method.training_step(noise_meta_batch(), 0)
     assert method.train_accuracy.compute().item() < 0.45
 
@@ -104,10 +110,14 @@ def test_inner_adam_is_torch_adam_with_beta1_zero_carried_from_task_to_task():
     for task, task_expected in enumerate(expected):
         one_task = batch.map(lambda tensor, t=task: tensor[t : t + 1])
         adapted = replay.inner_adam.adapt(
-            replay.backbone, replay.inner_adam_moments,
+            replay.backbone,
+            replay.inner_adam_moments,
             torch.cat([one_task.support_images, one_task.query_images], dim=1),
             torch.cat([one_task.support_labels, one_task.query_labels], dim=1),
-            3, None, torch.Generator(), keep_moments=True,
+            3,
+            None,
+            torch.Generator(),
+            keep_moments=True,
         )
         for name, value in task_expected.items():
             torch.testing.assert_close(adapted[name][0], value, rtol=1e-4, atol=1e-5)  # steps are lr = 1e-2

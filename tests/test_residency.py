@@ -7,18 +7,26 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.trainer.states import RunningStage
-from test_episodes import SPEC, attach_trainer, episodes_of
 
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.data.residency import choose_residency
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ProtoNet
+from test_episodes import SPEC, attach_trainer, episodes_of
 
 
 def datamodule(omniglot, resident: str, **kwargs) -> EpisodicDataModule:
-    module = EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, val_episodes=12, test_episodes=12,
-                                train_episodes_per_epoch=5, resident=resident, **kwargs)
+    module = EpisodicDataModule(
+        omniglot,
+        train=SPEC,
+        evaluation=SPEC,
+        val_episodes=12,
+        test_episodes=12,
+        train_episodes_per_epoch=5,
+        resident=resident,
+        **kwargs,
+    )
     module.setup("fit")
     return module
 
@@ -36,12 +44,14 @@ def assert_same_episodes(first: list, second: list) -> None:
         assert a.seed == b.seed
 
 
-@pytest.mark.parametrize("stage, loader", [(RunningStage.VALIDATING, "val_dataloader"),
-                                           (RunningStage.TRAINING, "train_dataloader")])
+@pytest.mark.parametrize(
+    "stage, loader", [(RunningStage.VALIDATING, "val_dataloader"), (RunningStage.TRAINING, "train_dataloader")]
+)
 def test_host_and_device_residency_give_the_same_episodes(omniglot, stage, loader):
     on_device, on_host = datamodule(omniglot, "device"), datamodule(omniglot, "host")
-    assert_same_episodes(episodes(on_device, stage, getattr(on_device, loader)),
-                         episodes(on_host, stage, getattr(on_host, loader)))
+    assert_same_episodes(
+        episodes(on_device, stage, getattr(on_device, loader)), episodes(on_host, stage, getattr(on_host, loader))
+    )
     assert on_host._resident == {}, "host residency copied a split for the device"
 
 
@@ -50,8 +60,13 @@ def test_the_same_weights_test_the_same_with_either_residency(omniglot, tmp_path
     model = ProtoNet(Conv4(in_channels=1))
     results = []
     for resident in ("device", "host"):
-        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         module = EpisodicDataModule(omniglot, train=SPEC, evaluation=SPEC, test_episodes=30, resident=resident)
         results.append(trainer.test(model, datamodule=module, verbose=False)[0])
     assert results[0] == results[1]

@@ -45,8 +45,10 @@ def _episode(tasks=2, way=5, shot=1, query=3):
     images = torch.rand(tasks, way * (shot + query), 1, 28, 28, generator=generator)
     labels = torch.arange(way)
     return Episode(
-        support_images=images[:, : way * shot], support_labels=labels.repeat_interleave(shot).expand(tasks, -1),
-        query_images=images[:, way * shot :], query_labels=labels.repeat_interleave(query).expand(tasks, -1),
+        support_images=images[:, : way * shot],
+        support_labels=labels.repeat_interleave(shot).expand(tasks, -1),
+        query_images=images[:, way * shot :],
+        query_labels=labels.repeat_interleave(query).expand(tasks, -1),
         class_ids=labels.expand(tasks, -1),
     )
 
@@ -76,8 +78,13 @@ def test_the_engines_agree_in_evaluation_with_running_averages():
     assert torch.allclose(vmap_method.episode_logits(episode), l2l_method.episode_logits(episode), atol=1e-5)
     assert torch.allclose(loop_method.episode_logits(episode), l2l_method.episode_logits(episode), atol=1e-5)
     # queries are normalised alone: a query's logits do not depend on the other queries
-    single = Episode(episode.support_images, episode.support_labels, episode.query_images[:1], episode.query_labels[:1],
-                     episode.class_ids)
+    single = Episode(
+        episode.support_images,
+        episode.support_labels,
+        episode.query_images[:1],
+        episode.query_labels[:1],
+        episode.class_ids,
+    )
     assert torch.allclose(vmap_method.episode_logits(single), vmap_method.episode_logits(episode)[:1], atol=1e-5)
 
 

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omniglot_folders import support_and_query_folders
-from test_clip import tiny_clip
-from test_timm_backbone import tiny_dinov2
 
 from fsl_lightning.backbones import Conv4, TorchvisionBackbone
 from fsl_lightning.backbones.torchvision_backbone import checkpoint_path, resolve_weights
@@ -21,17 +18,26 @@ from fsl_lightning.callbacks.time_budget import TimeBudgetSchedule
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
-from fsl_lightning.data.decoded_cache import cached, read_cache_file
 from fsl_lightning.data.augment import BatchAugmentation
+from fsl_lightning.data.decoded_cache import cached, read_cache_file
 from fsl_lightning.methods import RFSDistill, RFSSimple
 from fsl_lightning.methods.episode_classifiers import NearestCentroid
 from fsl_lightning.weights_from import load_backbone_weights
+from omniglot_folders import support_and_query_folders
+from test_clip import tiny_clip
+from test_timm_backbone import tiny_dinov2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
-TINY = ["--data.train.way=5", "--data.train_episodes_per_epoch=10", "--data.val_episodes=2", "--data.test_episodes=2",
-        "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+TINY = [
+    "--data.train.way=5",
+    "--data.train_episodes_per_epoch=10",
+    "--data.val_episodes=2",
+    "--data.test_episodes=2",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 class CreatesMarker:
@@ -48,8 +54,17 @@ class CreatesMarker:
 def trained(tmp_path_factory, data_root) -> Path:
     """The last checkpoint of a 10-step ProtoNet run of the CLI."""
     out = tmp_path_factory.mktemp("fit")
-    cli = main(["fit", "--config", CONFIG, *TINY, "--trainer.max_steps=10", "--test_after_fit=false",
-                f"--trainer.logger.init_args.save_dir={out}"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            *TINY,
+            "--trainer.max_steps=10",
+            "--test_after_fit=false",
+            f"--trainer.logger.init_args.save_dir={out}",
+        ]
+    )
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
@@ -83,31 +98,48 @@ def test_the_projects_own_checkpoints_hold_nothing_beyond_tensors_and_plain_data
     assert load_checkpoint_file(trained)["global_step"] == 10
 
 
-@pytest.mark.parametrize("command", [
-    ["fit", "--config", CONFIG, "--ckpt_path"],
-    ["validate", "--ckpt_path"],
-    ["test", "--ckpt_path"],
-    ["predict", "--ckpt_path"],
-    ["fit", "--config", CONFIG, "--weights_from"],
-], ids=["fit-resume", "validate", "test", "predict", "weights_from"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fit", "--config", CONFIG, "--ckpt_path"],
+        ["validate", "--ckpt_path"],
+        ["test", "--ckpt_path"],
+        ["predict", "--ckpt_path"],
+        ["fit", "--config", CONFIG, "--weights_from"],
+    ],
+    ids=["fit-resume", "validate", "test", "predict", "weights_from"],
+)
 def test_every_command_refuses_a_payload_checkpoint_in_one_line(command, evil, marker, tmp_path, data_root):
     support, queries, _ = support_and_query_folders(data_root, tmp_path / "folders", 2, 1)
     predict_folders = [f"--data.predict_support_dir={support}", f"--data.predict_query_dir={queries}"]
     with pytest.raises(SystemExit) as ended:
-        main([*command, str(evil), *TINY, "--trainer.max_steps=1", f"--trainer.default_root_dir={tmp_path}",
-              *(predict_folders if command[0] == "predict" else [])])
+        main(
+            [
+                *command,
+                str(evil),
+                *TINY,
+                "--trainer.max_steps=1",
+                f"--trainer.default_root_dir={tmp_path}",
+                *(predict_folders if command[0] == "predict" else []),
+            ]
+        )
     assert str(ended.value.code).startswith("error: ")
-    assert_refused_in_one_line(str(ended.value.code)[len("error: "):], evil)
+    assert_refused_in_one_line(str(ended.value.code)[len("error: ") :], evil)
 
 
 def test_the_process_exits_non_zero_with_one_line_on_stderr(evil, marker):
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     environment.pop("FSL_TRACEBACK", None)
-    ended = subprocess.run([sys.executable, "-m", "fsl_lightning", "test", "--ckpt_path", str(evil)],
-                           capture_output=True, text=True, env=environment, timeout=300)
+    ended = subprocess.run(
+        [sys.executable, "-m", "fsl_lightning", "test", "--ckpt_path", str(evil)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
     assert ended.returncode == 1 and "Traceback" not in ended.stderr
     last = ended.stderr.strip().splitlines()[-1]
-    assert_refused_in_one_line(last[len("error: "):], evil)
+    assert_refused_in_one_line(last[len("error: ") :], evil)
 
 
 def test_lightnings_own_load_reads_weights_only_whatever_it_is_asked(evil, marker):
@@ -191,8 +223,13 @@ def test_a_checkpoint_of_the_first_time_budget_still_resumes_with_its_plan():
 def test_a_method_built_in_python_keeps_no_live_object_in_its_checkpoint_hyperparameters(tmp_path):
     """Objects given as arguments (an episode classifier, an augmentation) would be pickled into every checkpoint
     Lightning writes (``hyper_parameters``), which ``weights_only`` would then refuse to load."""
-    method = RFSSimple(Conv4(in_channels=3), num_base_classes=4, feature_dim=64, episode_classifier=NearestCentroid(),
-                       support_augmentation=BatchAugmentation())
+    method = RFSSimple(
+        Conv4(in_channels=3),
+        num_base_classes=4,
+        feature_dim=64,
+        episode_classifier=NearestCentroid(),
+        support_augmentation=BatchAugmentation(),
+    )
     assert "episode_classifier" not in method.hparams and "support_augmentation" not in method.hparams
     assert method.hparams["num_base_classes"] == 4 and method.hparams["augmented_support_copies"] == 5
     torch.save({"hyper_parameters": dict(method.hparams), "state_dict": method.state_dict()}, tmp_path / "m.ckpt")

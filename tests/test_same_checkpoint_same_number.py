@@ -23,15 +23,22 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 
 SHORT = [
-    "--trainer.max_steps=2", "--data.train_episodes_per_epoch=2", "--data.val_episodes=2",
-    "--data.test_episodes=30", "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
-    "--trainer.accelerator=cpu", "--trainer.log_every_n_steps=1",
+    "--trainer.max_steps=2",
+    "--data.train_episodes_per_epoch=2",
+    "--data.val_episodes=2",
+    "--data.test_episodes=30",
+    "--trainer.num_sanity_val_steps=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.accelerator=cpu",
+    "--trainer.log_every_n_steps=1",
 ]
 OMNIGLOT_5WAY = ["--data.train.way=5", "--data.train.query=5"]
 CALTECH_SMALL = ["--data.dataset.init_args.image_size=32", "--model.init_args.backbone.init_args.channels=[8,16,32,64]"]
 PRETRAINING_SMALL = [*CALTECH_SMALL, "--data.pretrain_batch_size=16"]
 SIAMESE_SMALL = [  # a narrow embedding keeps KochNet's checkpoints small (its default 4096-d layer is 150 MB)
-    "--data.train.way=8", "--data.evaluation.way=5", "--model.init_args.backbone.init_args.out_features=64",
+    "--data.train.way=8",
+    "--data.evaluation.way=5",
+    "--model.init_args.backbone.init_args.out_features=64",
     "--model.init_args.embedding_dim=64",
 ]
 
@@ -100,9 +107,7 @@ def three_tests(tmp_path_factory, data_root) -> dict[str, tuple[float, float, fl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
-def test_the_same_checkpoint_gives_the_same_test_accuracy_after_fit_from_file_and_on_two_processes(
-    three_tests, method
-):
+def test_the_same_checkpoint_gives_the_same_test_accuracy_after_fit_from_file_and_on_two_processes(three_tests, method):
     after_fit, from_checkpoint, two_processes = three_tests[method]
     assert after_fit == from_checkpoint == two_processes, (
         f"{method}: test after fit {after_fit!r}, from the checkpoint {from_checkpoint!r}, "

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omniglot_folders import support_and_query_folders
 
 from fsl_lightning.checkpoint_files import read_checkpoint
 from fsl_lightning.classifier import FewShotClassifier
@@ -20,6 +19,7 @@ from fsl_lightning.methods.score_calibration import (
     ScoreCalibration,
     ScoreCalibrationFit,
 )
+from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +45,10 @@ def test_the_fitted_temperature_undoes_an_over_confident_scale_and_minimises_the
     assert calibration.temperature == pytest.approx(3.0, rel=0.05)
     assert (calibration.episodes, calibration.queries) == (400, 400 * 75)
     logits, labels = torch.cat([e[0] for e in episodes]).double(), torch.cat([e[1] for e in episodes])
+
     def nll(temperature: float) -> float:
         return float(torch.nn.functional.cross_entropy(logits / temperature, labels))
+
     fitted = calibration.temperature
     assert nll(fitted) < min(nll(fitted * 1.001), nll(fitted / 1.001))  # the minimum of the validation NLL
     max_logits = logits.max(-1).values
@@ -77,22 +79,45 @@ def test_a_validation_without_errors_gives_the_smallest_temperature():
 def validated(tmp_path_factory, data_root) -> Path:
     """The last checkpoint of a 20-step ProtoNet run validated on 20 episodes."""
     out = tmp_path_factory.mktemp("fit")
-    cli = main(["fit", "--config", CONFIG, "--data.train.way=5", "--data.train_episodes_per_epoch=20",
-                "--data.val_episodes=20", "--trainer.max_steps=20", "--trainer.accelerator=cpu",
-                "--trainer.enable_progress_bar=false", "--test_after_fit=false",
-                f"--trainer.logger.init_args.save_dir={out}"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.train.way=5",
+            "--data.train_episodes_per_epoch=20",
+            "--data.val_episodes=20",
+            "--trainer.max_steps=20",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--test_after_fit=false",
+            f"--trainer.logger.init_args.save_dir={out}",
+        ]
+    )
     return Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
-def test_validation_fits_the_calibration_into_the_checkpoint_and_predict_uses_it(validated, data_root, tmp_path,
-                                                                                  capsys):
+def test_validation_fits_the_calibration_into_the_checkpoint_and_predict_uses_it(
+    validated, data_root, tmp_path, capsys
+):
     calibration = ScoreCalibration(**read_checkpoint(validated)[CHECKPOINT_KEY])
     assert calibration.episodes == 20 and calibration.queries == 20 * 75  # the sanity check's 2 are not kept
     support, queries, _ = support_and_query_folders(data_root, tmp_path, 5, 3)
     output = tmp_path / "predictions.csv"
-    main(["predict", "--ckpt_path", str(validated), f"--data.predict_support_dir={support}",
-          f"--data.predict_query_dir={queries}", f"--prediction_writer.output_path={output}"])
-    assert f"Scores: softmax(logits / {calibration.temperature:.3g}), the temperature fitted on 20" in capsys.readouterr().out
+    main(
+        [
+            "predict",
+            "--ckpt_path",
+            str(validated),
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={output}",
+        ]
+    )
+    assert (
+        f"Scores: softmax(logits / {calibration.temperature:.3g}), the temperature fitted on 20"
+        in capsys.readouterr().out
+    )
     with output.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["outlier"] for row in rows} <= {"yes", "no"} and len(rows) == 15
@@ -106,16 +131,23 @@ def test_validation_fits_the_calibration_into_the_checkpoint_and_predict_uses_it
     assert classifier.predict(blank)[0].score == pytest.approx(float(calibration.probabilities(logits).max()))
 
 
-def test_a_checkpoint_without_validation_says_its_scores_are_not_calibrated(validated, data_root, tmp_path,
-                                                                            capsys):
+def test_a_checkpoint_without_validation_says_its_scores_are_not_calibrated(validated, data_root, tmp_path, capsys):
     saved = torch.load(validated, map_location="cpu", weights_only=True)
     del saved[CHECKPOINT_KEY]
     uncalibrated = tmp_path / "uncalibrated.ckpt"
     torch.save(saved, uncalibrated)
     support, queries, _ = support_and_query_folders(data_root, tmp_path, 5, 1)
     output = tmp_path / "predictions.csv"
-    main(["predict", "--ckpt_path", str(uncalibrated), f"--data.predict_support_dir={support}",
-          f"--data.predict_query_dir={queries}", f"--prediction_writer.output_path={output}"])
+    main(
+        [
+            "predict",
+            "--ckpt_path",
+            str(uncalibrated),
+            f"--data.predict_support_dir={support}",
+            f"--data.predict_query_dir={queries}",
+            f"--prediction_writer.output_path={output}",
+        ]
+    )
     assert "Scores (probability): not calibrated and no outlier check" in capsys.readouterr().out
     with output.open() as handle:
         assert {row["outlier"] for row in csv.DictReader(handle)} == {""}

@@ -51,8 +51,9 @@ def test_one_process_builds_a_missing_entry_while_the_others_wait_and_map_it(tmp
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     marker = tmp_path / "builds.txt"
-    workers = [context.Process(target=_build_in_child, args=(str(tmp_path / "cache"), str(marker), results))
-               for _ in range(2)]
+    workers = [
+        context.Process(target=_build_in_child, args=(str(tmp_path / "cache"), str(marker), results)) for _ in range(2)
+    ]
     for worker in workers:
         worker.start()
     outcomes = [results.get(timeout=120) for _ in workers]

@@ -56,8 +56,9 @@ def test_distortion_with_no_component_is_the_identity_and_is_seeded():
 def test_translation_only_distortion_moves_a_dot_by_at_most_two_pixels():
     dot = torch.zeros(64, 1, 28, 28)
     dot[:, :, 14, 14] = 1.0
-    moved = random_affine(dot, _generator(0), max_rotation_degrees=0.0, max_shear=0.0, scale_range=(1.0, 1.0),
-                          component_probability=1.0)
+    moved = random_affine(
+        dot, _generator(0), max_rotation_degrees=0.0, max_shear=0.0, scale_range=(1.0, 1.0), component_probability=1.0
+    )
     coordinates = torch.arange(28.0)
     mass = moved.sum(dim=(1, 2, 3))
     shift_x = (moved.sum(dim=2).squeeze(1) * coordinates).sum(-1) / mass - 14
@@ -117,8 +118,13 @@ def _points(rows) -> torch.Tensor:
 
 def test_query_scores_are_the_mean_same_probability_per_class():
     # query (0, 1): L1 distances 1 to (0, 0) [class 0], 4 to (3, 0) and 1 to (1, 1) [class 1]
-    episode = Episode(_points([[0, 0], [3, 0], [1, 1]]), torch.tensor([0, 1, 1]), _points([[0, 1]]),
-                      torch.tensor([0]), torch.tensor([4, 9]))
+    episode = Episode(
+        _points([[0, 0], [3, 0], [1, 1]]),
+        torch.tensor([0, 1, 1]),
+        _points([[0, 1]]),
+        torch.tensor([0]),
+        torch.tensor([4, 9]),
+    )
     sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     expected = torch.tensor([[math.log(sigmoid(1)), math.log((sigmoid(-2) + sigmoid(1)) / 2)]])
     assert torch.allclose(_flat_siamese().episode_logits(episode), expected, atol=1e-6)
@@ -127,8 +133,13 @@ def test_query_scores_are_the_mean_same_probability_per_class():
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no Trainer: logging is a no-op
 def test_training_loss_is_binary_cross_entropy_over_balanced_pairs():
     # two classes of identical points, 0 and 5 apart: same pairs have logit 2, different pairs 2 - 5 = -3
-    episode = Episode(_points([[0, 0], [5, 0]]), torch.tensor([0, 1]), _points([[0, 0], [5, 0]]),
-                      torch.tensor([0, 1]), torch.tensor([1, 2]))
+    episode = Episode(
+        _points([[0, 0], [5, 0]]),
+        torch.tensor([0, 1]),
+        _points([[0, 0], [5, 0]]),
+        torch.tensor([0, 1]),
+        torch.tensor([1, 2]),
+    )
     method = _flat_siamese()
     loss = method.training_step(episode, 0)
     expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-3))) / 2
@@ -152,17 +163,29 @@ def test_a_meta_batch_pairs_images_within_each_episode_only():
 
 def test_predict_writes_p_same_of_the_best_class():
     # the same query and support as above: p(same) is sigmoid(1) for class 0 and (sigmoid(-2) + sigmoid(1)) / 2
-    episode = Episode(_points([[0, 0], [3, 0], [1, 1]]), torch.tensor([0, 1, 1]), _points([[0, 1]]),
-                      torch.tensor([-1]), torch.tensor([0, 1]))
+    episode = Episode(
+        _points([[0, 0], [3, 0], [1, 1]]),
+        torch.tensor([0, 1, 1]),
+        _points([[0, 1]]),
+        torch.tensor([-1]),
+        torch.tensor([0, 1]),
+    )
     rows = _flat_siamese().predict_step({"episode": episode, "query_files": ["q.png"], "class_names": ["a", "b"]}, 0)
     assert Siamese.score_name == "same_class_probability"
-    assert rows == [{"query_file": "q.png", "predicted_class": "a",
-                     "same_class_probability": pytest.approx(1 / (1 + math.exp(-1)), abs=1e-6), "outlier": ""}]
+    assert rows == [
+        {
+            "query_file": "q.png",
+            "predicted_class": "a",
+            "same_class_probability": pytest.approx(1 / (1 + math.exp(-1)), abs=1e-6),
+            "outlier": "",
+        }
+    ]
 
 
 def test_a_wrong_embedding_size_is_named():
-    episode = Episode(_points([[0, 0], [5, 0]]), torch.tensor([0, 1]), _points([[0, 0]]), torch.tensor([0]),
-                      torch.tensor([1, 2]))
+    episode = Episode(
+        _points([[0, 0], [5, 0]]), torch.tensor([0, 1]), _points([[0, 0]]), torch.tensor([0]), torch.tensor([1, 2])
+    )
     with pytest.raises(ValueError, match="embedding_dim=4096.*\\(2,\\)"):
         Siamese(backbone=nn.Flatten()).episode_logits(episode)
 
@@ -180,15 +203,26 @@ def test_distorted_training_pairs_get_independent_views_and_gradients():
 def test_siamese_learns_omniglot_from_pairs(omniglot, tmp_path):
     L.seed_everything(0)
     datamodule = EpisodicDataModule(
-        omniglot, train=EpisodeSpec(way=10, shot=1, query=1), evaluation=EpisodeSpec(way=5, shot=1, query=5),
-        train_episodes_per_epoch=100, val_episodes=5, test_episodes=50,
+        omniglot,
+        train=EpisodeSpec(way=10, shot=1, query=1),
+        evaluation=EpisodeSpec(way=5, shot=1, query=5),
+        train_episodes_per_epoch=100,
+        val_episodes=5,
+        test_episodes=50,
     )
     # Without distortions (checked above), which halve the cost of a step on 2 CPU cores.
-    method = Siamese(backbone=Conv4(in_channels=1), embedding_dim=64,
-                     optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    method = Siamese(
+        backbone=Conv4(in_channels=1), embedding_dim=64, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3)
+    )
     trainer = L.Trainer(
-        max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=100,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     untrained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]
     trainer.fit(method, datamodule=datamodule)

@@ -43,8 +43,12 @@ def test_generation_zero_is_cross_entropy_on_all_rotations_plus_twice_the_rotati
 
 def write_teacher(path, scale: float) -> None:
     """A generation-0 checkpoint whose class head is ``scale`` times the identity."""
-    state = {"base_head.weight": scale * torch.eye(4), "base_head.bias": torch.zeros(4),
-             "rotation_head.weight": torch.eye(4), "rotation_head.bias": torch.zeros(4)}
+    state = {
+        "base_head.weight": scale * torch.eye(4),
+        "base_head.bias": torch.zeros(4),
+        "rotation_head.weight": torch.eye(4),
+        "rotation_head.bias": torch.zeros(4),
+    }
     torch.save({"state_dict": state}, path)
 
 

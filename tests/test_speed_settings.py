@@ -11,14 +11,19 @@ from torch import nn
 
 from fsl_lightning.backbones import Conv4, MAMLConv4
 from fsl_lightning.callbacks import SpeedSettings
-from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.cli import main
+from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.methods import MAML, ProtoNet
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = [
-    "--trainer.max_steps=3", "--data.train_episodes_per_epoch=3", "--data.val_episodes=2", "--data.test_episodes=4",
-    "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+    "--trainer.max_steps=3",
+    "--data.train_episodes_per_epoch=3",
+    "--data.val_episodes=2",
+    "--data.test_episodes=4",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--test_after_fit=false",
 ]
 
 
@@ -29,9 +34,17 @@ class RecordsMatmulPrecision(L.Callback):
 
 def _fit_with(method, speed, tmp_path, datamodule):
     recorder = RecordsMatmulPrecision()
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[speed, recorder], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[speed, recorder],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(method, datamodule)
     return recorder.precision_in_training
 
@@ -41,8 +54,14 @@ def small_datamodule(omniglot):
     from fsl_lightning.data import EpisodicDataModule
     from fsl_lightning.episode import EpisodeSpec
 
-    return EpisodicDataModule(omniglot, train=EpisodeSpec(5, 1, 2), evaluation=EpisodeSpec(5, 1, 2),
-                              train_episodes_per_epoch=1, val_episodes=1, test_episodes=1)
+    return EpisodicDataModule(
+        omniglot,
+        train=EpisodeSpec(5, 1, 2),
+        evaluation=EpisodeSpec(5, 1, 2),
+        train_episodes_per_epoch=1,
+        val_episodes=1,
+        test_episodes=1,
+    )
 
 
 def test_tf32_is_on_for_metric_methods_off_for_maml_and_restored_after(small_datamodule, tmp_path):
@@ -67,11 +86,18 @@ def test_compile_is_refused_for_maml_with_the_reason(small_datamodule, tmp_path)
 
 
 def test_speed_section_from_the_cli_compiles_and_uses_channels_last(tmp_path):
-    cli = main([
-        "fit", "--config", str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml"), *SHORT,
-        "--speed.channels_last=true", "--speed.compile=true", "--speed.compile_backend=aot_eager",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-    ])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml"),
+            *SHORT,
+            "--speed.channels_last=true",
+            "--speed.compile=true",
+            "--speed.compile_backend=aot_eager",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
     backbone = cli.model.backbone
     convolution = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)][-1]  # (the first has 1 channel)
     assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
@@ -103,9 +129,19 @@ class RecordsAutocast(nn.Module):
 
 
 def _fit_and_validate(method, speed, tmp_path, datamodule, **trainer_args):
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
-                        num_sanity_val_steps=0, callbacks=[speed], default_root_dir=tmp_path, **trainer_args)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[speed],
+        default_root_dir=tmp_path,
+        **trainer_args,
+    )
     trainer.fit(method, datamodule)
     trainer.test(method, datamodule)
     return method
@@ -126,8 +162,14 @@ def test_cpu_default_trains_in_bf16_evaluates_in_fp32_with_channels_last(small_d
 
 @pytest.mark.parametrize(
     "stage, world_size, expected",
-    [("fit", 1, True), ("fit", 2, False), ("test", 1, True), ("test", 2, True), ("validate", 2, True),
-     ("predict", 2, True)],
+    [
+        ("fit", 1, True),
+        ("fit", 2, False),
+        ("test", 1, True),
+        ("test", 2, True),
+        ("validate", 2, True),
+        ("predict", 2, True),
+    ],
 )
 def test_channels_last_by_default_evaluates_alike_in_every_process_layout(stage, world_size, expected):
     """Evaluation runs channels-last on the CPU whatever the number of processes (one number per checkpoint); a DDP
@@ -150,9 +192,17 @@ def test_the_python_api_evaluates_in_the_layout_of_the_cli():
 def test_maml_family_keeps_fp32_and_the_plain_layout_on_the_cpu(small_datamodule, tmp_path):
     method = MAML(MAMLConv4(way=5))
     layouts = RecordsLayoutInTraining()
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[SpeedSettings(), layouts], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[SpeedSettings(), layouts],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(method, small_datamodule)
     assert trainer.precision == "32-true"
     assert layouts.channels_last_in_training is False
@@ -177,8 +227,9 @@ def test_bf16_is_a_default_only_where_measured_channels_last_everywhere_but_maml
 def test_cpu_bf16_off_or_an_explicit_precision_wins(small_datamodule, tmp_path):
     method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(cpu_bf16=False), tmp_path, small_datamodule)
     assert method.backbone.autocast_by_mode == {"train": False, "eval": False}
-    method = _fit_and_validate(ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule,
-                               precision="bf16-mixed")
+    method = _fit_and_validate(
+        ProtoNet(RecordsAutocast()), SpeedSettings(), tmp_path, small_datamodule, precision="bf16-mixed"
+    )
     assert method.backbone.autocast_by_mode == {"train": True, "eval": True}  # Lightning's bf16-mixed everywhere
 
 

@@ -35,7 +35,10 @@ for args in json.loads(sys.argv[1]):
 """
 
 TINY_FIT = [
-    "--data.train_episodes_per_epoch=2", "--data.val_episodes=2", "--data.test_episodes=2", "--trainer.max_steps=2",
+    "--data.train_episodes_per_epoch=2",
+    "--data.val_episodes=2",
+    "--data.test_episodes=2",
+    "--trainer.max_steps=2",
     "--trainer.enable_progress_bar=false",
 ]
 
@@ -48,18 +51,26 @@ def imported_after_each(commands: list[list[str]], cwd: Path) -> tuple[list[list
         "OMP_NUM_THREADS": "1",
     }
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(commands)], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", CHILD, json.dumps(commands)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert child.returncode == 0, child.stdout[-2000:] + child.stderr[-4000:]
     lines = [line for line in child.stdout.splitlines() if line.startswith(IMPORTED)]
     assert len(lines) == len(commands), child.stdout[-2000:]
-    return [json.loads(line[len(IMPORTED):]) for line in lines], child.stdout
+    return [json.loads(line[len(IMPORTED) :]) for line in lines], child.stdout
 
 
 def test_help_and_a_protonet_fit_import_none_of_the_optional_libraries(tmp_path):
     protonet_fit = [
-        "fit", "--config", str(OMNIGLOT / "protonet_5w1s.yaml"), *TINY_FIT, "--data.train.way=5",
+        "fit",
+        "--config",
+        str(OMNIGLOT / "protonet_5w1s.yaml"),
+        *TINY_FIT,
+        "--data.train.way=5",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
     (after_help, after_fit), stdout = imported_after_each([["--help"], protonet_fit], tmp_path)
@@ -72,9 +83,16 @@ def test_help_and_a_protonet_fit_import_none_of_the_optional_libraries(tmp_path)
 @pytest.mark.parametrize("engine", ["vmap", "learn2learn"])
 def test_maml_imports_learn2learn_only_for_its_learn2learn_engine(engine, tmp_path):
     maml_fit = [
-        "fit", "--config", str(OMNIGLOT / "maml_5w1s.yaml"), *TINY_FIT, f"--model.init_args.engine={engine}",
-        "--model.init_args.backbone.init_args.hidden_channels=8", "--data.train_tasks_per_batch=2",
-        "--data.train.query=2", "--data.evaluation.query=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "fit",
+        "--config",
+        str(OMNIGLOT / "maml_5w1s.yaml"),
+        *TINY_FIT,
+        f"--model.init_args.engine={engine}",
+        "--model.init_args.backbone.init_args.hidden_channels=8",
+        "--data.train_tasks_per_batch=2",
+        "--data.train.query=2",
+        "--data.evaluation.query=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
     (after_fit,), _ = imported_after_each([maml_fit], tmp_path)
     assert after_fit == (["learn2learn"] if engine == "learn2learn" else [])

@@ -22,13 +22,25 @@ AUGMENTATION = BatchAugmentation(random_resized_crop=False, crop_padding=2, colo
 
 def episode(seed: int = 7) -> Episode:
     torch.manual_seed(0)
-    return Episode(torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2]), torch.rand(6, 3, 8, 8),
-                   torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(3), seed=seed)
+    return Episode(
+        torch.rand(3, 3, 8, 8),
+        torch.tensor([0, 1, 2]),
+        torch.rand(6, 3, 8, 8),
+        torch.tensor([0, 0, 1, 1, 2, 2]),
+        torch.arange(3),
+        seed=seed,
+    )
 
 
 def rfs(**kwargs) -> RFSSimple:
-    return RFSSimple(nn.Flatten(), num_base_classes=4, feature_dim=192, episode_classifier=NearestCentroid(),
-                     support_augmentation=AUGMENTATION, **kwargs).eval()
+    return RFSSimple(
+        nn.Flatten(),
+        num_base_classes=4,
+        feature_dim=192,
+        episode_classifier=NearestCentroid(),
+        support_augmentation=AUGMENTATION,
+        **kwargs,
+    ).eval()
 
 
 def test_the_classifier_is_fitted_on_five_augmented_copies_of_each_support_image_seeded_by_the_episode():
@@ -56,8 +68,11 @@ def test_training_and_a_method_without_support_augmentation_fit_the_support_imag
         rfs(augmented_support_copies=0)
 
 
-@pytest.mark.parametrize("config", sorted((REPO / "experiments").rglob("rfs_*.yaml")) +
-                         sorted((REPO / "experiments").rglob("skd_*.yaml")), ids=lambda path: path.stem)
+@pytest.mark.parametrize(
+    "config",
+    sorted((REPO / "experiments").rglob("rfs_*.yaml")) + sorted((REPO / "experiments").rglob("skd_*.yaml")),
+    ids=lambda path: path.stem,
+)
 def test_rfs_and_skd_configs_evaluate_with_their_training_augmentation(config):
     sections = yaml.safe_load(config.read_text())
     assert sections["model"]["init_args"]["support_augmentation"] == sections["data"]["augmentation"]

@@ -3,18 +3,22 @@ fitted support set, and queries scored in parts as together (unless the method i
 
 from __future__ import annotations
 
-
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from method_zoo import (
-    BUILDERS, RGB_METHODS, SPEC, build, episode_of, load_episodes,
-)
 
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods import METHODS, FewShotMethod
+from method_zoo import (
+    BUILDERS,
+    RGB_METHODS,
+    SPEC,
+    build,
+    episode_of,
+    load_episodes,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GRAY_METHODS = sorted(set(METHODS) - RGB_METHODS)
@@ -77,8 +81,14 @@ class FitThenScoreInTheTestLoop(Callback):
 def test_clip_scores_a_fitted_support_set_as_its_test_episodes(name, caltech_subset32, tmp_path):
     method, check = build(name), FitThenScoreInTheTestLoop()
     datamodule = EpisodicDataModule(caltech_subset32, evaluation=SPEC, test_episodes=2)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[check])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[check],
+    )
     trainer.test(method, datamodule=datamodule, verbose=False)
     assert len(check.results) == 2
     for results in check.results:

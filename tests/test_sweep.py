@@ -15,7 +15,9 @@ SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
 
 
 def test_aliases_become_cli_overrides():
-    assert translate(["--lr=0.002", "--shot=5", "--backbone=resnet12", "--trainer.max_steps=7", "--config", "a.yaml"]) == [
+    assert translate(
+        ["--lr=0.002", "--shot=5", "--backbone=resnet12", "--trainer.max_steps=7", "--config", "a.yaml"]
+    ) == [
         "--model.init_args.optimizer.init_args.lr=0.002",
         "--data.train.shot=5",
         "--data.evaluation.shot=5",
@@ -34,7 +36,15 @@ def test_unknown_backbone_in_a_sweep_is_named():
 def test_translated_arguments_reach_the_resolved_config(capsys):
     config = str(REPO / "experiments" / "omniglot" / "protonet_20w1s.yaml")
     with pytest.raises(SystemExit):
-        main(["fit", "--config", config, *translate(["--lr=0.0042", "--shot=5", "--backbone=resnet12"]), "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                config,
+                *translate(["--lr=0.0042", "--shot=5", "--backbone=resnet12"]),
+                "--print_config",
+            ]
+        )
     resolved = yaml.safe_load(capsys.readouterr().out)
     model = resolved["model"]["init_args"]
     assert model["optimizer"]["init_args"]["lr"] == 0.0042

@@ -133,10 +133,14 @@ def test_bad_names_tags_and_missing_pretrained_are_clear_errors():
 def test_config_takes_pretrained_true_or_null_and_model_kwargs():
     parser = jsonargparse.ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(TimmBackbone, "backbone")
-    config = parser.parse_args([
-        f"--backbone.name={DINOV2}", "--backbone.pretrained=null", "--backbone.image_size=224",
-        "--backbone.model_kwargs={drop_path_rate: 0.1}",
-    ])
+    config = parser.parse_args(
+        [
+            f"--backbone.name={DINOV2}",
+            "--backbone.pretrained=null",
+            "--backbone.image_size=224",
+            "--backbone.model_kwargs={drop_path_rate: 0.1}",
+        ]
+    )
     assert config.backbone.pretrained is None and config.backbone.model_kwargs == {"drop_path_rate": 0.1}
     assert parser.parse_args([f"--backbone.name={DINOV2}", "--backbone.pretrained=true"]).backbone.pretrained is True
 

@@ -23,8 +23,13 @@ def test_protonet_learns_omniglot_in_a_few_hundred_episodes(omniglot, tmp_path):
     )
     method = ProtoNet(backbone=Conv4(in_channels=1), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
     trainer = L.Trainer(
-        max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=150,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     untrained = trainer.test(method, datamodule=datamodule, verbose=False)[0]["test/acc"]
     trainer.fit(method, datamodule=datamodule)

@@ -33,8 +33,14 @@ def datamodule(dataset, pretrain_batch_size=64, **kwargs):
 
 
 def trainer(steps, **kwargs):
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, **{"enable_checkpointing": False, **kwargs})
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **{"enable_checkpointing": False, **kwargs},
+    )
 
 
 def test_pretraining_batches_carry_the_class_of_each_image(caltech32):
@@ -110,8 +116,9 @@ def test_born_again_student_distils_from_a_frozen_teacher_checkpoint(caltech32, 
     checkpoint = tmp_path / "teacher.ckpt"
     run.save_checkpoint(checkpoint)
 
-    student = RFSDistill(Conv4(in_channels=3), num_base_classes=64, feature_dim=FEATURES_32PX,
-                         teacher_checkpoint=str(checkpoint))
+    student = RFSDistill(
+        Conv4(in_channels=3), num_base_classes=64, feature_dim=FEATURES_32PX, teacher_checkpoint=str(checkpoint)
+    )
     trainer(2).fit(student, datamodule(caltech32))
     (frozen,) = student._teacher
     assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
@@ -129,8 +136,12 @@ def test_distillation_loss_is_zero_for_equal_logits_and_matches_the_kl_formula()
 
 
 def test_a_missing_teacher_checkpoint_is_named(caltech32, tmp_path):
-    student = RFSDistill(Conv4(in_channels=3), num_base_classes=64, feature_dim=FEATURES_32PX,
-                         teacher_checkpoint=str(tmp_path / "none.ckpt"))
+    student = RFSDistill(
+        Conv4(in_channels=3),
+        num_base_classes=64,
+        feature_dim=FEATURES_32PX,
+        teacher_checkpoint=str(tmp_path / "none.ckpt"),
+    )
     with pytest.raises(FileNotFoundError, match="none.ckpt"):
         trainer(1).fit(student, datamodule(caltech32))
 
@@ -157,11 +168,21 @@ def test_skd_learns_rotations_alongside_the_classes(caltech32):
 
 @pytest.mark.parametrize("config", ["rfs_simple_5w1s", "baseline_pp_5w5s", "r2d2_5w1s"])
 def test_caltech_configs_run_through_the_cli(config, tmp_path):
-    cli = main([
-        "fit", "--config", str(REPO / "experiments" / "caltech101" / f"{config}.yaml"),
-        "--data.dataset.init_args.image_size=32", "--model.init_args.backbone.init_args.channels=[8,16,32,64]",
-        "--trainer.max_steps=6", "--data.train_episodes_per_epoch=6", "--data.val_episodes=4", "--data.test_episodes=20",
-        "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-    ])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "experiments" / "caltech101" / f"{config}.yaml"),
+            "--data.dataset.init_args.image_size=32",
+            "--model.init_args.backbone.init_args.channels=[8,16,32,64]",
+            "--trainer.max_steps=6",
+            "--data.train_episodes_per_epoch=6",
+            "--data.val_episodes=4",
+            "--data.test_episodes=20",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
     assert "test/acc" in cli.trainer.callback_metrics
     assert (Path(cli.trainer.log_dir) / "config.yaml").exists()

@@ -111,15 +111,26 @@ def test_training_batches_must_be_what_the_method_trains_on(tmp_path, monkeypatc
     classes = {name: 4 for name in "abcdefghijkl"}
     split_file = tmp_path / "split.json"
     split_file.write_text(json.dumps({"train": list("abcdef"), "val": list("ghi"), "test": list("jkl")}))
-    dataset = ImageFolderDataset(str(_photo_folder(tmp_path / "photos", classes)), image_size=8, split_file=str(split_file))
+    dataset = ImageFolderDataset(
+        str(_photo_folder(tmp_path / "photos", classes)), image_size=8, split_file=str(split_file)
+    )
     spec = EpisodeSpec(way=2, shot=1, query=1)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     if method == "episodic":  # an episodic method given plain mini-batches
         data = EpisodicDataModule(dataset, train=spec, evaluation=spec, pretrain_batch_size=4)
         model, message = R2D2(Conv4(in_channels=3)), "R2D2 trains on episodes.*Remove data.pretrain_batch_size"
     else:  # a transfer method given episodes
         data = EpisodicDataModule(dataset, train=spec, evaluation=spec)
-        model, message = RFSSimple(ResNet12(channels=(4, 4, 4, 8)), num_base_classes=6), "set `data.pretrain_batch_size`"
+        model, message = (
+            RFSSimple(ResNet12(channels=(4, 4, 4, 8)), num_base_classes=6),
+            "set `data.pretrain_batch_size`",
+        )
     with pytest.raises(ValueError, match=message):
         trainer.fit(model, datamodule=data)

@@ -23,9 +23,8 @@ probes' 200 SGD steps per episode, 300 episodes, take about 40 s of it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import tempfile
+from collections.abc import Sequence
 
 import lightning as L
 import pytest
@@ -75,7 +74,11 @@ def transfer(cls: type[Transfer], backbone: torch.nn.Module | None = None) -> Tr
 
 
 def untrained_and_trained_accuracy(
-    pretrain, evaluators: dict, omniglot, seed: int = 0, untrained: list[str] | None = None,
+    pretrain,
+    evaluators: dict,
+    omniglot,
+    seed: int = 0,
+    untrained: list[str] | None = None,
     callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, dict]:
     """Pre-trains ``pretrain()`` (seeded by ``seed``: weights and mini-batches), then tests its backbone with each
@@ -83,15 +86,26 @@ def untrained_and_trained_accuracy(
     in ``untrained`` (default all); the test episodes are the same fixed ones for every seed. ``callbacks`` join
     the Trainer's (``benchmarks/family_bars.py --cpu-defaults``: the CLI's speed settings)."""
     datamodule = EpisodicDataModule(
-        FewerBaseClasses(omniglot, BASE_CLASS_STRIDE), evaluation=EPISODE, pretrain_batch_size=PRETRAIN_BATCH,
-        train_episodes_per_epoch=PRETRAIN_STEPS, val_episodes=1, test_episodes=TEST_EPISODES, seed=seed,
+        FewerBaseClasses(omniglot, BASE_CLASS_STRIDE),
+        evaluation=EPISODE,
+        pretrain_batch_size=PRETRAIN_BATCH,
+        train_episodes_per_epoch=PRETRAIN_STEPS,
+        val_episodes=1,
+        test_episodes=TEST_EPISODES,
+        seed=seed,
     )
     L.seed_everything(seed)
     method: Transfer = pretrain()
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
-            max_steps=PRETRAIN_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
-            limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+            max_steps=PRETRAIN_STEPS,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
             callbacks=list(callbacks),
         )
 
@@ -108,8 +122,9 @@ def untrained_and_trained_accuracy(
         before = test_accuracies(list(evaluators) if untrained is None else untrained)
         trainer.fit(method, datamodule=datamodule)
         after = test_accuracies(list(evaluators))
-    return {name: {"trained": after[name], **({"untrained": before[name]} if name in before else {})}
-            for name in evaluators}
+    return {
+        name: {"trained": after[name], **({"untrained": before[name]} if name in before else {})} for name in evaluators
+    }
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,9 @@ def test_too_many_training_classes_names_the_training_option_and_leaves_no_run_f
 
 
 def test_too_many_images_per_evaluation_class_names_the_evaluation_options(tmp_path):
-    message = error_line(["fit", "--config", CONFIG, "--data.evaluation.shot=15", "--data.evaluation.query=10"],
-                         tmp_path)
+    message = error_line(
+        ["fit", "--config", CONFIG, "--data.evaluation.shot=15", "--data.evaluation.query=10"], tmp_path
+    )
     assert "Evaluation episodes (validation) take shot=15 + query=10 = 25 images per class" in message
     assert "only 20" in message and "--data.evaluation.shot and --data.evaluation.query" in message
     assert not list(tmp_path.rglob("version_*"))
@@ -50,16 +51,27 @@ def test_zero_way_says_which_episodes(option, episodes, tmp_path):
 def test_unknown_method_gets_the_same_line_with_c_as_with_config(tmp_path):
     config = tmp_path / "typo.yaml"
     config.write_text("model:\n  class_path: ProtoNett\n")
-    messages = {error_line([subcommand_flag[0], subcommand_flag[1], str(config)], tmp_path)
-                for subcommand_flag in (("fit", "--config"), ("fit", "-c"))}
+    messages = {
+        error_line([subcommand_flag[0], subcommand_flag[1], str(config)], tmp_path)
+        for subcommand_flag in (("fit", "--config"), ("fit", "-c"))
+    }
     messages.add(error_line(["fit", f"--config={config}"], tmp_path))
     (message,) = messages
     assert "unknown method 'ProtoNett'" in message and "ProtoNet (fsl_lightning.methods.ProtoNet)" in message
 
 
 def test_the_program_prints_one_line_without_a_traceback(tmp_path):
-    command = [sys.executable, "-m", "fsl_lightning", "validate", "--config", CONFIG, "--data.evaluation.way=0", *QUICK,
-               f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_lightning",
+        "validate",
+        "--config",
+        CONFIG,
+        "--data.evaluation.way=0",
+        *QUICK,
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     environment.pop("FSL_TRACEBACK", None)
     result = subprocess.run(command, capture_output=True, text=True, env=environment)

@@ -19,7 +19,10 @@ from fsl_lightning.adaptation.vmap_engine import VmapInnerLoop
 from fsl_lightning.errors import UserError
 
 ENGINES: dict[str, type[InnerLoop]] = {
-    "auto": DeviceInnerLoop, "loop": LoopInnerLoop, "vmap": VmapInnerLoop, "learn2learn": Learn2LearnInnerLoop,
+    "auto": DeviceInnerLoop,
+    "loop": LoopInnerLoop,
+    "vmap": VmapInnerLoop,
+    "learn2learn": Learn2LearnInnerLoop,
 }
 #: the ``engine`` argument of the MAML-family methods
 EngineName = Literal["auto", "loop", "vmap", "learn2learn"]
@@ -34,7 +37,18 @@ def build_engine(name: str) -> InnerLoop:
 
 
 __all__ = [
-    "ENGINES", "AdaptedParams", "DeviceInnerLoop", "EngineName", "InnerLR", "InnerLoop", "Learn2LearnInnerLoop",
-    "LoopInnerLoop", "VmapInnerLoop", "build_engine", "gradients_enabled", "inner_precision", "support_loss",
+    "ENGINES",
+    "AdaptedParams",
+    "DeviceInnerLoop",
+    "EngineName",
+    "InnerLR",
+    "InnerLoop",
+    "Learn2LearnInnerLoop",
+    "LoopInnerLoop",
+    "VmapInnerLoop",
+    "build_engine",
+    "gradients_enabled",
+    "inner_precision",
+    "support_loss",
     "usable_in_autograd",
 ]

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: one step size for every parameter, or a tensor per parameter name (scalar or of the parameter's shape)
-InnerLR = Union[float, Mapping[str, Tensor]]
+InnerLR = float | Mapping[str, Tensor]
 #: parameter name -> adapted values of every task, [T, *parameter.shape]
 AdaptedParams = dict[str, Tensor]
 

@@ -31,6 +31,9 @@ class CarriedAdamMoments(nn.Module):
     ``squares`` is the second moment of every adapted parameter, flattened into one vector, ``step`` Adam's
     step count ``t``."""
 
+    squares: Tensor
+    step: Tensor
+
     def __init__(self, learner: nn.Module) -> None:
         super().__init__()
         size = sum(p.numel() for p in learner.parameters())

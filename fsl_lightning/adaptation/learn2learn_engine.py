@@ -9,6 +9,7 @@ they subclass ``pytorch_lightning.LightningModule``, which ``lightning``'s Train
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +18,9 @@ from torch.func import functional_call
 from fsl_lightning.adaptation.base import AdaptedParams, InnerLoop, InnerLR, support_loss
 
 
-def _wrap(learner: nn.Module, lr: InnerLR, first_order: bool) -> nn.Module:
-    """``l2l.algorithms.MAML`` for one step size, ``MetaSGD`` for a step size per parameter."""
+def _wrap(learner: nn.Module, lr: InnerLR, first_order: bool) -> Any:
+    """``l2l.algorithms.MAML`` for one step size, ``MetaSGD`` for a step size per parameter (``Any``: learn2learn
+    ships no type information, and its ``clone``/``adapt`` are not ``nn.Module``'s)."""
     import learn2learn as l2l  # imported here: it is slow to import and only this engine needs it
 
     if isinstance(lr, Mapping):

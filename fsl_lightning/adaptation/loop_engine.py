@@ -45,7 +45,7 @@ class LoopInnerLoop(InnerLoop):
         lr: InnerLR,
         first_order: bool,
     ) -> AdaptedParams:
-        params = dict(learner.named_parameters())
+        params: dict[str, Tensor] = dict(learner.named_parameters())
         if steps == 0:
             return {name: p.unsqueeze(0).expand(support_inputs.shape[0], *p.shape) for name, p in params.items()}
         per_task = []

@@ -61,7 +61,7 @@ class VmapInnerLoop(InnerLoop):
         first_order: bool,
     ) -> AdaptedParams:
         refuse_fused_batch_norm(learner)
-        params = dict(learner.named_parameters())
+        params: dict[str, Tensor] = dict(learner.named_parameters())
         tasks = support_inputs.shape[0]
         if steps == 0:
             return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}

@@ -24,15 +24,15 @@ def batch_norm_folded(backbone: nn.Module) -> nn.Module:
         for sequential in [module for module in folded.modules() if isinstance(module, nn.Sequential)]:
             for index in range(len(sequential) - 1):
                 convolution, norm = sequential[index], sequential[index + 1]
-                if _foldable(convolution, norm):
+                if (  # written out here rather than in a function, so that the types narrow
+                    isinstance(convolution, nn.Conv2d)
+                    and type(norm) is nn.BatchNorm2d
+                    and norm.running_mean is not None
+                    and norm.running_var is not None
+                ):
                     sequential[index] = _same_layout(fuse_conv_bn_eval(convolution, norm), convolution.weight)
                     sequential[index + 1] = nn.Identity()
     return folded
-
-
-def _foldable(convolution: nn.Module, norm: nn.Module) -> bool:
-    return (isinstance(convolution, nn.Conv2d) and type(norm) is nn.BatchNorm2d and norm.running_mean is not None
-            and norm.running_var is not None)
 
 
 def _same_layout(convolution: nn.Conv2d, like: torch.Tensor) -> nn.Conv2d:

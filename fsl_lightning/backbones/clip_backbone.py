@@ -118,6 +118,8 @@ class CLIPBackbone(FreezableWrapper):
         cache_dir: where to cache downloads instead of the Hub cache (``$HF_HUB_CACHE``) / ``~/.cache/clip``.
     """
 
+    model: Any  # an open_clip CLIP (encode_image, encode_text, logit_scale): open_clip ships no type information
+
     def __init__(
         self,
         name: str,
@@ -136,7 +138,7 @@ class CLIPBackbone(FreezableWrapper):
         self.name, self.pretrained, self.in_channels = name, pretrained, in_channels
         self.model = self._create(name, architecture, model_config or {}, tag_config)
         weights_file = weights_path or (pretrained if pretrained and not tag_config else None)
-        if weights_file is None and tag_config:
+        if weights_file is None and tag_config and pretrained is not None:  # a tag_config means a pretrained tag
             weights_file = fetch_weights(name, pretrained, tag_config, cache_dir)
         if weights_file is None:
             log.warning("CLIPBackbone(%r) is randomly initialised (pretrained: null).", name)
@@ -145,7 +147,8 @@ class CLIPBackbone(FreezableWrapper):
         self.tokenizer = open_clip.get_tokenizer(name, context_length=architecture["text_cfg"].get("context_length"))
         self.input = ModelInput(
             _side(architecture["vision_cfg"].get("image_size", 224)),
-            tag_config.get("mean", OPENAI_DATASET_MEAN), tag_config.get("std", OPENAI_DATASET_STD),
+            tag_config.get("mean", OPENAI_DATASET_MEAN),
+            tag_config.get("std", OPENAI_DATASET_STD),
             tag_config.get("interpolation", "bicubic"),
         )
         self.out_features = int(architecture["embed_dim"])
@@ -187,8 +190,10 @@ class CLIPBackbone(FreezableWrapper):
         return self.model.logit_scale.exp().clamp(max=100.0)
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, pretrained={self.pretrained!r}, frozen={self.frozen}, "
-                f"out_features={self.out_features}")
+        return (
+            f"name={self.name!r}, pretrained={self.pretrained!r}, frozen={self.frozen}, "
+            f"out_features={self.out_features}"
+        )
 
 
 def _side(image_size: int | Sequence[int]) -> int:

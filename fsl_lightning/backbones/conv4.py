@@ -50,11 +50,17 @@ class Conv4(nn.Module):
             raise ValueError(f"pooled_blocks must be between 0 and 4 (Conv4 has four blocks), got {pooled_blocks}.")
         self.in_channels = in_channels
         self.out_channels = hidden_channels
-        self.encoder = nn.Sequential(*(
-            conv_block(in_channels if block == 0 else hidden_channels, hidden_channels, pool=block < pooled_blocks,
-                       negative_slope=negative_slope)
-            for block in range(4)
-        ))
+        self.encoder = nn.Sequential(
+            *(
+                conv_block(
+                    in_channels if block == 0 else hidden_channels,
+                    hidden_channels,
+                    pool=block < pooled_blocks,
+                    negative_slope=negative_slope,
+                )
+                for block in range(4)
+            )
+        )
         self.flatten = flatten
 
     def forward(self, images: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ class DropBlock(nn.Module):
         if schedule_steps < 0:
             raise ValueError(f"DropBlock schedule_steps must be >= 0 (0: full rate at once), got {schedule_steps}.")
         self.block_size, self.drop_rate, self.schedule_steps = block_size, drop_rate, schedule_steps
+        self.training_steps: Tensor
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
 
     def extra_repr(self) -> str:

@@ -10,6 +10,7 @@ class FreezableWrapper(nn.Module):
     mode even when the wrapper is put in training mode (batch-norm statistics and dropout fixed)."""
 
     frozen: bool = False
+    model: nn.Module
 
     def freeze(self) -> None:
         self.frozen = True

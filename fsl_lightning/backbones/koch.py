@@ -26,10 +26,17 @@ class KochNet(nn.Module):
         self.in_channels = in_channels
         self.out_features = out_features
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=10), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, kernel_size=7), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(128, 128, kernel_size=4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(128, 256, kernel_size=4), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 64, kernel_size=10),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, kernel_size=7),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 128, kernel_size=4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, kernel_size=4),
+            nn.ReLU(inplace=True),
         )
         self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(256 * side * side, out_features), nn.Sigmoid())
         self._initialise()
@@ -48,7 +55,8 @@ class KochNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(module.weight, 0.0, 0.2 if isinstance(module, nn.Linear) else 0.01)
-                nn.init.normal_(module.bias, 0.5, 0.01)
+                if module.bias is not None:  # every layer here has one; as torch's reset_parameters checks
+                    nn.init.normal_(module.bias, 0.5, 0.01)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.embedding(self.features(images))

@@ -14,8 +14,12 @@ INITIALISATIONS = ("maml", "glorot", "pytorch")
 
 
 def maml_block(
-    in_channels: int, out_channels: int, downsampling: str, running_statistics: bool = False,
-    batch_norm_scale: bool = True, batch_norm_eps: float = 1e-5,
+    in_channels: int,
+    out_channels: int,
+    downsampling: str,
+    running_statistics: bool = False,
+    batch_norm_scale: bool = True,
+    batch_norm_eps: float = 1e-5,
 ) -> nn.Sequential:
     """3x3 convolution, batch norm, ReLU, then 2x2 max pooling or a stride-2 convolution."""
     stride = 2 if downsampling == "stride" else 1
@@ -81,7 +85,9 @@ class MAMLConv4(nn.Module):
             raise ValueError(f"image_size {image_size} is too small for four 2x2 max poolings (need >= 16).")
         widths = [in_channels] + [hidden_channels] * 4
         blocks = [
-            maml_block(widths[i], widths[i + 1], downsampling, batch_norm == "running", batch_norm_scale, batch_norm_eps)
+            maml_block(
+                widths[i], widths[i + 1], downsampling, batch_norm == "running", batch_norm_scale, batch_norm_eps
+            )
             for i in range(4)
         ]
         tail: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if downsampling == "stride" else []
@@ -97,7 +103,8 @@ class MAMLConv4(nn.Module):
         for layer in self.modules():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(layer.weight)  # the fans of TensorFlow's Glorot initialisers, for both kinds
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:  # every layer here has one; as torch's reset_parameters checks
+                    nn.init.zeros_(layer.bias)
         if normal_head:  # cbfinn/maml: w5 = tf.random_normal([dim_hidden, dim_output]) for Omniglot
             nn.init.normal_(self.head.weight)
 

@@ -42,8 +42,13 @@ class PlainBatchNorm2d(nn.Module):
     """
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, affine: bool = True, running_statistics: bool = False,
-        momentum: float = 0.1, scale: bool = True,
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        running_statistics: bool = False,
+        momentum: float = 0.1,
+        scale: bool = True,
     ) -> None:
         super().__init__()
         self.num_features = num_features
@@ -54,6 +59,8 @@ class PlainBatchNorm2d(nn.Module):
         self.momentum = momentum
         self.recording = False
         self.native = False  # torch's fused kernel instead of plain ops: see native_batch_norm()
+        self.running_mean: Tensor  # registered, and used, only with running_statistics
+        self.running_var: Tensor
         if running_statistics:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
@@ -80,7 +87,7 @@ class PlainBatchNorm2d(nn.Module):
         """The same maths by ``F.batch_norm``; momentum 0 and no buffers passed in training: nothing is updated."""
         running = self.running_statistics and not self.training
         mean, variance = (self.running_mean, self.running_var) if running else (None, None)
-        weight = self.weight
+        weight: Tensor | None = self.weight
         if weight is None and self.bias is not None:
             # a shift without a scale: torch's double backward fails on a bias without a weight, so pass a scale of 1
             weight = torch.ones(self.num_features, device=inputs.device, dtype=inputs.dtype)
@@ -100,8 +107,10 @@ class PlainBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, scale={self.weight is not None}, shift={self.bias is not None}, "
-                f"running_statistics={self.running_statistics}")
+        return (
+            f"{self.num_features}, eps={self.eps}, scale={self.weight is not None}, shift={self.bias is not None}, "
+            f"running_statistics={self.running_statistics}"
+        )
 
 
 def tracks_running_statistics(module: nn.Module) -> bool:

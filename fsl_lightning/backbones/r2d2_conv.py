@@ -6,7 +6,9 @@ import torch
 from torch import Tensor, nn
 
 
-def _block(in_channels: int, out_channels: int, pool_stride: int, negative_slope: float, dropout: float) -> nn.Sequential:
+def _block(
+    in_channels: int, out_channels: int, pool_stride: int, negative_slope: float, dropout: float
+) -> nn.Sequential:
     # The reference (bertinetto/r2d2, fewshots/models/load_model.py) pools before the activation: conv, BN, pool, LeakyReLU.
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),

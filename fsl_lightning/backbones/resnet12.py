@@ -11,8 +11,9 @@ class ResidualBlock(nn.Module):
     """Three 3x3 conv-BN layers with leaky ReLU, a 1x1 conv-BN shortcut, 2x2 max pooling, then ``regulariser``
     (dropout or DropBlock; none by default)."""
 
-    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.1,
-                 regulariser: nn.Module | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, negative_slope: float = 0.1, regulariser: nn.Module | None = None
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for index in range(3):
@@ -23,9 +24,7 @@ class ResidualBlock(nn.Module):
             if index < 2:
                 layers.append(nn.LeakyReLU(negative_slope))
         self.body = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
-        )
+        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
         self.activation = nn.LeakyReLU(negative_slope)
         self.pool = nn.MaxPool2d(2)
         self.regulariser = regulariser or nn.Identity()
@@ -60,8 +59,10 @@ class ResNet12(nn.Module):
             raise ValueError(f"ResNet12 drop_rate must be in [0, 1) (0: no dropout, no DropBlock), got {drop_rate}.")
         self.in_channels = in_channels
         widths = (in_channels, *channels)
-        regularisers = [self._regulariser(index, len(channels), drop_rate, dropblock_size, dropblock_schedule_steps)
-                        for index in range(len(channels))]
+        regularisers = [
+            self._regulariser(index, len(channels), drop_rate, dropblock_size, dropblock_schedule_steps)
+            for index in range(len(channels))
+        ]
         self.blocks = nn.Sequential(
             *(ResidualBlock(a, b, regulariser=r) for a, b, r in zip(widths[:-1], widths[1:], regularisers))
         )

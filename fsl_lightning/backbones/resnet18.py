@@ -17,6 +17,8 @@ class ResNet18(ResNet):
         in_channels: 1 for grayscale, 3 for RGB; anything but 3 gets its own first convolution.
     """
 
+    fc: nn.Module  # torchvision's Linear head, replaced by the identity
+
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__(BasicBlock, [2, 2, 2, 2])
         self.in_channels = in_channels

@@ -106,6 +106,9 @@ class TimmBackbone(FreezableWrapper):
         cache_dir: the Hugging Face Hub cache to use instead of ``$HF_HUB_CACHE``.
     """
 
+    # a timm model: timm.create_model is typed nn.Module, but what it builds has num_features, set_input_size...
+    model: Any
+
     def __init__(
         self,
         name: str,
@@ -156,5 +159,6 @@ class TimmBackbone(FreezableWrapper):
         return self.model(self.input(images))
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, pretrained={self.pretrained}, frozen={self.frozen}, "
-                f"out_features={self.out_features}")
+        return (
+            f"name={self.name!r}, pretrained={self.pretrained}, frozen={self.frozen}, out_features={self.out_features}"
+        )

@@ -93,7 +93,7 @@ def remove_classifier(model: nn.Module) -> int:
         if getattr(model, attribute, None) is not None:
             setattr(model, attribute, None)
     if hasattr(model, "aux_logits"):
-        model.aux_logits = False
+        setattr(model, "aux_logits", False)  # not an attribute nn.Module declares
     for attribute in HEAD_ATTRIBUTES:
         head = getattr(model, attribute, None)
         if isinstance(head, nn.Linear):
@@ -183,8 +183,10 @@ class TorchvisionBackbone(FreezableWrapper):
 
     def _register_normalisation(self, weights: WeightsEnum | None) -> None:
         """Keep the weights' mean/std as (non-saved) buffers so they follow the module across devices."""
+        self.mean: Tensor  # registered, and used, only when normalising
+        self.std: Tensor
         self.normalise = weights is not None
-        if self.normalise:
+        if weights is not None:
             preprocessing = weights.transforms()
             self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)

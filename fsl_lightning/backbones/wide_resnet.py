@@ -35,7 +35,9 @@ def wide_group(in_channels: int, out_channels: int, blocks: int, stride: int, dr
     """``blocks`` wide blocks; only the first changes width and resolution."""
     return nn.Sequential(
         *(
-            PreActWideBlock(in_channels if index == 0 else out_channels, out_channels, stride if index == 0 else 1, dropout)
+            PreActWideBlock(
+                in_channels if index == 0 else out_channels, out_channels, stride if index == 0 else 1, dropout
+            )
             for index in range(blocks)
         )
     )

@@ -10,6 +10,13 @@ from fsl_lightning.callbacks.time_budget import TimeBudgetSchedule
 from fsl_lightning.callbacks.wandb_media import WandbTestMedia
 
 __all__ = [
-    "EpisodeThroughput", "ModelCheckpoint", "NonFiniteLossError", "NonFiniteLossGuard", "PredictionCSVWriter",
-    "SpeedSettings", "StepProgressBar", "TimeBudgetSchedule", "WandbTestMedia",
+    "EpisodeThroughput",
+    "ModelCheckpoint",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "PredictionCSVWriter",
+    "SpeedSettings",
+    "StepProgressBar",
+    "TimeBudgetSchedule",
+    "WandbTestMedia",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from fsl_lightning.errors import UserError
 
@@ -29,7 +29,9 @@ class NonFiniteLossGuard(Callback):
         self.check_every_n_steps = check_every_n_steps
         self.first_bad_step: torch.Tensor | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch, batch_idx
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -65,6 +67,7 @@ def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
     paths = [
         path
         for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint)  # the others (any Checkpoint) record no paths
         for path in (callback.last_model_path, callback.best_model_path, *callback.best_k_models)
         if path
     ]

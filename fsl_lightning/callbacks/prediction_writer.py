@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from fsl_lightning.data.datamodule import EpisodicDataModule
 from fsl_lightning.data.folders import QueryImages, unreadable_summary
+from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.score_calibration import ScoreCalibration
 
 
@@ -32,8 +33,13 @@ class PredictionCSVWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
+        if not isinstance(pl_module, FewShotMethod):
+            raise TypeError(
+                f"PredictionCSVWriter writes a FewShotMethod's predictions, got {type(pl_module).__name__}."
+            )
         rows = [row for batch in predictions for row in batch]
-        datamodule = trainer.datamodule
+        # Lightning's connectors set this Trainer attribute from outside its class: mypy does not see it
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
         queries = datamodule.predict_queries if isinstance(datamodule, EpisodicDataModule) else None
         if queries is not None:
             rows = rows_in_file_order(rows, queries)
@@ -48,11 +54,15 @@ class PredictionCSVWriter(BasePredictionWriter):
 def scores_summary(rows: list[dict[str, Any]], calibration: ScoreCalibration | None, score_name: str) -> str:
     """One line on what the scores are, and how many queries are outliers."""
     if calibration is None:
-        return (f"Scores ({score_name}): not calibrated and no outlier check, since the checkpoint's run had no "
-                "validation episodes to fit them on; a query of none of the classes still gets the nearest one.")
+        return (
+            f"Scores ({score_name}): not calibrated and no outlier check, since the checkpoint's run had no "
+            "validation episodes to fit them on; a query of none of the classes still gets the nearest one."
+        )
     outliers = sum(row.get("outlier") == "yes" for row in rows)
-    return (f"Scores: {calibration.description()}. {outliers} of {sum(not row.get('error') for row in rows)} "
-            "queries are outliers, far from every class (outlier=yes): their class is only the nearest one.")
+    return (
+        f"Scores: {calibration.description()}. {outliers} of {sum(not row.get('error') for row in rows)} "
+        "queries are outliers, far from every class (outlier=yes): their class is only the nearest one."
+    )
 
 
 def rows_in_file_order(rows: list[dict[str, Any]], queries: QueryImages) -> list[dict[str, Any]]:
@@ -61,7 +71,8 @@ def rows_in_file_order(rows: list[dict[str, Any]], queries: QueryImages) -> list
     scored = iter(rows)
     return [
         {"query_file": file, "predicted_class": "", "error": queries.unreadable[file]}
-        if file in queries.unreadable else next(scored)
+        if file is not None and file in queries.unreadable  # None: a tensor, never unreadable
+        else next(scored)
         for file in queries.files
     ]
 

@@ -95,7 +95,8 @@ class StepProgressBar(TQDMProgressBar):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._lines = self.plain_lines if self.plain_lines is not None else not sys.stdout.isatty()
-        self._steps_between = self.every_n_steps or trainer.log_every_n_steps
+        # Lightning's connectors set this Trainer attribute from outside its class: mypy does not see it
+        self._steps_between = self.every_n_steps or trainer.log_every_n_steps  # type: ignore[attr-defined]
 
     @property
     def is_enabled(self) -> bool:
@@ -159,8 +160,10 @@ class StepProgressBar(TQDMProgressBar):
             if self._lines:
                 ci95 = _read(trainer, "val/acc_ci95")
                 margin = "" if ci95 is None else f" ± {ci95:.4f}"
-                self._say(f"validation at step {trainer.global_step}/{self.reading.total_steps or '?'}: "
-                          f"val_acc {_decimal(self.reading.val_accuracy)}{margin}")
+                self._say(
+                    f"validation at step {trainer.global_step}/{self.reading.total_steps or '?'}: "
+                    f"val_acc {_decimal(self.reading.val_accuracy)}{margin}"
+                )
             # Episodes/s and the next report by time count from here: training alone. The time left still
             # counts validation in (it averages from the first step).
             now = time.monotonic()
@@ -194,9 +197,12 @@ class StepProgressBar(TQDMProgressBar):
         estimates = []
         if self.reading.total_steps is not None and step > first_step:
             estimates.append((self.reading.total_steps - step) * (now - first_time) / (step - first_step))
-        timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
-        if timer is not None and timer.time_remaining() is not None:
-            estimates.append(max(timer.time_remaining(), 0.0))
+        # Lightning's connectors set this Trainer attribute from outside its class: mypy does not see it
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        timer = next((callback for callback in callbacks if isinstance(callback, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is not None:
+            estimates.append(max(remaining, 0.0))
         return min(estimates, default=None)
 
     def _plan(self, trainer: Trainer) -> str:

@@ -18,6 +18,8 @@ gives one number on the CPU however it is evaluated.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
@@ -26,28 +28,30 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from fsl_lightning.callbacks.cpu_training_precision import BF16TrainingSteps
 from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
 
 class SpeedSettings(Callback):
     """Args:
-        tf32: allow TF32 in float32 matrix products and convolutions on CUDA; ``None``: the method's default.
-        cpu_bf16: train in bf16 autocast on the CPU (validation, test and prediction stay fp32); ``None``: on for
-            methods with ``cpu_bf16_by_default`` when the CPU has bf16 units (AMX or AVX512-BF16; not AVX2-only
-            CPUs, where bf16 is no faster) and ``trainer.precision`` is the
-            default fp32, off otherwise. A ``trainer.precision`` other than fp32 always wins.
-        channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
-            Cores and the CPU's oneDNN kernels prefer (the same maths; only the kernels' summation order may
-            differ). ``None``: on the CPU, for methods with ``cpu_channels_last_by_default``, channels-last in
-            ``validate``, ``test`` and ``predict`` in any process layout, so that every evaluation of a
-            checkpoint (the test after fit, a test alone, one under DDP, the Python API) runs the same kernels
-            and gives the same number; and in ``fit`` in a single process. Not in ``fit`` under DDP, where its
-            gradients differed from the single-process step by about 2% of an update (tests/test_ddp_training.py;
-            cause not found yet): there training and its validations run the plain layout. The module goes back
-            to the plain layout when each stage ends. ``True``: channels-last in every stage.
-        compile: ``torch.compile`` the backbone in place (checkpoint keys unchanged); methods that cannot be
-            compiled (``FewShotMethod.not_compilable_because`` set to the reason) run eagerly with a warning
-            giving that reason.
-        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to debug).
-        compile_mode: the ``torch.compile`` mode, e.g. ``max-autotune`` or ``reduce-overhead`` (CUDA graphs).
+    tf32: allow TF32 in float32 matrix products and convolutions on CUDA; ``None``: the method's default.
+    cpu_bf16: train in bf16 autocast on the CPU (validation, test and prediction stay fp32); ``None``: on for
+        methods with ``cpu_bf16_by_default`` when the CPU has bf16 units (AMX or AVX512-BF16; not AVX2-only
+        CPUs, where bf16 is no faster) and ``trainer.precision`` is the
+        default fp32, off otherwise. A ``trainer.precision`` other than fp32 always wins.
+    channels_last: keep 4-D weights (and so convolution outputs) in channels-last layout, which Tensor
+        Cores and the CPU's oneDNN kernels prefer (the same maths; only the kernels' summation order may
+        differ). ``None``: on the CPU, for methods with ``cpu_channels_last_by_default``, channels-last in
+        ``validate``, ``test`` and ``predict`` in any process layout, so that every evaluation of a
+        checkpoint (the test after fit, a test alone, one under DDP, the Python API) runs the same kernels
+        and gives the same number; and in ``fit`` in a single process. Not in ``fit`` under DDP, where its
+        gradients differed from the single-process step by about 2% of an update (tests/test_ddp_training.py;
+        cause not found yet): there training and its validations run the plain layout. The module goes back
+        to the plain layout when each stage ends. ``True``: channels-last in every stage.
+    compile: ``torch.compile`` the backbone in place (checkpoint keys unchanged); methods that cannot be
+        compiled (``FewShotMethod.not_compilable_because`` set to the reason) run eagerly with a warning
+        giving that reason.
+    compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to debug).
+    compile_mode: the ``torch.compile`` mode, e.g. ``max-autotune`` or ``reduce-overhead`` (CUDA graphs).
     """
 
     def __init__(
@@ -73,8 +77,10 @@ class SpeedSettings(Callback):
         on_cpu = trainer.strategy.root_device.type == "cpu"
         if stage == "fit" and on_cpu and self._wants_cpu_bf16(trainer, pl_module):
             trainer.strategy.precision_plugin = BF16TrainingSteps()
-            rank_zero_info(f"Training in bf16 autocast on this CPU's bf16 units ({this_cpu().vector_units}; "
-                           "validation and test in fp32); --speed.cpu_bf16=false trains in fp32.")
+            rank_zero_info(
+                f"Training in bf16 autocast on this CPU's bf16 units ({this_cpu().vector_units}; "
+                "validation and test in fp32); --speed.cpu_bf16=false trains in fp32."
+            )
         if self._wants_channels_last(pl_module, stage, on_cpu, trainer.world_size):
             pl_module.to(memory_format=torch.channels_last)
             self._layout_to_undo = self.channels_last is None
@@ -133,7 +139,7 @@ class SpeedSettings(Callback):
         rank_zero_info(f"Compiled the backbone with torch.compile (backend {self.compile_backend}).")
 
 
-def evaluation_layout(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def evaluation_layout(module: ModuleT, device: torch.device) -> ModuleT:
     """``module`` in the layout that ``SpeedSettings``' defaults evaluate it in on ``device`` (channels-last on the CPU
     for methods with ``cpu_channels_last_by_default``), for evaluation outside a Trainer: the Python API's
     predictions then equal ``predict``'s."""

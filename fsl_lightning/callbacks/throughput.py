@@ -40,7 +40,9 @@ class EpisodeThroughput(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_start = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.window_start is None and trainer.global_step >= self.warmup_steps:
             _synchronize(pl_module.device)
             self.window_start = (trainer.global_step, time.perf_counter())
@@ -82,8 +84,11 @@ class EpisodeThroughput(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.output_path is not None and trainer.is_global_zero:
             self.output_path.parent.mkdir(parents=True, exist_ok=True)
-            summary = {"steps_per_s": self.steps_per_s, "episodes_per_s": self.episodes_per_s,
-                       "validations": self.validations}
+            summary = {
+                "steps_per_s": self.steps_per_s,
+                "episodes_per_s": self.episodes_per_s,
+                "validations": self.validations,
+            }
             self.output_path.write_text(json.dumps(summary, indent=2))
 
 

@@ -50,23 +50,26 @@ from fsl_lightning.errors import UserError
 STATE_KEY = "fsl_time_budget"
 # the attribute that holds each scheduler's length (in scheduler steps)
 LENGTH_ATTRIBUTE = {
-    CosineAnnealingLR: "T_max", LinearLR: "total_iters", PolynomialLR: "total_iters", StepLR: "step_size",
+    CosineAnnealingLR: "T_max",
+    LinearLR: "total_iters",
+    PolynomialLR: "total_iters",
+    StepLR: "step_size",
 }
 
 
 class TimeBudgetSchedule(Callback):
     """Args:
-        enabled: fit the schedule into ``trainer.max_time`` when it is set (``false``: the clock simply stops the run).
-        plan: the changes an earlier run's plan made, as ``[step, step count]`` pairs (its ``config.yaml`` records
-            them): made again at the same steps, without timing, with or without ``max_time``. ``None``: plan from
-            the clock.
-        warmup_steps: steps before the timing starts.
-        timed_steps: steps timed; the plan is made after ``warmup_steps + timed_steps`` steps.
-        margin: the share of the remaining time kept in reserve.
-        checks: how many times the pace is checked again over the planned steps; a machine that slowed down (or
-            sped up) since the plan gets a shorter (longer) schedule, scaled again to end with the last step that
-            fits. Only for schedules that still end there when rescaled midway (``CosineAnnealingLR``,
-            ``PolynomialLR``); ``0``: never.
+    enabled: fit the schedule into ``trainer.max_time`` when it is set (``false``: the clock simply stops the run).
+    plan: the changes an earlier run's plan made, as ``[step, step count]`` pairs (its ``config.yaml`` records
+        them): made again at the same steps, without timing, with or without ``max_time``. ``None``: plan from
+        the clock.
+    warmup_steps: steps before the timing starts.
+    timed_steps: steps timed; the plan is made after ``warmup_steps + timed_steps`` steps.
+    margin: the share of the remaining time kept in reserve.
+    checks: how many times the pace is checked again over the planned steps; a machine that slowed down (or
+        sped up) since the plan gets a shorter (longer) schedule, scaled again to end with the last step that
+        fits. Only for schedules that still end there when rescaled midway (``CosineAnnealingLR``,
+        ``PolynomialLR``); ``0``: never.
     """
 
     def __init__(
@@ -79,11 +82,15 @@ class TimeBudgetSchedule(Callback):
         checks: int = 10,
     ) -> None:
         if plan is not None and any(step < 1 or steps <= step for step, steps in plan):
-            raise UserError(f"--time_budget.plan holds [step, step count] pairs with 0 < step < step count (as a run's "
-                            f"config.yaml records them), got {plan}. Leave it unset to plan from the clock.")
+            raise UserError(
+                f"--time_budget.plan holds [step, step count] pairs with 0 < step < step count (as a run's "
+                f"config.yaml records them), got {plan}. Leave it unset to plan from the clock."
+            )
         if not 0 <= margin < 1:
-            raise UserError(f"--time_budget.margin is the share of the remaining time kept in reserve, from 0 to "
-                            f"below 1 (default 0.05), got {margin}.")
+            raise UserError(
+                f"--time_budget.margin is the share of the remaining time kept in reserve, from 0 to "
+                f"below 1 (default 0.05), got {margin}."
+            )
         self.enabled = enabled
         self.plan = [tuple(change) for change in plan] if plan is not None else None
         self.warmup_steps = warmup_steps
@@ -110,6 +117,18 @@ class TimeBudgetSchedule(Callback):
         """The (step, step count) changes made so far: the plan, then each rescaling by a check."""
         return list(self._changes)
 
+    def _planned(self) -> int:
+        """``planned_steps`` where a plan was made (a resumed run's, or this run's first change) by construction."""
+        if not self._changes:
+            raise RuntimeError("time_budget: the planned step count was read before any plan was made")
+        return self._changes[-1][1]
+
+    def _configured(self) -> int:
+        """``trainer.max_steps`` as configured, recorded by ``on_train_start`` (or a resumed run's checkpoint)."""
+        if self._configured_steps is None:
+            raise RuntimeError("time_budget: the configured step count was read before on_train_start")
+        return self._configured_steps
+
     def state_dict(self) -> dict[str, Any]:
         return {"plan": self._changes, "configured_steps": self._configured_steps} if self._changes else {}
 
@@ -123,7 +142,7 @@ class TimeBudgetSchedule(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._changes:  # resumed after the plan: the step count it chose, not the config's
-            _set_max_steps(trainer, self.planned_steps)
+            _set_max_steps(trainer, self._planned())
             # no more checks: the clock of a resumed run would make other changes than the interrupted run's; a plan
             # being repeated (``plan``) goes on with its later changes
             self._active = self.enabled and self.plan is not None
@@ -137,13 +156,21 @@ class TimeBudgetSchedule(Callback):
             return False  # no clock and no plan to repeat: the run goes as configured
         if not trainer.lr_scheduler_configs:
             return False  # no schedule to fit
-        unknown = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs
-                   if not _scalable(config.scheduler)]
+        unknown = [
+            type(config.scheduler).__name__
+            for config in trainer.lr_scheduler_configs
+            if not _scalable(config.scheduler)
+        ]
         if unknown or trainer.max_steps < 1:
-            reason = (f"it cannot scale the length of {', '.join(unknown)}" if unknown
-                      else "trainer.max_steps is not set (the schedule's length in steps)")
-            rank_zero_warn(f"time_budget: the schedule is not fitted to the time budget because {reason}; the clock "
-                           "may stop training before the schedule ends. --time_budget.enabled=false silences this.")
+            reason = (
+                f"it cannot scale the length of {', '.join(unknown)}"
+                if unknown
+                else "trainer.max_steps is not set (the schedule's length in steps)"
+            )
+            rank_zero_warn(
+                f"time_budget: the schedule is not fitted to the time budget because {reason}; the clock "
+                "may stop training before the schedule ends. --time_budget.enabled=false silences this."
+            )
             return False
         return True
 
@@ -159,6 +186,8 @@ class TimeBudgetSchedule(Callback):
         if self._timing is None:  # set, with the plan's step, once the warm-up steps are done
             self._start_timing(trainer, step)
             return
+        if self._next_timed_decision is None:  # set with the timing; cleared only together with _active
+            raise RuntimeError("time_budget: timing without a next decision step")
         if step < self._next_timed_decision:
             return
         steps_left = float(trainer.strategy.broadcast(self._steps_left_in_budget(trainer, step), src=0))  # rank 0's
@@ -173,8 +202,8 @@ class TimeBudgetSchedule(Callback):
         more, up to the configured steps: a plan made while the machine was busy is not kept when it is quiet
         again). Between the two the plan stands: the reserve absorbs a noisy pace (validation, checkpoints, other
         processes), and the pace is measured since the last change, over ever more steps while nothing changes."""
-        more = min(fits, self._configured_steps) > self.planned_steps * (1 + self.margin)
-        return fits_without_reserve < self.planned_steps or more
+        more = min(fits, self._configured()) > self._planned() * (1 + self.margin)
+        return fits_without_reserve < self._planned() or more
 
     def _start_timing(self, trainer: L.Trainer, step: int) -> None:
         if step >= self.warmup_steps:
@@ -184,20 +213,26 @@ class TimeBudgetSchedule(Callback):
 
     def _schedule_next_check(self, trainer: L.Trainer, step: int) -> None:
         rechecks = self.checks > 0 and all(_ends_where_rescaled(c.scheduler) for c in trainer.lr_scheduler_configs)
-        interval = max(self.timed_steps, (self.planned_steps - step) // max(self.checks, 1))
-        self._next_timed_decision = step + interval if rechecks and step + interval < self.planned_steps else None
+        interval = max(self.timed_steps, (self._planned() - step) // max(self.checks, 1))
+        self._next_timed_decision = step + interval if rechecks and step + interval < self._planned() else None
         if self._next_timed_decision is None:
             self._active = False  # no more decisions to take in this run
 
     def _steps_left_in_budget(self, trainer: L.Trainer, step: int) -> float:
         """The steps the time left holds at the pace since the plan's last change (no reserve kept)."""
+        if self._timing is None:
+            raise RuntimeError("time_budget: the steps left were asked for before the timing started")
         timed_from, started = self._timing
         rate = (step - timed_from) / max(time.monotonic() - started, 1e-9)
-        return rate * _timer(trainer).time_remaining()
+        timer = _timer(trainer)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is None:  # timing runs only with a clock: without one, _should_plan needs a plan to repeat
+            raise RuntimeError("time_budget: timing the steps without trainer.max_time")
+        return rate * remaining
 
     def _change(self, trainer: L.Trainer, steps: int, step: int) -> None:
-        current = self.planned_steps or self._configured_steps
-        steps = max(min(steps, self._configured_steps), step + 1)
+        current = self.planned_steps or self._configured()
+        steps = max(min(steps, self._configured()), step + 1)
         if steps != current:
             for config in trainer.lr_scheduler_configs:
                 _scale_length(config.scheduler, steps / current)
@@ -225,11 +260,16 @@ class TimeBudgetSchedule(Callback):
         elif len(self._changes) == 1:
             change = f"schedule scaled from {before} steps to end with them"
         else:
-            pace = "slowed down: the {} planned no longer fit" if self.planned_steps < before else (
-                "sped up: more than the {} planned fit now")
+            pace = (
+                "slowed down: the {} planned no longer fit"
+                if self._planned() < before
+                else ("sped up: more than the {} planned fit now")
+            )
             change = f"the steps {pace.format(before)}; the schedule is scaled again to end with them"
-        rank_zero_info(f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
-                       f"Repeat this run by steps, without a clock: {repeat}")
+        rank_zero_info(
+            f"Time budget: training {self.planned_steps} steps ({change}; at step {step}). "
+            f"Repeat this run by steps, without a clock: {repeat}"
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         before_the_plan = self._active and not self._changes and self.plan is None
@@ -240,7 +280,7 @@ class TimeBudgetSchedule(Callback):
                 "learning rate had not reached the schedule's end. Lower --time_budget.warmup_steps and "
                 "--time_budget.timed_steps, or give a longer --trainer.max_time."
             )
-        if self._changes and trainer.global_step < self.planned_steps and not trainer.interrupted:
+        if self._changes and trainer.global_step < self._planned() and not trainer.interrupted:
             rank_zero_warn(
                 f"time_budget: the clock stopped training at step {trainer.global_step} of the {self.planned_steps} "
                 "planned (the steps slowed down after the last check): the learning rate had not reached the "
@@ -273,8 +313,13 @@ def _set_max_steps(trainer: L.Trainer, steps: int) -> None:
     trainer.fit_loop.epoch_loop.max_steps = steps  # what trainer.max_steps reads
 
 
+def _callbacks(trainer: L.Trainer) -> list[Callback]:
+    # Lightning's callback connector sets trainer.callbacks from outside the Trainer class: mypy does not see it
+    return trainer.callbacks  # type: ignore[attr-defined]
+
+
 def _timer(trainer: L.Trainer) -> Timer | None:
-    return next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+    return next((callback for callback in _callbacks(trainer) if isinstance(callback, Timer)), None)
 
 
 def _has_clock(trainer: L.Trainer) -> bool:
@@ -284,9 +329,8 @@ def _has_clock(trainer: L.Trainer) -> bool:
 
 
 def _saved_config_file(trainer: L.Trainer) -> Path | None:
-    saver = next((callback for callback in trainer.callbacks if isinstance(callback, SaveConfigCallback)), None)
+    saver = next((callback for callback in _callbacks(trainer) if isinstance(callback, SaveConfigCallback)), None)
     if saver is None or not trainer.log_dir:
         return None
     path = Path(trainer.log_dir) / saver.config_filename
     return path if path.is_file() else None
-

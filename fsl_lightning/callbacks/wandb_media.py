@@ -53,7 +53,9 @@ class WandbTestMedia(Callback):
             logger.experiment.log({"test/per_episode_acc": wandb.Histogram(summary.per_episode.cpu().numpy())})
         table = self._embedding_table(trainer, pl_module)
         if table is not None:
-            logger.experiment.log({"test/embeddings": wandb.plot.scatter(table, "x", "y", title="Test-class embeddings (PCA)")})
+            logger.experiment.log(
+                {"test/embeddings": wandb.plot.scatter(table, "x", "y", title="Test-class embeddings (PCA)")}
+            )
 
     def _episode_grid(self, episode: Episode, predicted: Tensor) -> np.ndarray:
         tiles = []
@@ -69,7 +71,8 @@ class WandbTestMedia(Callback):
         return (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # HWC uint8 for W&B
 
     def _embedding_table(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        classes = getattr(trainer.datamodule, "splits", {}).get("test")
+        # Lightning's connectors set this Trainer attribute from outside its class: mypy does not see it
+        classes = getattr(trainer.datamodule, "splits", {}).get("test")  # type: ignore[attr-defined]
         backbone = getattr(pl_module, "backbone", None)
         if classes is None or backbone is None:
             return None

@@ -16,6 +16,16 @@ from fsl_lightning.data.datasets import (
 from fsl_lightning.data.roots import DatasetNotFoundError
 
 __all__ = [
-    "CIFARFS", "CUB200", "Caltech101", "ClassImages", "DatasetNotFoundError", "EpisodicDataModule", "FC100",
-    "FewShotDataset", "ImageFolderDataset", "MiniImageNet", "Omniglot", "TieredImageNet",
+    "CIFARFS",
+    "CUB200",
+    "Caltech101",
+    "ClassImages",
+    "DatasetNotFoundError",
+    "EpisodicDataModule",
+    "FC100",
+    "FewShotDataset",
+    "ImageFolderDataset",
+    "MiniImageNet",
+    "Omniglot",
+    "TieredImageNet",
 ]

@@ -103,8 +103,9 @@ class BatchAugmentation:
             raise ValueError(f"Colour jitter needs 1 (grayscale) or 3 (RGB) channels, got {channels}.")
         batch = images.reshape(-1, channels, height, width)
         if self.random_resized_crop:
-            boxes = sample_crop_boxes(len(batch), height, width, self.crop_scale, self.crop_ratio, generator,
-                                      batch.device)
+            boxes = sample_crop_boxes(
+                len(batch), height, width, self.crop_scale, self.crop_ratio, generator, batch.device
+            )
             batch = crop_resize(batch, boxes)
         if self.crop_padding > 0:
             batch = padded_random_crop(batch, self.crop_padding, generator)
@@ -227,7 +228,7 @@ def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
     return torch.einsum("bij,bjhw->bihw", mixing, images).clamp(0.0, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _yiq_matrices(device: torch.device) -> tuple[Tensor, Tensor]:
     # Copied to the device once: a copy per call would be a host-to-device transfer every training step.
     return _RGB_TO_YIQ.to(device, torch.float32), _YIQ_TO_RGB.to(device, torch.float32)

@@ -40,7 +40,6 @@ STREAMS = {"train": 0, "val": 1, "test": 2}
 TRAIN_SHOT_STREAM = 3  # the random shot of each training batch (train_shot_range)
 
 
-
 class EpisodicDataModule(L.LightningDataModule):
     """Episodes from a :class:`FewShotDataset`.
 
@@ -198,7 +197,10 @@ class EpisodicDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self._samples_on_device() and not self.pretrain_batch_size:
             self._device_sampler = DeviceEpisodeSampler(
-                self.splits["train"].class_offsets, self.specs["train"], self.seed, STREAMS["train"],
+                self.splits["train"].class_offsets,
+                self.specs["train"],
+                self.seed,
+                STREAMS["train"],
                 self.train_tasks_per_batch,
             )
             return DataLoader(KeyStream(self._train_keys), batch_size=None)
@@ -206,7 +208,8 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.episode_counts["val"] == 0 and "val" not in self.splits:  # fit without validation
-            return DataLoader([])
+            # torch types the dataset as a Dataset; any sequence is a map-style dataset to it (its documentation)
+            return DataLoader([])  # type: ignore[arg-type]
         return self._loader("val", lambda: self._eval_keys("val"))
 
     def test_dataloader(self) -> DataLoader:
@@ -220,24 +223,27 @@ class EpisodicDataModule(L.LightningDataModule):
                 "zero-shot methods such as CLIP, --data.predict_class_names='[cat, dog]' in place of the support "
                 "folder)."
             )
-        if self.predict_class_names is not None:
+        given_names = self.predict_class_names
+        if given_names is not None:
             queries = self._read_queries()
-            support, labels, class_names = self._zero_shot_support(queries.images)
+            support, labels, class_names = self._zero_shot_support(queries.images, given_names)
         else:  # the support set first: a bad support image ends the command before the queries are decoded
-            support, labels, class_names = read_support_folder(self.predict_support_dir, self.dataset.decode_image)
+            support_dir = _given(self.predict_support_dir, "data.predict_support_dir")
+            support, labels, class_names = read_support_folder(support_dir, self.dataset.decode_image)
             queries = self._read_queries()
         batches = prediction_batches(
             support, labels, class_names, queries.images, queries.decoded_files, self.predict_batch_size
         )
-        return DataLoader(batches, batch_size=None)
+        # torch types the dataset as a Dataset; any sequence is a map-style dataset to it (its documentation)
+        return DataLoader(batches, batch_size=None)  # type: ignore[arg-type]
 
     def _read_queries(self) -> QueryImages:
         self.predict_queries = read_query_folder(
-            self.predict_query_dir, self.dataset.decode_image, self.predict_bad_images
+            _given(self.predict_query_dir, "data.predict_query_dir"), self.dataset.decode_image, self.predict_bad_images
         )
         return self.predict_queries
 
-    def _zero_shot_support(self, queries: Tensor) -> tuple[Tensor, Tensor, list[str]]:
+    def _zero_shot_support(self, queries: Tensor, given_names: list[str]) -> tuple[Tensor, Tensor, list[str]]:
         """No support images, the given class names: for methods that classify from names (``supports_zero_shot``)."""
         if self.predict_support_dir:
             raise UserError("Give either data.predict_support_dir or data.predict_class_names for predict, not both.")
@@ -250,7 +256,7 @@ class EpisodicDataModule(L.LightningDataModule):
                 f"{type(method).__name__} cannot do (CLIPZeroShot and CLIPFewShot can): give "
                 "--data.predict_support_dir=<folder with one sub-folder of images per class> instead."
             )
-        names = check_class_names(self.predict_class_names)
+        names = check_class_names(given_names)
         return queries[:0], torch.zeros(0, dtype=torch.long), names
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Episode | LabelledBatch | dict:
@@ -260,6 +266,8 @@ class EpisodicDataModule(L.LightningDataModule):
         if split == "train":
             self._train_batches_done = self._batches_done() + 1
         if isinstance(batch, int):  # a key: the training episode is drawn here, on the device
+            if self._device_sampler is None:  # made by train_dataloader, which hands out keys only with it
+                raise RuntimeError(f"training key {batch} arrived without the device episode sampler")
             batch = (*self._device_sampler(batch, self._compute_device()), batch)
         if isinstance(batch, GatheredBatch):  # host residency: the images came gathered
             return self._assemble(split, batch.image_indices, batch.class_ids, batch.key, batch.images)
@@ -268,11 +276,18 @@ class EpisodicDataModule(L.LightningDataModule):
     def training_batch(self, key: int, device: torch.device) -> Episode | LabelledBatch:
         """Training batch ``key`` on ``device`` as ``training_step`` receives it, outside any Trainer loop (for
         benchmarks that time the bare model step on resident data). Call after ``setup("fit")``."""
-        indices, class_ids, *_ = next(iter(self._index_stream("train", lambda: range(key, key + 1))))
+        stream = self._index_stream("train", lambda: range(key, key + 1))
+        # (indices, class ids[, key]): by iterating, not iter(), mypy keeps the two streams' element types apart
+        indices, class_ids = next(batch[:2] for batch in stream)
         return self._assemble("train", indices.to(device), class_ids.to(device), key)
 
     def _assemble(
-        self, split: str, image_indices: Tensor, class_ids: Tensor, key: int | None = None, gathered: Tensor | None = None
+        self,
+        split: str,
+        image_indices: Tensor,
+        class_ids: Tensor,
+        key: int | None = None,
+        gathered: Tensor | None = None,
     ) -> Episode | LabelledBatch:
         """Builds the batch from the images of the given indices: ``gathered`` on the host, or gathered here from
         the resident split."""
@@ -280,16 +295,23 @@ class EpisodicDataModule(L.LightningDataModule):
             gathered = self._resident_images(split, image_indices.device)[image_indices]
         images = as_model_input(gathered)
         if split == "train" and self.augmentation is not None:
-            images = self._augmented(images)
+            images = self._augmented(self.augmentation, images)
         if split == "train" and self.pretrain_batch_size:
             return LabelledBatch(images, class_ids)
-        seed = None if split == "train" else self.episode_seed(split, key)
+        if split == "train":
+            seed = None
+        elif key is None:  # evaluation streams always carry the key
+            raise RuntimeError(f"a {split} episode without its key, of which its seed is a function")
+        else:
+            seed = self.episode_seed(split, key)
         return split_support_query(images, class_ids, self._spec_of(split, key), image_indices, seed)
 
     def _spec_of(self, split: str, key: int | None) -> EpisodeSpec:
         spec = self.specs[split]
         if split != "train" or self.train_shot_range is None:
             return spec
+        if key is None:  # training streams always carry the key
+            raise RuntimeError("a training episode without its key, of which its shot count is a function")
         low, high = self.train_shot_range
         shot = low + mixed_seed(self.seed, TRAIN_SHOT_STREAM, key) % (high - low + 1)
         return EpisodeSpec(way=spec.way, shot=shot, query=spec.images_per_class - shot)
@@ -299,10 +321,11 @@ class EpisodicDataModule(L.LightningDataModule):
         ``(eval_seed, split, key)``, so a method's per-episode randomness is the same in any process layout."""
         return mixed_seed(self.eval_seed, STREAMS[split], key)
 
-    def _augmented(self, images: Tensor) -> Tensor:
+    @staticmethod
+    def _augmented(augmentation: BatchAugmentation, images: Tensor) -> Tensor:
         # Images of an episode arrive as [..., way, shot + query, C, H, W]: augment them as one flat batch.
         flat = images.reshape(-1, *images.shape[-3:])
-        return self.augmentation(flat).reshape(images.shape)
+        return augmentation(flat).reshape(images.shape)
 
     def _samples_on_device(self) -> bool:
         if self._residency_choice() == "host":
@@ -340,7 +363,12 @@ class EpisodicDataModule(L.LightningDataModule):
             return ImageBatchStream(classes.class_offsets, self.pretrain_batch_size, self.seed, STREAMS[split], keys)
         tasks = self.train_tasks_per_batch if split == "train" else 1
         return EpisodeStream(
-            classes.class_offsets, self.specs[split], self._seed_of(split), STREAMS[split], keys, tasks,
+            classes.class_offsets,
+            self.specs[split],
+            self._seed_of(split),
+            STREAMS[split],
+            keys,
+            tasks,
             self._groups(split, classes),
         )
 
@@ -449,3 +477,10 @@ def check_image_shape(trained: dict[str, int | None] | None, used: dict[str, int
 
 def _describe(shape: dict[str, int | None]) -> str:
     return f"channels={shape['channels']}, image_size={shape['image_size']}"
+
+
+def _given(folder: str | None, option: str) -> str:
+    """``folder``, which the caller's checks require (``predict_dataloader`` refuses a run without it)."""
+    if not folder:
+        raise UserError(f"predict needs --{option}=<folder>.")
+    return folder

@@ -9,9 +9,10 @@ and dropping a shot would change the classifier without the user knowing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,12 +32,12 @@ class QueryImages:
     """The query images that decoded ([M, C, H, W]: uint8 as decoded from files, model input once the Python API
     has checked them), with their files, and the ones that did not.
 
-    ``files`` lists every query file in order, ``decoded_files`` those of ``images``; ``unreadable`` maps each
-    file that did not decode to the one-line reason."""
+    ``files`` lists every query file in order (``None`` for an image the Python API was given as a tensor),
+    ``decoded_files`` those of ``images``; ``unreadable`` maps each file that did not decode to the one-line reason."""
 
     images: Tensor
-    decoded_files: list[str]
-    files: list[str]
+    decoded_files: list[str | None]
+    files: list[str | None]
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
@@ -79,7 +80,7 @@ def decode_queries(files: list[Path], decode: Decode, bad_images: BadImages = "s
     """The query images of ``files`` (in order), as :func:`read_query_folder` decodes a folder's."""
     check_bad_images_choice(bad_images)
     decoded, unreadable = decode_files(files, decode, stop_at_first=bad_images == "stop")
-    names = [str(path) for path in files]
+    names: list[str | None] = [str(path) for path in files]
     if not decoded:
         raise no_usable_queries(len(files), unreadable)
     decoded_files = [name for name in names if name not in unreadable]

@@ -72,8 +72,9 @@ def random_affine(
     shift_x = uniform(5, -max_translation_pixels, max_translation_pixels, 0.0) * (2 / width)
     shift_y = uniform(6, -max_translation_pixels, max_translation_pixels, 0.0) * (2 / height)
     forward = _rotation(angle) @ _shear(shear_x, shear_y) @ _scale(scale_x, scale_y)  # [B, 2, 2]
-    grid = F.affine_grid(_inverse_map(forward, torch.stack([shift_x, shift_y], dim=-1)), list(images.shape),
-                         align_corners=False)
+    grid = F.affine_grid(
+        _inverse_map(forward, torch.stack([shift_x, shift_y], dim=-1)), list(images.shape), align_corners=False
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

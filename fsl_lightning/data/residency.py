@@ -10,7 +10,8 @@ are the same in both, so evaluation episodes, and their numbers, do not depend o
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Literal, NamedTuple
+from collections.abc import Iterator
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -32,10 +33,18 @@ class GatheredBatch(NamedTuple):
     key: int | None
 
 
+class IndexStream(Protocol):
+    """Batches of (image indices, class ids[, key]), as many as its length (the samplers' streams)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...
+
+
 class HostGatheredStream(IterableDataset):
     """The batches of ``index_stream`` with their images gathered from ``images`` (the split, on the host)."""
 
-    def __init__(self, index_stream: Iterable, images: Tensor) -> None:
+    def __init__(self, index_stream: IndexStream, images: Tensor) -> None:
         self.index_stream = index_stream
         self.images = images
 

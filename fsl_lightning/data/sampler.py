@@ -8,7 +8,7 @@ episodes and a resumed run continues the same stream.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -148,7 +148,9 @@ class ImageBatchStream(IterableDataset):
     distinct; across batches they are drawn independently (not epoch by epoch), which keeps batches stateless.
     """
 
-    def __init__(self, class_offsets: Tensor, batch_size: int, seed: int, stream: int, keys: Callable[[], range]) -> None:
+    def __init__(
+        self, class_offsets: Tensor, batch_size: int, seed: int, stream: int, keys: Callable[[], range]
+    ) -> None:
         num_images = int(class_offsets[-1])
         if not 1 <= batch_size <= num_images:
             raise ValueError(
@@ -186,7 +188,9 @@ class DeviceEpisodeSampler:
     host synchronisation. Validation and test episodes keep the host sampler, so they stay identical on every device.
     """
 
-    def __init__(self, class_offsets: Tensor, spec: EpisodeSpec, seed: int, stream: int, tasks_per_batch: int = 1) -> None:
+    def __init__(
+        self, class_offsets: Tensor, spec: EpisodeSpec, seed: int, stream: int, tasks_per_batch: int = 1
+    ) -> None:
         self.spec = spec
         self.seed = seed
         self.stream = stream

@@ -18,8 +18,8 @@ from fsl_lightning.methods.metasgd import MetaSGD
 from fsl_lightning.methods.nearest_neighbour import NearestNeighbour
 from fsl_lightning.methods.protonet import ProtoNet
 from fsl_lightning.methods.r2d2 import R2D2
-from fsl_lightning.methods.relationnet import RelationNet
 from fsl_lightning.methods.registry import METHODS
+from fsl_lightning.methods.relationnet import RelationNet
 from fsl_lightning.methods.reptile import Reptile
 from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.rfs_distill import RFSDistill
@@ -28,8 +28,31 @@ from fsl_lightning.methods.skd import SKD
 from fsl_lightning.methods.transfer import Transfer
 
 __all__ = [
-    "ANIL", "Baseline", "BaselinePlusPlus", "ClassifierBaseline", "CLIPFewShot", "CLIPZeroShot", "DN4", "FEAT",
-    "FewShotMethod", "FOMAML", "FrozenFeatures", "MAML", "MatchingNet", "MetaBaseline", "MetaOptNet", "MetaSGD",
-    "METHODS", "NearestNeighbour", "ProtoNet", "R2D2", "RelationNet", "Reptile", "RFSDistill", "RFSSimple", "Siamese",
-    "SKD", "Transfer",
+    "ANIL",
+    "Baseline",
+    "BaselinePlusPlus",
+    "ClassifierBaseline",
+    "CLIPFewShot",
+    "CLIPZeroShot",
+    "DN4",
+    "FEAT",
+    "FewShotMethod",
+    "FOMAML",
+    "FrozenFeatures",
+    "MAML",
+    "MatchingNet",
+    "MetaBaseline",
+    "MetaOptNet",
+    "MetaSGD",
+    "METHODS",
+    "NearestNeighbour",
+    "ProtoNet",
+    "R2D2",
+    "RelationNet",
+    "Reptile",
+    "RFSDistill",
+    "RFSSimple",
+    "Siamese",
+    "SKD",
+    "Transfer",
 ]

@@ -20,8 +20,17 @@ class ANIL(MAML):
     """
 
     def inner_learner(self) -> nn.Module:
-        return self.backbone.head
+        return self._backbone_part("head")
 
     def inner_inputs(self, images: Tensor) -> Tensor:
         """[T, N, C, H, W] -> features [T, N, D], per task (batch norm uses each task's statistics)."""
-        return self.engine.map_tasks(self.backbone.features, images)
+        return self.engine.map_tasks(self._backbone_part("features"), images)
+
+    def _backbone_part(self, name: str) -> nn.Module:
+        part = getattr(self.backbone, name, None)
+        if not isinstance(part, nn.Module):
+            raise TypeError(
+                f"ANIL needs a backbone with `features` and `head` modules (as MAMLConv4), got "
+                f"{type(self.backbone).__name__} without `{name}`."
+            )
+        return part

@@ -15,13 +15,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from fsl_lightning.built_by_cli import built_by_cli, drop_live_objects
 from fsl_lightning.backbones.batch_norm_folding import batch_norm_folded
+from fsl_lightning.built_by_cli import built_by_cli, drop_live_objects
 from fsl_lightning.data.method_data import MethodData, method_data
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
 from fsl_lightning.methods.score_calibration import CHECKPOINT_KEY, ScoreCalibration, ScoreCalibrationFit
+
 
 class FewShotMethod(L.LightningModule):
     """Base class of every method: subclasses implement :meth:`fit_support` and :meth:`score` (and may override the
@@ -59,9 +60,6 @@ class FewShotMethod(L.LightningModule):
     #: whether ``validate``, ``test`` and ``predict`` need trained weights (``--ckpt_path``); ``False`` for
     #: methods with nothing to train (1-NN, a frozen pretrained backbone), which evaluate as they are built
     needs_trained_weights: bool = True
-    #: whether :meth:`score` reads the queries it is given together (each query's logits depend on the others), so
-    #: that its numbers assume all the queries of an episode arrive at once
-    transductive: bool = False
     #: whether the method can classify from class names alone, without support images (``predict`` with
     #: ``data.predict_class_names``): CLIP's zero-shot and few-shot methods
     supports_zero_shot: bool = False
@@ -97,6 +95,13 @@ class FewShotMethod(L.LightningModule):
         self._predict_support_state: Any = None  # the user's support set, fitted once per predict run
         # The trained backbone while an evaluation copy stands in for it (a list: not registered as a submodule).
         self._trained_backbone: list[nn.Module] = []
+
+    @property
+    def transductive(self) -> bool:
+        """Whether :meth:`score` reads the queries it is given together (each query's logits depend on the others),
+        so that its numbers assume all the queries of an episode arrive at once. A property: for some methods it
+        depends on their settings (MAML's batch norm, the episode classifier of the feature methods)."""
+        return False
 
     @property
     def data(self) -> MethodData | None:

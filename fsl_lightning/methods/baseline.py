@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LinearProbe
-from fsl_lightning.methods.transfer import Transfer
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.transfer import Transfer
 
 
 @registered

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fsl_lightning.methods.episode_classifiers import CosineProbe, EpisodeClassifier
-from fsl_lightning.methods.transfer import Transfer
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.transfer import Transfer
 
 
 @registered
@@ -17,8 +17,10 @@ class BaselinePlusPlus(Transfer):
     scale follows their rule for its own number of classes (2 up to 200 classes, 10 above). Arguments as
     :class:`Transfer`; ``base_classifier`` is ``cosine`` by default."""
 
-    def __init__(self, *args: Any, base_classifier: str = "cosine", **kwargs: Any) -> None:
-        super().__init__(*args, base_classifier=base_classifier, **kwargs)
+    def __init__(self, *args: Any, base_classifier: Literal["linear", "cosine"] = "cosine", **kwargs: Any) -> None:
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, base_classifier=base_classifier, **kwargs)  # type: ignore[misc]
 
     def default_episode_classifier(self) -> EpisodeClassifier:
         return CosineProbe()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,15 @@ class ZeroShotClassifier:
     class_weights: Tensor
 
 
+class TextTower(Protocol):
+    """What the CLIP methods use of their backbone besides ``forward`` (:class:`CLIPBackbone` has both)."""
+
+    @property
+    def logit_scale(self) -> Tensor: ...
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class MixedClassifier(ZeroShotClassifier):
     """CLIPFewShot's fitted support set: the text classifier, the episode classifier fitted on the support features
@@ -161,6 +170,11 @@ class CLIPZeroShot(FrozenFeatureMethod):
         self.test_top5 = EpisodeAccuracy(nan_strategy="disable")
         self._class_weights: dict[tuple[str, ...], Tensor] = {}
 
+    @property
+    def text_tower(self) -> TextTower:
+        # __init__ checked that the backbone has encode_text and logit_scale
+        return cast(TextTower, self.backbone)
+
     # ----- classification ---------------------------------------------------------------------------------------
     def fit_support(self, support: SupportSet) -> ZeroShotClassifier:
         """The text classifier of the support set's classes (its images are not used)."""
@@ -170,7 +184,7 @@ class CLIPZeroShot(FrozenFeatureMethod):
         return self.zero_shot_logits(self.features(query_images, query_indices), state.class_weights)
 
     def zero_shot_logits(self, image_features: Tensor, class_weights: Tensor) -> Tensor:
-        return zero_shot_logits(image_features, class_weights, self.backbone.logit_scale.detach().float())
+        return zero_shot_logits(image_features, class_weights, self.text_tower.logit_scale.detach().float())
 
     def class_weights(self, class_names: Sequence[str]) -> Tensor:
         """Unit text-classifier weights [C, D] of ``class_names``, computed once per list of names."""
@@ -178,7 +192,7 @@ class CLIPZeroShot(FrozenFeatureMethod):
         cached = self._class_weights.get(key)
         if cached is None or cached.device != self.device:
             with torch.inference_mode(), self.precision_context():
-                text_features = self.backbone.encode_text(prompts_for(key, self.templates))
+                text_features = self.text_tower.encode_text(prompts_for(key, self.templates))
             cached = self._class_weights[key] = ensemble_text_features(text_features, len(key))
         return cached
 
@@ -192,13 +206,13 @@ class CLIPZeroShot(FrozenFeatureMethod):
         ``support.class_names`` (``predict``), else by the evaluated split's names of ``support.class_ids``."""
         if support.class_names is not None:
             return self.class_weights(support.class_names)
-        split = self.evaluated_split()
-        if split is None:
+        split, data = self.evaluated_split(), self.data
+        if split is None or data is None:  # a split is evaluated only with a data module
             raise ValueError(
                 f"{type(self).__name__} needs the class names of an episode: evaluate it with a data module "
                 "(`validate`, `test`) or `predict` with a support folder or data.predict_class_names."
             )
-        return self.class_weights(self.trainer.datamodule.splits[split].class_names)[support.class_ids]
+        return self.class_weights(data.splits[split].class_names)[support.class_ids]
 
     # ----- Lightning hooks ----------------------------------------------------------------------------------------
     def _evaluate(self, episode: Episode, metric: EpisodeAccuracy, stage: str) -> Tensor:
@@ -281,10 +295,12 @@ class CLIPFewShot(CLIPZeroShot):
         few_shot = self.episode_classifier.fit(features, support.labels, support.way, seed=support.seed)
         return MixedClassifier(zero_shot, few_shot, self.current_mix_weight())
 
-    def score(self, state: MixedClassifier, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+    def score(self, state: ZeroShotClassifier, query_images: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        """``state``: a :class:`MixedClassifier` (what :meth:`fit_support` gives); a text classifier alone is
+        scored zero-shot, as a ``MixedClassifier`` without a few-shot part."""
         queries = self.features(query_images, query_indices)
         zero_shot = self.zero_shot_logits(queries, state.class_weights)
-        if state.few_shot is None:
+        if not isinstance(state, MixedClassifier) or state.few_shot is None:
             return zero_shot
         few_shot = self.episode_classifier.score(state.few_shot, queries)
         return mix_log_probabilities(zero_shot, few_shot, state.mix_weight)
@@ -306,8 +322,10 @@ class CLIPFewShot(CLIPZeroShot):
         table = ", ".join(
             f"{weight:g}: {100 * float(right / total):.1f}%" for weight, right in zip(self.mix_weight_grid, correct)
         )
-        self.print(f"CLIP mix weight {self.mix_weight_grid[best]:g} chosen on {int(total)} validation queries "
-                   f"(accuracy by weight: {table})")
+        self.print(
+            f"CLIP mix weight {self.mix_weight_grid[best]:g} chosen on {int(total)} validation queries "
+            f"(accuracy by weight: {table})"
+        )
         return self.mix_weight_grid[best]
 
     def _validation_counts(self, datamodule) -> tuple[Tensor, Tensor]:

@@ -75,7 +75,10 @@ class DN4(EmbeddingMethod):
     """
 
     def __init__(
-        self, *args: Any, neighbours: int = 3, embedding_batches: Literal["reference", "episode"] = "reference",
+        self,
+        *args: Any,
+        neighbours: int = 3,
+        embedding_batches: Literal["reference", "episode"] = "reference",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)

@@ -114,6 +114,7 @@ class EpisodeClassifier(ABC):
     def _fits_with_the_queries(self) -> bool:
         """Whether this class's most specific fitting code is a one-step :meth:`fit_predict` (written for, or
         overriding, a fit that has to see the queries), rather than :meth:`fit_state`."""
+
         def owner(name: str) -> type:
             return next(cls for cls in type(self).__mro__ if name in vars(cls))
 
@@ -167,16 +168,21 @@ class LinearProbe(EpisodeClassifier):
     (uniform in ``+-1/sqrt(D)``). 5-way 1-shot is 100 x 2 steps, 5-shot 100 x 7.
     """
 
-    def __init__(self, epochs: int = 100, batch_size: int = 4, lr: float = 0.01, momentum: float = 0.9,
-                 dampening: float = 0.9, weight_decay: float = 1e-3) -> None:
+    def __init__(
+        self,
+        epochs: int = 100,
+        batch_size: int = 4,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        dampening: float = 0.9,
+        weight_decay: float = 1e-3,
+    ) -> None:
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}.")
         self.epochs, self.batch_size = epochs, batch_size
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
 
-    def fit_state(
-        self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
-    ) -> LinearWeights:
+    def fit_state(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> LinearWeights:
         initial = self.initial_parameters(support.shape[1], way, generator)
         parameters = [tensor.to(support.device).requires_grad_() for tensor in initial]
         optimiser = torch.optim.SGD(parameters, self.lr, self.momentum, self.dampening, self.weight_decay)
@@ -214,8 +220,16 @@ class CosineProbe(LinearProbe):
     their rule for the episode's ``way`` (:func:`chen_cosine_scale`: 2 for 5-way).
     """
 
-    def __init__(self, epochs: int = 100, batch_size: int = 4, lr: float = 0.01, momentum: float = 0.9,
-                 dampening: float = 0.9, weight_decay: float = 1e-3, scale: float | None = None) -> None:
+    def __init__(
+        self,
+        epochs: int = 100,
+        batch_size: int = 4,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        dampening: float = 0.9,
+        weight_decay: float = 1e-3,
+        scale: float | None = None,
+    ) -> None:
         super().__init__(epochs, batch_size, lr, momentum, dampening, weight_decay)
         self.scale = scale
 
@@ -252,9 +266,7 @@ class LogisticRegression(EpisodeClassifier):
             raise ValueError(f"newton_steps must be at least 1, got {newton_steps}.")
         self.C, self.normalize, self.newton_steps = C, normalize, newton_steps
 
-    def fit_state(
-        self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
-    ) -> LinearWeights:
+    def fit_state(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> LinearWeights:
         if self.normalize:
             support = F.normalize(support, dim=-1)
         support64 = support.double()
@@ -299,9 +311,7 @@ class NearestCentroid(EpisodeClassifier):
     def __init__(self, scale: float = 10.0) -> None:
         self.scale = scale
 
-    def fit_state(
-        self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator
-    ) -> Prototypes:
+    def fit_state(self, support: Tensor, support_labels: Tensor, way: int, generator: torch.Generator) -> Prototypes:
         """The class means of the L2-normalised support features."""
         return Prototypes(class_prototypes(F.normalize(support, dim=-1), support_labels, way))
 

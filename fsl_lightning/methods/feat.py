@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
-from fsl_lightning.weights_from import load_backbone_weights
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.weights_from import load_backbone_weights
 
 
 class SetToSetAttention(nn.Module):
@@ -149,8 +149,9 @@ class FEAT(EmbeddingMethod):
         for task in tasks:
             features = self.embed(torch.cat([task.support_images, task.query_images]))
             support = SupportSet.of(task)
-            logits = self.score_features(self.fit_features(features[: len(task.support_images)], support),
-                                         features[len(task.support_images):])
+            logits = self.score_features(
+                self.fit_features(features[: len(task.support_images)], support), features[len(task.support_images) :]
+            )
             labels = torch.cat([task.support_labels, task.query_labels])
             regulariser = contrastive_regulariser(self.set_function, features, labels, task.way, self.temperature2)
             losses.append(self.episode_loss(task, logits) + self.balance * regulariser)
@@ -183,7 +184,9 @@ class FEAT(EmbeddingMethod):
         super().setup(stage)
         if stage == "fit" and self.backbone_checkpoint and not self._weights_restored:
             load_backbone_weights(
-                self.backbone, Path(self.backbone_checkpoint).expanduser(), "backbone_checkpoint",
+                self.backbone,
+                Path(self.backbone_checkpoint).expanduser(),
+                "backbone_checkpoint",
                 "Run the pre-training config first (its last.ckpt), or set backbone_checkpoint: null to train from "
                 "scratch.",
             )

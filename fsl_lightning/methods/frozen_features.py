@@ -92,7 +92,12 @@ class FrozenFeatureMethod(FewShotMethod):
 
     def split_features(self, split: str) -> Tensor:
         """Features [M, D] of every image of the data module's ``split``, in the order of its image tensor."""
-        classes = self.trainer.datamodule.splits[split]
+        data = self.data
+        if data is None:
+            raise RuntimeError(
+                f"{type(self).__name__} reads the {split} split from the trainer's EpisodicDataModule; it has none."
+            )
+        classes = data.splits[split]
         cached = self._split_features.get(split)
         if cached is not None and cached[0] is classes.images:
             return cached[1]
@@ -106,7 +111,8 @@ class FrozenFeatureMethod(FewShotMethod):
         trainer = self._trainer
         if trainer is None:
             return None
-        split = STAGE_SPLITS.get(trainer.state.stage)
+        stage = trainer.state.stage
+        split = STAGE_SPLITS.get(stage) if stage is not None else None
         data = self.data
         return split if data is not None and split in data.splits else None
 
@@ -136,20 +142,23 @@ class FrozenFeatureMethod(FewShotMethod):
 
     # ----- the split's features: disk cache or one batched pass ---------------------------------------------------
     def _read_or_embed(self, split: str, images: Tensor, class_names: list[str]) -> Tensor:
-        path = self._cache_file(split, images, class_names) if self.feature_cache_dir else None
+        cache_dir = self.feature_cache_dir
+        path = self._cache_file(cache_dir, split, images, class_names) if cache_dir else None
         cached = read_cache_file(path, map_location=self.device) if path is not None else None
         if isinstance(cached, Tensor):
             log.info("Read the %s features from %s", split, path)
             return cached
-        features = torch.cat([
-            self.embed(batch.to(self.device, non_blocking=True).float().div_(255.0))
-            for batch in images.split(self.feature_batch_size)
-        ])
+        features = torch.cat(
+            [
+                self.embed(batch.to(self.device, non_blocking=True).float().div_(255.0))
+                for batch in images.split(self.feature_batch_size)
+            ]
+        )
         if path is not None:
             save_atomically(features.cpu(), path)
         return features
 
-    def _cache_file(self, split: str, images: Tensor, class_names: list[str]) -> Path:
+    def _cache_file(self, cache_dir: str, split: str, images: Tensor, class_names: list[str]) -> Path:
         """One file per backbone (class, architecture, weights), precision and split content."""
         if self._weights_fingerprint is None:
             self._weights_fingerprint = _module_fingerprint(self.backbone)
@@ -157,7 +166,7 @@ class FrozenFeatureMethod(FewShotMethod):
         key = hashlib.sha1(
             "\n".join([self._weights_fingerprint, precision, _images_fingerprint(images, class_names)]).encode()
         ).hexdigest()[:24]
-        return Path(self.feature_cache_dir).expanduser() / f"{type(self.backbone).__name__}-{split}-{key}.pt"
+        return Path(cache_dir).expanduser() / f"{type(self.backbone).__name__}-{split}-{key}.pt"
 
 
 @registered
@@ -230,4 +239,3 @@ def _images_fingerprint(images: Tensor, class_names: list[str]) -> str:
     step = max(1, images.numel() // FINGERPRINT_SAMPLE_BYTES)
     sample = images.reshape(-1)[::step]
     return f"{tuple(images.shape)}\n{class_names}\n{_tensor_digest([('images', sample)])}"
-

@@ -36,7 +36,8 @@ def batch_norm_parameter_names(module: nn.Module) -> set[str]:
     """Names (as ``module.named_parameters()`` gives them) of the parameters of its :class:`PlainBatchNorm2d` layers."""
     return {
         f"{prefix}.{name}" if prefix else name
-        for prefix, layer in module.named_modules() if isinstance(layer, PlainBatchNorm2d)
+        for prefix, layer in module.named_modules()
+        if isinstance(layer, PlainBatchNorm2d)
         for name, _ in layer.named_parameters(recurse=False)
     }
 
@@ -162,7 +163,8 @@ class MAML(FewShotMethod):
             return rates
         # tensors, not floats: learn2learn's MetaSGD clones its rates
         return {
-            name: torch.zeros((), dtype=p.dtype, device=p.device) if name in held
+            name: torch.zeros((), dtype=p.dtype, device=p.device)
+            if name in held
             else torch.as_tensor(rate_of(rates, name), dtype=p.dtype, device=p.device)
             for name, p in learner.named_parameters()
         }
@@ -179,7 +181,9 @@ class MAML(FewShotMethod):
             params = self.adapt_tasks(support, batch.support_labels, steps, first_order, batch.seed)
             return self.engine.logits(learner, params, queries)
 
-    def adapt_tasks(self, inputs: Tensor, labels: Tensor, steps: int, first_order: bool, seed: int | None) -> AdaptedParams:
+    def adapt_tasks(
+        self, inputs: Tensor, labels: Tensor, steps: int, first_order: bool, seed: int | None
+    ) -> AdaptedParams:
         """The inner learner adapted to each task's labelled inputs [T, N, ...] with ``steps`` SGD steps through the
         engine (``seed``, the episode's, is for inner loops that draw random numbers: Reptile's mini-batches)."""
         return self.engine.adapt(self.inner_learner(), inputs, labels, steps, self.inner_rates(), first_order)
@@ -252,4 +256,6 @@ class FOMAML(MAML):
     ``first_order`` true by default."""
 
     def __init__(self, *args: Any, first_order: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, first_order=first_order, **kwargs)
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, first_order=first_order, **kwargs)  # type: ignore[misc]

@@ -24,9 +24,9 @@ from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
 from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix
+from fsl_lightning.methods.registry import registered
 from fsl_lightning.methods.transfer import Transfer
 from fsl_lightning.weights_from import load_backbone_weights
-from fsl_lightning.methods.registry import registered
 
 #: the reference's initial (and, for the Classifier-Baseline's evaluation, fixed) temperature ``temp``
 REFERENCE_TAU = 10.0
@@ -166,7 +166,9 @@ class MetaBaseline(EmbeddingMethod):
                 f"(stage 1, {STAGE_ONE_CONFIG})."
             )
         load_backbone_weights(
-            self.backbone, Path(self.classifier_baseline_checkpoint).expanduser(), "classifier_baseline_checkpoint",
+            self.backbone,
+            Path(self.classifier_baseline_checkpoint).expanduser(),
+            "classifier_baseline_checkpoint",
             f"Train stage 1 first ({STAGE_ONE_CONFIG}, `fit`) and point classifier_baseline_checkpoint at its "
             "last.ckpt (edit the version if needed).",
         )

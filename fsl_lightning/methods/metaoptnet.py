@@ -17,7 +17,9 @@ from fsl_lightning.methods.qp import solve_qp
 from fsl_lightning.methods.registry import registered
 
 
-def crammer_singer_dual(features: Tensor, labels: Tensor, way: int, c_reg: float, diagonal: float):
+def crammer_singer_dual(
+    features: Tensor, labels: Tensor, way: int, c_reg: float, diagonal: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The dual of the Crammer-Singer SVM as the QP (Q, p, G, h, A, b) of :func:`~fsl_lightning.methods.qp.solve_qp`,
     one problem (batch of 1), variables alpha [S, way] flattened support-major (alpha[i, m] at i * way + m):
 

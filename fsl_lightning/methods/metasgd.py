@@ -55,10 +55,14 @@ class MetaSGD(MAML):
         adapt_batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, test_inner_steps=test_inner_steps, adapt_batch_norm=adapt_batch_norm, **kwargs)
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, test_inner_steps=test_inner_steps, adapt_batch_norm=adapt_batch_norm, **kwargs)  # type: ignore[misc]
         self.inner_lrs = nn.ParameterDict(
-            {_key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))
-             for name, p in self.backbone.named_parameters()}
+            {
+                _key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))
+                for name, p in self.backbone.named_parameters()
+            }
         )
 
     def inner_rates(self) -> InnerLR:

@@ -52,4 +52,3 @@ class NearestNeighbour(EmbeddingMethod):
             "NearestNeighbour has no training: evaluate it with `python -m fsl_lightning test --config <yaml>` "
             "(no checkpoint needed), or trainer.test(model, datamodule=...)."
         )
-

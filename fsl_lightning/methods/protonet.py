@@ -33,8 +33,9 @@ class ProtoNet(EmbeddingMethod):
 
     cpu_bf16_by_default = True  # measured: same accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
 
-    def __init__(self, *args: Any, distance: Literal["squared_euclidean", "euclidean"] = "squared_euclidean",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, distance: Literal["squared_euclidean", "euclidean"] = "squared_euclidean", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         if distance not in ("squared_euclidean", "euclidean"):
             raise ValueError(f"Unknown distance {distance!r}: use 'squared_euclidean' (the paper's) or 'euclidean'.")

@@ -54,8 +54,7 @@ def _reduced_kkt(Q: Tensor, G: Tensor, A: Tensor, d: Tensor) -> tuple[Tensor, Te
     return torch.linalg.lu_factor(torch.cat([top, bottom], dim=-2))
 
 
-def _newton_step(factors, G: Tensor, s: Tensor, z: Tensor, rx: Tensor, rc: Tensor, rz: Tensor,
-                 ry: Tensor) -> _Point:
+def _newton_step(factors, G: Tensor, s: Tensor, z: Tensor, rx: Tensor, rc: Tensor, rz: Tensor, ry: Tensor) -> _Point:
     """Solves the linearised KKT system for a step (dx, ds, dz, dy):
 
         Q dx + G^T dz + A^T dy = -rx,   z * ds + s * dz = rc,   G dx + ds = -rz,   A dx = -ry
@@ -102,8 +101,9 @@ def _residuals(Q, p, G, h, A, b, point: _Point) -> tuple[Tensor, Tensor, Tensor,
     return rx, rz, ry, mu
 
 
-def solve_qp_interior_point(Q: Tensor, p: Tensor, G: Tensor, h: Tensor, A: Tensor, b: Tensor,
-                            max_iter: int = 20) -> _Point:
+def solve_qp_interior_point(
+    Q: Tensor, p: Tensor, G: Tensor, h: Tensor, A: Tensor, b: Tensor, max_iter: int = 20
+) -> _Point:
     """The primal-dual interior-point method (Mehrotra predictor-corrector), without gradients.
 
     Evaluates at most ``max_iter`` points (the start and up to ``max_iter - 1`` steps) and returns, per problem,
@@ -121,8 +121,12 @@ def solve_qp_interior_point(Q: Tensor, p: Tensor, G: Tensor, h: Tensor, A: Tenso
         else:
             improved = residual < best_residual  # NaN (a breakdown) never counts as an improvement
             not_improved = 0 if bool(improved.any()) else not_improved + 1
-            best = _Point(*(torch.where(improved.unsqueeze(1), new, old) for new, old in
-                            zip((point.x, point.s, point.z, point.y), (best.x, best.s, best.z, best.y))))
+            best = _Point(
+                *(
+                    torch.where(improved.unsqueeze(1), new, old)
+                    for new, old in zip((point.x, point.s, point.z, point.y), (best.x, best.s, best.z, best.y))
+                )
+            )
             best_residual = torch.where(improved, residual, best_residual)
         if not_improved == NOT_IMPROVED_LIMIT or bool(best_residual.max() < EPS) or iteration == max_iter - 1:
             break
@@ -141,8 +145,14 @@ def _mehrotra_step(Q, G, A, point: _Point, rx, rz, ry, mu) -> _Point:
     centring = (sigma * mu).unsqueeze(1) - affine.s * affine.z
     zero = torch.zeros_like
     corrector = _newton_step(factors, G, s, z, zero(rx), centring, zero(rz), zero(ry))
-    direction = _Point(*(a + c for a, c in zip((affine.x, affine.s, affine.z, affine.y),
-                                               (corrector.x, corrector.s, corrector.z, corrector.y))))
+    direction = _Point(
+        *(
+            a + c
+            for a, c in zip(
+                (affine.x, affine.s, affine.z, affine.y), (corrector.x, corrector.s, corrector.z, corrector.y)
+            )
+        )
+    )
     alpha = 0.999 * torch.minimum(_step_to_boundary(z, direction.z), _step_to_boundary(s, direction.s))
     return point.moved(direction, alpha.clamp(max=1.0))
 
@@ -178,7 +188,11 @@ class QPFunction(torch.autograd.Function):
         z_dz = d * _mv(G, dx)  # diag(z) dz
         outer = lambda u, v: u.unsqueeze(-1) * v.unsqueeze(-2)  # noqa: E731
         grads = (
-            (outer(dx, x) + outer(x, dx)) / 2, dx, outer(z_dz, x) + outer(z, dx), -z_dz, outer(dy, x) + outer(y, dx),
+            (outer(dx, x) + outer(x, dx)) / 2,
+            dx,
+            outer(z_dz, x) + outer(z, dx),
+            -z_dz,
+            outer(dy, x) + outer(y, dx),
             -dy,
         )
         return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[:6])), None)

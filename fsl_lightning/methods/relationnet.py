@@ -132,7 +132,9 @@ class RelationNet(EmbeddingMethod):
             raise UserError(f"RelationNet initialisation={initialisation!r}: use reference or pytorch.")
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """The trainer's clipping (if any), then each module's gradient clipped to ``module_gradient_clip_norm``, as

@@ -24,9 +24,10 @@ def reptile_surrogate(learner: nn.Module, adapted: AdaptedParams) -> Tensor:
     ``theta <- theta + epsilon * mean_t (phi_t - theta)`` (Nichol et al. 2018, Algorithm 2), and it goes through
     the ordinary Lightning optimiser, scheduler, gradient clipping and DDP gradient averaging.
     """
-    return sum(
-        0.5 * (p - adapted[name].detach().mean(dim=0)).pow(2).sum() for name, p in learner.named_parameters()
-    )
+    total = sum(0.5 * (p - adapted[name].detach().mean(dim=0)).pow(2).sum() for name, p in learner.named_parameters())
+    if not isinstance(total, Tensor):  # sum's start value 0: no parameter was summed
+        raise ValueError("Reptile's learner has no parameters to meta-learn.")
+    return total
 
 
 @registered
@@ -68,9 +69,18 @@ class Reptile(MAML):
         adapt_batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone, optimizer, *args, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
-            first_order=True, adapt_batch_norm=adapt_batch_norm, **kwargs,
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(  # type: ignore[misc]
+            backbone,
+            optimizer,
+            *args,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            test_inner_steps=test_inner_steps,
+            first_order=True,
+            adapt_batch_norm=adapt_batch_norm,
+            **kwargs,
         )
         if inner_optimizer == "adam" and not adapt_batch_norm:
             raise ValueError(
@@ -97,7 +107,9 @@ class Reptile(MAML):
             trained_with = "adam" if saved else "sgd"
             hparams = checkpoint.get("hyper_parameters", {})
             settings = [f"--model.init_args.inner_optimizer={trained_with}"] + [
-                f"--model.init_args.{name}={hparams[name]}" for name in ("inner_lr", "test_inner_steps") if name in hparams
+                f"--model.init_args.{name}={hparams[name]}"
+                for name in ("inner_lr", "test_inner_steps")
+                if name in hparams
             ]
             raise UserError(
                 f"This Reptile checkpoint was trained with inner_optimizer={trained_with}, but the model is built with "
@@ -112,20 +124,38 @@ class Reptile(MAML):
             labels = torch.cat([batch.support_labels, batch.query_labels], dim=1)
             if self.inner_optimizer == "adam":
                 generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # seed_everything-driven
-                adapted = self.inner_adam.adapt(learner, self.inner_adam_moments, images, labels, self.inner_steps,
-                                                self.inner_batch_size, generator, keep_moments=True)
+                adapted = self.inner_adam.adapt(
+                    learner,
+                    self.inner_adam_moments,
+                    images,
+                    labels,
+                    self.inner_steps,
+                    self.inner_batch_size,
+                    generator,
+                    keep_moments=True,
+                )
             else:
                 adapted = self.engine.adapt(learner, images, labels, self.inner_steps, self.inner_rates(), True)
         return reptile_surrogate(learner, adapted)
 
-    def adapt_tasks(self, inputs: Tensor, labels: Tensor, steps: int, first_order: bool, seed: int | None) -> AdaptedParams:
+    def adapt_tasks(
+        self, inputs: Tensor, labels: Tensor, steps: int, first_order: bool, seed: int | None
+    ) -> AdaptedParams:
         """Adaptation to support sets (evaluation, and the logged training accuracy): Adam from the carried moments,
         which stay unchanged, with mini-batch order from the episode's ``seed``; or MAML's SGD (``sgd``)."""
         if self.inner_optimizer == "sgd":
             return super().adapt_tasks(inputs, labels, steps, first_order, seed)
         generator = torch.Generator().manual_seed(UNSEEDED_EPISODE_SEED if seed is None else seed)
-        return self.inner_adam.adapt(self.inner_learner(), self.inner_adam_moments, inputs, labels, steps,
-                                     self.test_inner_batch_size, generator, keep_moments=False)
+        return self.inner_adam.adapt(
+            self.inner_learner(),
+            self.inner_adam_moments,
+            inputs,
+            labels,
+            steps,
+            self.test_inner_batch_size,
+            generator,
+            keep_moments=False,
+        )
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         """Logs ``train/loss`` and ``train/acc``: query cross-entropy and accuracy after ``inner_steps`` on the

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fsl_lightning.methods.transfer import Transfer
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.transfer import Transfer
 
 
 @registered

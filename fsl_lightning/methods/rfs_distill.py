@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.rfs import RFSSimple
 
 
 @registered
@@ -18,4 +18,6 @@ class RFSDistill(RFSSimple):
     def __init__(self, *args: Any, teacher_checkpoint: str, **kwargs: Any) -> None:
         if not teacher_checkpoint:
             raise ValueError("RFSDistill needs teacher_checkpoint: a checkpoint of an RFS-simple run (its last.ckpt).")
-        super().__init__(*args, teacher_checkpoint=teacher_checkpoint, **kwargs)
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, teacher_checkpoint=teacher_checkpoint, **kwargs)  # type: ignore[misc]

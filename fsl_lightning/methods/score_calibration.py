@@ -83,6 +83,10 @@ class ScoreCalibrationFit(Metric):
     """
 
     full_state_update = False
+    # torchmetrics states (add_state): the list states are lists while updating, one tensor once gathered for compute
+    logits: list[Tensor] | Tensor
+    labels: list[Tensor] | Tensor
+    episodes: Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,6 +95,8 @@ class ScoreCalibrationFit(Metric):
         self.add_state("episodes", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
+        if not isinstance(self.logits, list) or not isinstance(self.labels, list):  # torchmetrics unsyncs first
+            raise RuntimeError("ScoreCalibrationFit.update while its states are gathered across processes")
         self.logits.append(logits.detach().float())
         self.labels.append(labels.detach())
         self.episodes += 1

@@ -127,5 +127,7 @@ class Siamese(EmbeddingMethod):
 
 def _images_and_labels(episode: Episode) -> tuple[Tensor, Tensor]:
     """All images of one episode, support then queries, and their labels: [N, C, H, W] and [N]."""
-    return (torch.cat([episode.support_images, episode.query_images]),
-            torch.cat([episode.support_labels, episode.query_labels]))
+    return (
+        torch.cat([episode.support_images, episode.query_images]),
+        torch.cat([episode.support_labels, episode.query_labels]),
+    )

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsl_lightning.episode import LabelledBatch
-from fsl_lightning.methods.rfs import RFSSimple
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.methods.rfs import RFSSimple
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -52,15 +52,24 @@ class SKD(RFSSimple):
         other arguments: as :class:`~fsl_lightning.methods.transfer.Transfer` (``distillation_weight`` is unused).
     """
 
-    def __init__(self, *args: Any, rotation_loss_weight: float = 2.0, twin_loss_weight: float = 0.1,
-                 temperature: float = 2.0, **kwargs: Any) -> None:
-        super().__init__(*args, temperature=temperature, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        rotation_loss_weight: float = 2.0,
+        twin_loss_weight: float = 0.1,
+        temperature: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
+        # reads the signature through this very call
+        super().__init__(*args, temperature=temperature, **kwargs)  # type: ignore[misc]
         self.rotation_loss_weight = rotation_loss_weight
         self.twin_loss_weight = twin_loss_weight
 
     def build_heads(self) -> None:
         super().build_heads()
-        self.rotation_head = nn.Linear(self.num_base_classes, ROTATIONS)
+        _, num_base_classes = self.base_head_sizes()
+        self.rotation_head = nn.Linear(num_base_classes, ROTATIONS)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -11,8 +11,8 @@ fitted classifier is the state of :meth:`~fsl_lightning.methods.base.FewShotMeth
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,7 +90,10 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     """
 
     trains_on_episodes = False
-    cpu_bf16_by_default = True  # measured: pre-training keeps its accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
+    base_head: nn.Module  # built by build_heads once the sizes are known (absent until then: hasattr tells)
+    cpu_bf16_by_default = (
+        True  # measured: pre-training keeps its accuracy (BENCHMARKS.md, "bf16 training keeps accuracy")
+    )
 
     def __init__(
         self,
@@ -122,12 +125,16 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
         self.distillation_weight = distillation_weight
         self.temperature = temperature
         if augmented_support_copies < 1:
-            raise UserError(f"augmented_support_copies must be at least 1 (RFS uses 5), got {augmented_support_copies}.")
+            raise UserError(
+                f"augmented_support_copies must be at least 1 (RFS uses 5), got {augmented_support_copies}."
+            )
         self.support_augmentation, self.augmented_support_copies = support_augmentation, augmented_support_copies
         self._teacher: tuple[nn.Module, ...] = ()  # a tuple keeps it out of the state dict and the optimiser
 
+    # a read-only property over FewShotMethod's class flag (read on classes too): mypy rejects that, though nothing
+    # assigns the flag on an instance
     @property
-    def needs_trained_weights(self) -> bool:
+    def needs_trained_weights(self) -> bool:  # type: ignore[override]
         """A frozen pretrained backbone evaluates as it is (the base-class head is for training only)."""
         return not getattr(self.backbone, "frozen", False)
 
@@ -156,13 +163,23 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
             self.feature_dim = self.feature_dim or measured_feature_dim(self.backbone, datamodule.splits["train"])
             self.build_heads()
 
+    def base_head_sizes(self) -> tuple[int, int]:
+        """``(feature_dim, num_base_classes)``, which every caller of :meth:`build_heads` knows first."""
+        if self.feature_dim is None or self.num_base_classes is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the heads are built once feature_dim and num_base_classes are known, got "
+                f"{self.feature_dim} and {self.num_base_classes}."
+            )
+        return self.feature_dim, self.num_base_classes
+
     def build_heads(self) -> None:
         """The head over the base classes (subclasses add theirs); the sizes are saved with the hyper-parameters."""
+        feature_dim, num_base_classes = self.base_head_sizes()
         self.hparams.update(num_base_classes=self.num_base_classes, feature_dim=self.feature_dim)
         if self.base_classifier == "linear":
-            self.base_head = nn.Linear(self.feature_dim, self.num_base_classes)
+            self.base_head = nn.Linear(feature_dim, num_base_classes)
         else:
-            self.base_head = CosineClassifier(self.feature_dim, self.num_base_classes, self.cosine_scale)
+            self.base_head = CosineClassifier(feature_dim, num_base_classes, self.cosine_scale)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Builds the heads of a model made without their sizes, from the checkpoint's own weights (called before
@@ -177,7 +194,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
         if self.teacher_checkpoint and not self._teacher:
             self._teacher = (self._load_teacher(),)
 
-    def training_step(self, batch: LabelledBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Episode | LabelledBatch, batch_idx: int) -> Tensor:
+        if not isinstance(batch, LabelledBatch):  # setup() requires data.pretrain_batch_size: never an episode
+            raise TypeError(f"{type(self).__name__} pre-trains on labelled mini-batches, got {type(batch).__name__}.")
         loss, logits = self.pretraining_loss_and_logits(batch)
         self.train_accuracy((logits.argmax(dim=-1) == batch.labels).float().mean())
         self.log("train/loss", loss, batch_size=len(batch.labels))
@@ -203,10 +222,16 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
     def distillation_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """Hinton et al.'s KL divergence between softened distributions, scaled by T^2 to keep gradients comparable."""
         t = self.temperature
-        return F.kl_div(
-            F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-            reduction="batchmean", log_target=True,
-        ) * t * t
+        return (
+            F.kl_div(
+                F.log_softmax(student_logits / t, dim=-1),
+                F.log_softmax(teacher_logits / t, dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * t
+            * t
+        )
 
     # ----- stage 2: episodes on frozen features -----------------------------------------------------------------
     def embed_base_split(self, split: ClassImages) -> Tensor:
@@ -233,8 +258,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
             return support
         generator = torch.Generator(device=support.images.device).manual_seed(support.seed or 0)
         copies = [self.support_augmentation(support.images, generator) for _ in range(self.augmented_support_copies)]
-        return replace(support, images=torch.cat(copies), labels=support.labels.repeat(self.augmented_support_copies),
-                       indices=None)
+        return replace(
+            support, images=torch.cat(copies), labels=support.labels.repeat(self.augmented_support_copies), indices=None
+        )
 
     def fit_features(self, support_features: Tensor, support: SupportSet) -> Any:
         """The episode classifier fitted on the support features; the episode's own seed drives any randomness of
@@ -256,6 +282,8 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
 
     def _load_from_teacher_checkpoint(self, module: nn.Module, prefixes: tuple[str, ...]) -> None:
         """Load the teacher checkpoint's weights whose names start with ``prefixes`` into ``module``."""
+        if not self.teacher_checkpoint:  # the teacher is loaded only when one is given
+            raise ValueError(f"{type(self).__name__} has no teacher_checkpoint to load weights from.")
         path = Path(self.teacher_checkpoint).expanduser()
         if not path.is_file():
             raise FileNotFoundError(

@@ -25,6 +25,8 @@ class ModelInput(nn.Module):
         if interpolation not in INTERPOLATIONS:
             interpolation = "bicubic"  # timm / open_clip also name PIL-only modes (lanczos, box); bicubic is closest
         self.size, self.interpolation = int(size), interpolation
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -36,8 +38,11 @@ class ModelInput(nn.Module):
         if images.shape[-2:] != (self.size, self.size):
             smooth = self.interpolation != "nearest"
             images = F.interpolate(
-                images.float(), size=(self.size, self.size), mode=self.interpolation,
-                antialias=smooth, align_corners=False if smooth else None,
+                images.float(),
+                size=(self.size, self.size),
+                mode=self.interpolation,
+                antialias=smooth,
+                align_corners=False if smooth else None,
             ).clamp_(0.0, 1.0)  # bicubic overshoots; PIL, which the models were trained with, clamps to the range
         return (images - self.mean) / self.std
 

@@ -10,6 +10,14 @@ from fsl_lightning.data.datasets.omniglot import Omniglot
 from fsl_lightning.data.datasets.tieredimagenet import TieredImageNet
 
 __all__ = [
-    "CIFARFS", "CUB200", "Caltech101", "ClassImages", "FC100", "FewShotDataset", "ImageFolderDataset", "MiniImageNet",
-    "Omniglot", "TieredImageNet",
+    "CIFARFS",
+    "CUB200",
+    "Caltech101",
+    "ClassImages",
+    "FC100",
+    "FewShotDataset",
+    "ImageFolderDataset",
+    "MiniImageNet",
+    "Omniglot",
+    "TieredImageNet",
 ]

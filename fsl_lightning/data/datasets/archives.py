@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tarfile
 import urllib.request
 import zipfile
 from collections import defaultdict
@@ -15,6 +16,14 @@ from fsl_lightning.data.images import IMAGE_SUFFIXES
 from fsl_lightning.data.roots import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
+
+
+def tar_member_bytes(stream: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The bytes of a regular-file member of ``stream`` (``extractfile`` gives ``None`` for any other kind)."""
+    handle = stream.extractfile(member)
+    if handle is None:
+        raise tarfile.TarError(f"{member.name} is not a regular file")
+    return handle.read()
 
 
 class ImageArchive:
@@ -42,7 +51,7 @@ class ImageArchive:
         if self._zip is None:
             return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if _is_image(p.name)]
         prefix = self.top + "/"
-        return [n[len(prefix):] for n in self._zip.namelist() if n.startswith(prefix) and _is_image(n)]
+        return [n[len(prefix) :] for n in self._zip.namelist() if n.startswith(prefix) and _is_image(n)]
 
     def files_by_folder(self, depth: int) -> dict[str, list[str]]:
         """Image members grouped by their first ``depth`` folders (``Alphabet/characterNN`` for depth 2)."""
@@ -66,8 +75,9 @@ class ImageArchive:
 
     def close(self) -> None:
         """Closes the zip file, when one was opened."""
-        if self.__dict__.get("_zip") is not None:
-            self._zip.close()
+        zip_file = self.__dict__.get("_zip")  # the cached property, without opening the zip when it was not
+        if zip_file is not None:
+            zip_file.close()
 
     def stamp(self) -> tuple[str, int, int]:
         """Identifies this copy (path, size, modification time), so that caches notice a replaced file."""

@@ -46,9 +46,7 @@ class ClassImages:
         return self.class_offsets[1:] - self.class_offsets[:-1]
 
     @staticmethod
-    def from_groups(
-        groups: list[Tensor], class_names: list[str], class_groups: Tensor | None = None
-    ) -> ClassImages:
+    def from_groups(groups: list[Tensor], class_names: list[str], class_groups: Tensor | None = None) -> ClassImages:
         """Builds the split from one uint8 tensor [n_c, C, H, W] per class."""
         counts = torch.tensor([len(group) for group in groups], dtype=torch.long)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -56,7 +54,12 @@ class ClassImages:
 
     def as_payload(self) -> dict:
         """Tensors and plain data only, for the decoded-image cache (:func:`~fsl_lightning.data.decoded_cache.cached`)."""
-        return {"images": self.images, "offsets": self.class_offsets, "names": self.class_names, "groups": self.class_groups}
+        return {
+            "images": self.images,
+            "offsets": self.class_offsets,
+            "names": self.class_names,
+            "groups": self.class_groups,
+        }
 
     @staticmethod
     def from_payload(payload: dict) -> ClassImages:
@@ -71,7 +74,9 @@ class ClassImages:
         if self.class_groups is not None and other.class_groups is not None:
             first_free = int(self.class_groups.max()) + 1 if len(self.class_groups) else 0
             groups = torch.cat([self.class_groups, other.class_groups + first_free])
-        return ClassImages(torch.cat([self.images, other.images]), offsets, self.class_names + other.class_names, groups)
+        return ClassImages(
+            torch.cat([self.images, other.images]), offsets, self.class_names + other.class_names, groups
+        )
 
 
 class FewShotDataset(ABC):

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from fsl_lightning.data.datasets.archives import download_file
+from fsl_lightning.data.datasets.archives import download_file, tar_member_bytes
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.data.datasets.natural import (
     ImageSource,
@@ -122,9 +122,7 @@ class Caltech101(NaturalImageDataset):
             raise DatasetNotFoundError(f"{source} is not a readable zip ({error}): download it again.") from error
 
 
-def _tar_sources(
-    source: Path | IO[bytes], where: str, wanted: set[str] | None = None
-) -> dict[str, list[ImageSource]]:
+def _tar_sources(source: Path | IO[bytes], where: str, wanted: set[str] | None = None) -> dict[str, list[ImageSource]]:
     """Every class of the tarball (a path or an open file, streamed in one pass), with the JPEG bytes of the
     ``wanted`` ones (all when ``None``)."""
     classes: dict[str, list[ImageSource]] = {}
@@ -137,7 +135,7 @@ def _tar_sources(
                 if member.isfile() and is_photo:
                     images = classes.setdefault(parts[1], [])
                     if wanted is None or parts[1] in wanted:
-                        images.append((stream.extractfile(member).read(), f"{where}:{member.name}"))
+                        images.append((tar_member_bytes(stream, member), f"{where}:{member.name}"))
     except (tarfile.TarError, OSError, EOFError) as error:
         raise DatasetNotFoundError(f"{where} is not a readable tar.gz ({error}): download it again.") from error
     return {name: sorted(files, key=lambda source: source[1]) for name, files in sorted(classes.items())}

@@ -25,8 +25,7 @@ from torch import Tensor
 
 from fsl_lightning.data.datasets.archives import download_file
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages
-from fsl_lightning.data.datasets.natural import check_class_split
-from fsl_lightning.data.datasets.natural import NaturalImageDataset, path_stamp, read_split_file
+from fsl_lightning.data.datasets.natural import NaturalImageDataset, check_class_split, path_stamp, read_split_file
 from fsl_lightning.data.images import open_image, pil_to_uint8, resize_uint8
 from fsl_lightning.data.roots import DatasetNotFoundError, data_root
 

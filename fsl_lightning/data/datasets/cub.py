@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from fsl_lightning.data.datasets.archives import download_file
+from fsl_lightning.data.datasets.archives import download_file, tar_member_bytes
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.data.datasets.natural import (
     ImageSource,
@@ -116,7 +116,7 @@ class CUB200(NaturalImageDataset):
                     all_classes.add(parts[2])
                     number = CLASS_FOLDER.fullmatch(parts[2])
                     if number and chen_split_of(int(number.group(1)) - 1) == split:
-                        data = stream.extractfile(member).read()
+                        data = tar_member_bytes(stream, member)
                         kept.setdefault(parts[2], []).append((data, f"{tarball}:{member.name}"))
         except (tarfile.TarError, OSError, EOFError) as error:
             message = f"{tarball} is not a readable tarball ({error}): delete it and download it again."

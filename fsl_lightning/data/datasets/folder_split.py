@@ -19,8 +19,8 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.data.datasets.base import SPLITS
@@ -29,8 +29,10 @@ from fsl_lightning.data.datasets.natural import read_split_file
 log = logging.getLogger(__name__)
 
 #: how classes missing from a split file are placed (written into the file, for whoever reads it later)
-SPLIT_RULE = ("a class added later goes to train / val / test by where sha256('<seed>/<class name>') falls among the "
-              "thresholds of split_fractions")
+SPLIT_RULE = (
+    "a class added later goes to train / val / test by where sha256('<seed>/<class name>') falls among the "
+    "thresholds of split_fractions"
+)
 
 
 def split_file_path(folder: Path, seed: int) -> Path:
@@ -73,7 +75,9 @@ def normalised(fractions: Sequence[float]) -> tuple[float, float, float]:
     return tuple(f / total for f in fractions)  # type: ignore[return-value]
 
 
-def folder_class_split(folder: Path, class_names: Sequence[str], seed: int, fractions: Sequence[float]) -> dict[str, list[str]]:
+def folder_class_split(
+    folder: Path, class_names: Sequence[str], seed: int, fractions: Sequence[float]
+) -> dict[str, list[str]]:
     """The split of ``class_names`` (the class folders of ``folder``): the split file's, brought up to date with
     the folder and rewritten when classes were added or removed, or the hashed split, written as the split file."""
     path = split_file_path(folder, seed)
@@ -126,7 +130,9 @@ def _check_same_fractions(path: Path, fractions: Sequence[float]) -> None:
     try:
         recorded = json.loads(path.read_text()).get("split_fractions")
     except (json.JSONDecodeError, AttributeError) as error:
-        raise ValueError(f"{path} is not a JSON class split ({error}): fix it, or delete it to split the classes afresh.") from error
+        raise ValueError(
+            f"{path} is not a JSON class split ({error}): fix it, or delete it to split the classes afresh."
+        ) from error
     if recorded is not None and not all(map(math.isclose, normalised(recorded), normalised(fractions))):
         raise ValueError(
             f"{path} holds a class split made with split_fractions {recorded}, but split_fractions is now "
@@ -137,7 +143,9 @@ def _check_same_fractions(path: Path, fractions: Sequence[float]) -> None:
 
 def _change_note(path: Path, split: dict[str, list[str]], added: list[str], removed: list[str]) -> str:
     places = {name: part for part, names in split.items() for name in names}
-    changes = [f"added {name} to {places[name]}" for name in added] + [f"dropped {name} (folder gone)" for name in removed]
+    changes = [f"added {name} to {places[name]}" for name in added] + [
+        f"dropped {name} (folder gone)" for name in removed
+    ]
     shown = ", ".join(changes[:10]) + (f" and {len(changes) - 10} more" if len(changes) > 10 else "")
     return f"Updated the class split {path}: {shown}; no other class moved."
 
@@ -153,8 +161,12 @@ def _write(path: Path, split: dict[str, list[str]], seed: int, fractions: Sequen
         if note:  # the file on disk no longer says which split is used: say so
             log.warning("%s Could not rewrite the file (%s): this run uses the updated split.", note, error)
         else:
-            log.warning("Could not write the class split to %s (%s): the split is not kept, so classes added to "
-                        "the folder later may move classes between train, val and test.", path, error)
+            log.warning(
+                "Could not write the class split to %s (%s): the split is not kept, so classes added to "
+                "the folder later may move classes between train, val and test.",
+                path,
+                error,
+            )
         return
     if note:
         log.warning(note)

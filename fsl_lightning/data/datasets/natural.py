@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from itertools import combinations
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,7 +154,9 @@ def path_stamp(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def files_by_class(folder: Path, suffixes: Sequence[str], keep: Callable[[str], bool] = lambda _: True) -> dict[str, list[Path]]:
+def files_by_class(
+    folder: Path, suffixes: Sequence[str], keep: Callable[[str], bool] = lambda _: True
+) -> dict[str, list[Path]]:
     """Image files of each sub-folder of ``folder`` (one sub-folder per class), sorted."""
     classes: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and keep(p.name)):

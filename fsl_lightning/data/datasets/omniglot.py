@@ -21,6 +21,7 @@ Images are stored with ink = 255 on a background of 0 (the PNGs are inverted), a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -50,8 +51,14 @@ ROTATIONS = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}
 #: in name order, from the second: 241 of the 964 background characters; 6 of them have 20 characters or more,
 #: enough for 20-way trials within one alphabet)
 LAKE_VALIDATION_ALPHABETS = (
-    "Anglo-Saxon_Futhorc", "Balinese", "Burmese_(Myanmar)", "Grantha",
-    "Inuktitut_(Canadian_Aboriginal_Syllabics)", "Latin", "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Tifinagh",
+    "Anglo-Saxon_Futhorc",
+    "Balinese",
+    "Burmese_(Myanmar)",
+    "Grantha",
+    "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+    "Latin",
+    "Ojibwe_(Canadian_Aboriginal_Syllabics)",
+    "Tifinagh",
 )
 
 
@@ -192,7 +199,7 @@ def decode_character_groups(
     return images
 
 
-def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray:
+def _decode_group_run(job: tuple[Path, str, Sequence[list[str]], int]) -> np.ndarray:
     """One worker's share: [groups, drawers, 1, S, S] as a NumPy array (cheap to send back from a process).
 
     Each file is decoded and resized on its own, as the serial decode always did: resizing a character's 20 images
@@ -201,10 +208,12 @@ def _decode_group_run(job: tuple[Path, str, list[list[str]], int]) -> np.ndarray
     path, top, groups, image_size = job
     archive = ImageArchive(path, top)  # its own zip handle: one inherited through fork would share its file offset
     try:
-        return torch.stack([
-            torch.stack([decode_character_image(archive.read(m), archive.describe(m), image_size) for m in members])
-            for members in groups
-        ]).numpy()
+        return torch.stack(
+            [
+                torch.stack([decode_character_image(archive.read(m), archive.describe(m), image_size) for m in members])
+                for members in groups
+            ]
+        ).numpy()
     finally:
         archive.close()
 

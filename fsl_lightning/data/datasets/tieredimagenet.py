@@ -60,6 +60,7 @@ class TieredImageNet(NaturalImageDataset):
         return [path_stamp(path) for split in SPLITS for path in self._pickle_paths(split)]
 
     def decode_split(self, split: str) -> ClassImages:
+        sources: list[list[ImageSource]]
         if self._layout == "folders":
             files = files_by_class(self.folder / split, IMAGE_SUFFIXES)
             names = sorted(files)

@@ -9,6 +9,7 @@ backbone. Other classifiers are left alone, at no cost.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,12 @@ class EpisodeClassifierHooks:
     """For methods that score episodes with ``self.episode_classifier`` (FrozenFeatures, Transfer): the classifier
     gets the base classes' features when an evaluation starts, and its transductive flag is the method's.
     Subclasses say how the training split is embedded (:meth:`embed_base_split`)."""
+
+    if TYPE_CHECKING:  # what the mixin reads of the FewShotMethod it is mixed into
+        episode_classifier: EpisodeClassifier
+
+        @property
+        def data(self) -> MethodData | None: ...
 
     def on_validation_start(self) -> None:
         self.prepare_episode_classifier()
@@ -75,8 +82,8 @@ def embed_in_batches(backbone: nn.Module, images: Tensor, device: torch.device, 
     was_training = backbone.training
     backbone.eval()
     try:
-        return torch.cat([
-            backbone(as_model_input(batch.to(device))).float().flatten(1) for batch in images.split(batch_size)
-        ])
+        return torch.cat(
+            [backbone(as_model_input(batch.to(device))).float().flatten(1) for batch in images.split(batch_size)]
+        )
     finally:
         backbone.train(was_training)

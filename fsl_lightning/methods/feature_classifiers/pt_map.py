@@ -99,7 +99,10 @@ class PTMAP(EpisodeClassifier):
             raise UserError(f"PTMAP negative_features={negative_features!r}: use clip or refuse.")
         self.negative_features = negative_features
         self.power, self.sinkhorn_regularisation, self.alpha, self.iterations = (
-            power, sinkhorn_regularisation, alpha, iterations
+            power,
+            sinkhorn_regularisation,
+            alpha,
+            iterations,
         )
         self.sinkhorn_tolerance, self.sinkhorn_max_iterations = sinkhorn_tolerance, sinkhorn_max_iterations
 
