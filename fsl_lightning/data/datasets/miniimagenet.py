@@ -2,7 +2,8 @@
 for train / val / test, 600 ImageNet photos each.
 
 There is no official download: the photos are ILSVRC-2012 training images, under the ImageNet terms of use.
-Two layouts are in common circulation; both are read from ``<root>/miniimagenet/``:
+Two layouts are in common circulation; both are read from ``<root>/miniimagenet/``
+(:class:`~fsl_lightning.data.datasets.imagenet_subset.ImageNetSubset`; the split folders first):
 
 * ``images/<file>.jpg`` with ``train.csv``, ``val.csv`` and ``test.csv`` (columns ``filename,label``, the label
   being the WordNet id), as written by the usual scripts from Ravi & Larochelle's split files;
@@ -17,15 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages
-from fsl_lightning.data.datasets.natural import (
-    NaturalImageDataset,
-    check_class_split,
-    decode_classes,
-    path_stamp,
-    split_folder_classes,
-    tree_stamp,
-)
-from fsl_lightning.data.roots import DatasetNotFoundError, data_root
+from fsl_lightning.data.datasets.imagenet_subset import ImageNetSubset
+from fsl_lightning.data.datasets.natural import check_class_split, decode_classes, path_stamp
+from fsl_lightning.data.roots import DatasetNotFoundError
 
 CLASSES_PER_SPLIT = {"train": 64, "val": 16, "test": 20}
 HOW_TO_OBTAIN = (
@@ -36,7 +31,7 @@ HOW_TO_OBTAIN = (
 )
 
 
-class MiniImageNet(NaturalImageDataset):
+class MiniImageNet(ImageNetSubset):
     """miniImageNet, Ravi & Larochelle split, from ``<root>/miniimagenet/`` (either layout of the module docstring).
 
     Args:
@@ -44,48 +39,35 @@ class MiniImageNet(NaturalImageDataset):
         root: data root; default ``$FSL_DATA_ROOT``, else the user cache directory.
     """
 
-    cache_name = "miniimagenet"
+    cache_name = folder_name = "miniimagenet"
+    display_name = "miniImageNet"
+    classes_per_split = CLASSES_PER_SPLIT
+    how_to_obtain = HOW_TO_OBTAIN
+    rebuild_split_folders = "from Ravi & Larochelle's split files"
+    expected_layouts = (
+        "{folder}/images/*.jpg with train.csv, val.csv and test.csv (columns filename,label) in {folder}, or one "
+        "folder per split and class, {folder}/{{train,val,test}}/<wnid>/*.jpg"
+    )
 
-    def __init__(self, image_size: int = 84, root: str | None = None) -> None:
-        super().__init__(image_size)
-        self.folder = data_root(root) / "miniimagenet"
+    def authors_layout_paths(self) -> list[Path]:
+        return [self.folder / "images", *(self.folder / f"{split}.csv" for split in SPLITS)]
 
-    def source_stamp(self) -> Any:
-        if self._has_csv_layout():
-            return [path_stamp(self.folder / "images")] + [path_stamp(self.folder / f"{s}.csv") for s in SPLITS]
-        return tree_stamp(self._checked_split_folders())
+    def check_authors_layout(self) -> None:
+        fix = f"replace {self.folder}/*.csv with Ravi & Larochelle's split files"
+        check_class_split(self._csv_files, CLASSES_PER_SPLIT, self.display_name, fix, disjoint=True)
 
-    def decode_split(self, split: str) -> ClassImages:
-        files = self._class_files[split]
+    def authors_layout_stamp(self) -> Any:
+        return [path_stamp(path) for path in self.authors_layout_paths()]
+
+    def decode_authors_split(self, split: str) -> ClassImages:
+        files = self._csv_files[split]
         names = sorted(files)
         return decode_classes(names, [[(path, str(path)) for path in files[name]] for name in names], self.image_size)
 
     @cached_property
-    def _class_files(self) -> dict[str, dict[str, list[Path]]]:
-        """The image files of every class of every split, checked against the standard split."""
-        if self._has_csv_layout():
-            classes = {split: self._csv_classes(split) for split in SPLITS}
-            fix = f"replace {self.folder}/*.csv with Ravi & Larochelle's split files"
-        else:
-            classes = split_folder_classes(self._checked_split_folders())
-            fix = f"rebuild {self.folder}/{{train,val,test}}/<wnid>/ from Ravi & Larochelle's split files"
-        check_class_split(classes, CLASSES_PER_SPLIT, "miniImageNet", fix, disjoint=True)
-        return classes
-
-    def _has_csv_layout(self) -> bool:
-        return (self.folder / "images").is_dir() and all((self.folder / f"{s}.csv").is_file() for s in SPLITS)
-
-    def _checked_split_folders(self) -> Path:
-        if all((self.folder / split).is_dir() for split in SPLITS):
-            return self.folder
-        expected = [self.folder / name for name in ("images", *(f"{s}.csv" for s in SPLITS), *SPLITS)]
-        missing = [str(p) for p in expected if not p.exists()] if self.folder.is_dir() else [str(self.folder)]
-        raise DatasetNotFoundError(
-            f"miniImageNet not found: expected {self.folder}/images/*.jpg with train.csv, val.csv and test.csv "
-            f"(columns filename,label) in {self.folder}, or one folder per split and class, "
-            f"{self.folder}/{{train,val,test}}/<wnid>/*.jpg. Missing: {', '.join(missing)}. {HOW_TO_OBTAIN} Then put "
-            "it there, or point the data root at the folder holding miniimagenet/ (dataset `root` or FSL_DATA_ROOT)."
-        )
+    def _csv_files(self) -> dict[str, dict[str, list[Path]]]:
+        """The image files of every class of every split, as the CSV split files list them."""
+        return {split: self._csv_classes(split) for split in SPLITS}
 
     def _csv_classes(self, split: str) -> dict[str, list[Path]]:
         images = self.folder / "images"

@@ -1,7 +1,8 @@
 """tieredImageNet (Ren et al. 2018): 608 ImageNet classes under 34 high-level categories, split by category
 into 351 / 97 / 160 classes for train / val / test, so that test classes are far from the training ones.
 
-There is no official download (ImageNet terms of use). Two layouts are read from ``<root>/tieredimagenet/``:
+There is no official download (ImageNet terms of use). Two layouts are read from ``<root>/tieredimagenet/``
+(:class:`~fsl_lightning.data.datasets.imagenet_subset.ImageNetSubset`; the split folders first):
 
 * ``train/<class>/*.jpg|png``, ``val/...``, ``test/...``: one folder per split and per class;
 * Ren et al.'s pickles: ``{split}_images_png.pkl`` (a list of PNG-encoded images, one uint8 array each) and
@@ -12,25 +13,15 @@ There is no official download (ImageNet terms of use). Two layouts are read from
 from __future__ import annotations
 
 import pickle
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fsl_lightning.data.datasets.base import SPLITS, ClassImages
-from fsl_lightning.data.datasets.natural import (
-    ImageSource,
-    NaturalImageDataset,
-    check_class_split,
-    decode_classes,
-    files_by_class,
-    path_stamp,
-    split_folder_classes,
-    tree_stamp,
-)
-from fsl_lightning.data.images import IMAGE_SUFFIXES
-from fsl_lightning.data.roots import DatasetNotFoundError, data_root
+from fsl_lightning.data.datasets.imagenet_subset import ImageNetSubset
+from fsl_lightning.data.datasets.natural import ImageSource, check_class_split, decode_classes, path_stamp
+from fsl_lightning.data.roots import DatasetNotFoundError
 
 CLASSES_PER_SPLIT = {"train": 351, "val": 97, "test": 160}
 HOW_TO_OBTAIN = (
@@ -40,7 +31,7 @@ HOW_TO_OBTAIN = (
 )
 
 
-class TieredImageNet(NaturalImageDataset):
+class TieredImageNet(ImageNetSubset):
     """tieredImageNet, Ren et al. split, from ``<root>/tieredimagenet/`` (either layout of the module docstring).
 
     Args:
@@ -48,49 +39,31 @@ class TieredImageNet(NaturalImageDataset):
         root: data root; default ``$FSL_DATA_ROOT``, else the user cache directory.
     """
 
-    cache_name = "tieredimagenet"
+    cache_name = folder_name = "tieredimagenet"
+    display_name = "tieredImageNet"
+    classes_per_split = CLASSES_PER_SPLIT
+    how_to_obtain = HOW_TO_OBTAIN
+    rebuild_split_folders = "from Ren et al.'s split files"
+    expected_layouts = (
+        "one folder per split and class, {folder}/{{train,val,test}}/<class>/*.jpg|png, or Ren et al.'s pickles "
+        "{folder}/{{train,val,test}}_images_png.pkl and {{train,val,test}}_labels.pkl"
+    )
 
-    def __init__(self, image_size: int = 84, root: str | None = None) -> None:
-        super().__init__(image_size)
-        self.folder = data_root(root) / "tieredimagenet"
+    def authors_layout_paths(self) -> list[Path]:
+        return [path for split in SPLITS for path in self._pickle_paths(split)]
 
-    def source_stamp(self) -> Any:
-        if self._layout == "folders":
-            return tree_stamp(self.folder)
-        return [path_stamp(path) for split in SPLITS for path in self._pickle_paths(split)]
+    def check_authors_layout(self) -> None:
+        # Ren et al.'s names are readable synset names, which ImageNet repeats ("crane"): no disjointness check.
+        counts = {split: _images_per_class(*self._pickled_labels(split)) for split in SPLITS}
+        fix = f"replace the pickles in {self.folder} with Ren et al.'s originals"
+        check_class_split(counts, CLASSES_PER_SPLIT, self.display_name, fix, disjoint=False)
 
-    def decode_split(self, split: str) -> ClassImages:
-        sources: list[list[ImageSource]]
-        if self._layout == "folders":
-            files = files_by_class(self.folder / split, IMAGE_SUFFIXES)
-            names = sorted(files)
-            sources = [[(path, str(path)) for path in files[name]] for name in names]
-        else:
-            names, sources = self._pickled_sources(split)
+    def authors_layout_stamp(self) -> Any:
+        return [path_stamp(path) for path in self.authors_layout_paths()]
+
+    def decode_authors_split(self, split: str) -> ClassImages:
+        names, sources = self._pickled_sources(split)
         return decode_classes(names, sources, self.image_size)
-
-    @cached_property
-    def _layout(self) -> str:
-        """``folders`` or ``pickles``, checked against the standard split; raises when neither is complete."""
-        if all((self.folder / split).is_dir() for split in SPLITS):
-            classes = split_folder_classes(self.folder)
-            fix = f"rebuild {self.folder}/{{train,val,test}}/<class>/ from Ren et al.'s split files"
-            check_class_split(classes, CLASSES_PER_SPLIT, "tieredImageNet", fix, disjoint=True)
-            return "folders"
-        pickles = [path for split in SPLITS for path in self._pickle_paths(split)]
-        if all(path.is_file() for path in pickles):
-            # Ren et al.'s names are readable synset names, which ImageNet repeats ("crane"): no disjointness check.
-            counts = {split: _images_per_class(*self._pickled_labels(split)) for split in SPLITS}
-            fix = f"replace the pickles in {self.folder} with Ren et al.'s originals"
-            check_class_split(counts, CLASSES_PER_SPLIT, "tieredImageNet", fix, disjoint=False)
-            return "pickles"
-        missing = [str(p) for p in [*(self.folder / s for s in SPLITS), *pickles] if not p.exists()]
-        raise DatasetNotFoundError(
-            f"tieredImageNet not found: expected one folder per split and class, {self.folder}/{{train,val,test}}/"
-            f"<class>/*.jpg|png, or Ren et al.'s pickles {self.folder}/{{train,val,test}}_images_png.pkl and "
-            f"{{train,val,test}}_labels.pkl. Missing: {', '.join(missing)}. {HOW_TO_OBTAIN} Then put it there, or "
-            "point the data root at the folder holding tieredimagenet/ (dataset `root` or FSL_DATA_ROOT)."
-        )
 
     def _pickle_paths(self, split: str) -> tuple[Path, Path]:
         return self.folder / f"{split}_images_png.pkl", self.folder / f"{split}_labels.pkl"
