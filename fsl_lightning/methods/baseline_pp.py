@@ -20,7 +20,7 @@ class BaselinePlusPlus(Transfer):
     def __init__(self, *args: Any, base_classifier: Literal["linear", "cosine"] = "cosine", **kwargs: Any) -> None:
         # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
         # reads the signature through this very call
-        super().__init__(*args, base_classifier=base_classifier, **kwargs)  # type: ignore[misc]
+        super().__init__(*args, base_classifier=base_classifier, **kwargs)
 
     def default_episode_classifier(self) -> EpisodeClassifier:
         return CosineProbe()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.episode import Episode, SupportSet
@@ -106,10 +105,7 @@ class FEAT(EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         feature_dim: int = 64,
         temperature: float = 64.0,
         temperature2: float = 16.0,
@@ -118,8 +114,9 @@ class FEAT(EmbeddingMethod):
         attention_dropout: float = 0.1,
         dropout: float = 0.5,
         backbone_checkpoint: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         if temperature <= 0 or temperature2 <= 0:
             raise ValueError(f"temperature and temperature2 must be positive, got {temperature}, {temperature2}.")
         self.set_function = SetToSetAttention(feature_dim, attention_dropout, dropout)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
@@ -105,10 +104,7 @@ class MAML(FewShotMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         test_inner_steps: int = 3,
@@ -116,14 +112,15 @@ class MAML(FewShotMethod):
         engine: EngineName = "auto",
         inner_loop_fp32: bool = True,
         adapt_batch_norm: bool = False,
+        **kwargs: Any,
     ) -> None:
-        replaced = replace_torch_batch_norm(backbone)
+        super().__init__(*args, **kwargs)
+        replaced = replace_torch_batch_norm(self.backbone)  # in place: the hyper-parameters saved are the config's
         if replaced:
             rank_zero_info(
                 f"{type(self).__name__}: {len(replaced)} nn.BatchNorm2d of the backbone replaced by PlainBatchNorm2d "
                 "(same weights and running statistics; exact second-order gradients under torch.func)."
             )
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
         if inner_steps < 0 or test_inner_steps < 0:
             raise ValueError(f"Inner steps must be >= 0, got {inner_steps} and {test_inner_steps}.")
         if not inner_loop_fp32:
@@ -258,4 +255,4 @@ class FOMAML(MAML):
     def __init__(self, *args: Any, first_order: bool = True, **kwargs: Any) -> None:
         # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
         # reads the signature through this very call
-        super().__init__(*args, first_order=first_order, **kwargs)  # type: ignore[misc]
+        super().__init__(*args, first_order=first_order, **kwargs)

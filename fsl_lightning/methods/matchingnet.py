@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.episode import SupportSet
@@ -83,15 +82,13 @@ class MatchingNet(EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         fce: bool = False,
         embedding_dim: int = 64,
         fce_read_steps: int = 5,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         self.embedding_dim = embedding_dim
         self.support_context = SupportContextEmbedding(embedding_dim) if fce else None
         self.query_attention = QueryAttentionEmbedding(embedding_dim, fce_read_steps) if fce else None

@@ -13,10 +13,9 @@ Two stages, two runs:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.episode import Episode, SupportSet
@@ -101,15 +100,13 @@ class MetaBaseline(EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        *args: Any,
         classifier_baseline_checkpoint: str | None = None,
         tau: float = REFERENCE_TAU,
         learn_tau: bool = True,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         self.classifier_baseline_checkpoint = classifier_baseline_checkpoint
         if learn_tau:
             self.tau = nn.Parameter(torch.tensor(float(tau)))

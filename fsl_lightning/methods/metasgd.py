@@ -57,7 +57,7 @@ class MetaSGD(MAML):
     ) -> None:
         # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
         # reads the signature through this very call
-        super().__init__(*args, test_inner_steps=test_inner_steps, adapt_batch_norm=adapt_batch_norm, **kwargs)  # type: ignore[misc]
+        super().__init__(*args, test_inner_steps=test_inner_steps, adapt_batch_norm=adapt_batch_norm, **kwargs)
         self.inner_lrs = nn.ParameterDict(
             {
                 _key(name): nn.Parameter(_initial_rates(p, self.inner_lr, initial_rate_range))

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.episode import SupportSet
@@ -59,16 +58,14 @@ class R2D2(EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         initial_lambda: float = 50.0,
         learn_lambda: bool = False,
         initial_scale: float = 1e-4,
         regulariser_scaling: Literal["per_support_image", "plain"] = "per_support_image",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         if initial_lambda <= 0:
             raise ValueError(f"initial_lambda must be positive (default 50), got {initial_lambda}.")
         self.log_lambda = nn.Parameter(torch.tensor(math.log(initial_lambda)), requires_grad=learn_lambda)

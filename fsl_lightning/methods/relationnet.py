@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.conv4 import conv_block
@@ -109,10 +108,7 @@ class RelationNet(EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         feature_channels: int = 64,
         feature_size: int = 5,
         hidden_channels: int = 64,
@@ -120,8 +116,9 @@ class RelationNet(EmbeddingMethod):
         module_gradient_clip_norm: float | None = 0.5,
         initialisation: Literal["reference", "pytorch"] = "reference",
         embedding_batches: Literal["reference", "episode"] = "reference",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         self.relation = RelationModule(feature_channels, feature_size, hidden_channels, hidden_units)
         self.module_gradient_clip_norm = module_gradient_clip_norm
         self.embedding_batches = check_embedding_batches(embedding_batches, "RelationNet")

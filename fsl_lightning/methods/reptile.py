@@ -71,7 +71,7 @@ class Reptile(MAML):
     ) -> None:
         # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
         # reads the signature through this very call
-        super().__init__(  # type: ignore[misc]
+        super().__init__(
             backbone,
             optimizer,
             *args,

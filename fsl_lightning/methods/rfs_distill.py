@@ -20,4 +20,4 @@ class RFSDistill(RFSSimple):
             raise ValueError("RFSDistill needs teacher_checkpoint: a checkpoint of an RFS-simple run (its last.ckpt).")
         # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
         # reads the signature through this very call
-        super().__init__(*args, teacher_checkpoint=teacher_checkpoint, **kwargs)  # type: ignore[misc]
+        super().__init__(*args, teacher_checkpoint=teacher_checkpoint, **kwargs)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.data.pairs import balanced_pairs, random_affine
@@ -49,15 +48,13 @@ class Siamese(EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
+        *args: Any,
         embedding_dim: int = 4096,
         distort: bool = False,
         head_initialisation: Literal["koch", "pytorch"] = "koch",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         self.embedding_dim = embedding_dim
         self.distort = distort
         # the learned weights alpha_j of the component-wise L1 distance, and the bias, before the sigmoid

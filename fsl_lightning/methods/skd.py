@@ -62,7 +62,7 @@ class SKD(RFSSimple):
     ) -> None:
         # mypy: *args might reach the keywords; it holds only the base's leading arguments, and jsonargparse
         # reads the signature through this very call
-        super().__init__(*args, temperature=temperature, **kwargs)  # type: ignore[misc]
+        super().__init__(*args, temperature=temperature, **kwargs)
         self.rotation_loss_weight = rotation_loss_weight
         self.twin_loss_weight = twin_loss_weight
 

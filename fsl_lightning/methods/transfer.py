@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from fsl_lightning.checkpoint_io import load_checkpoint_file
@@ -97,12 +96,9 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        *args: Any,
         num_base_classes: int | None = None,
         feature_dim: int | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "step",
         base_classifier: Literal["linear", "cosine"] = "linear",
         cosine_scale: float | None = None,
         episode_classifier: EpisodeClassifier | None = None,
@@ -111,10 +107,11 @@ class Transfer(EpisodeClassifierHooks, EmbeddingMethod):
         temperature: float = 4.0,
         support_augmentation: BatchAugmentation | None = None,
         augmented_support_copies: int = 5,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer, lr_scheduler, scheduler_interval)
+        super().__init__(*args, **kwargs)
         self.num_base_classes = num_base_classes
-        self.feature_dim = feature_dim or getattr(backbone, "out_features", None)
+        self.feature_dim = feature_dim or getattr(self.backbone, "out_features", None)
         self.base_classifier, self.cosine_scale = base_classifier, cosine_scale
         if base_classifier not in ("linear", "cosine"):
             raise ValueError(f"Unknown base_classifier {base_classifier!r}: use 'linear' or 'cosine'.")
