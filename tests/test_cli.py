@@ -142,27 +142,6 @@ def test_unknown_method_is_named_with_the_available_ones():
         main(["fit", "--config", CONFIG, "--model=MAMLX"])
 
 
-# Experiment configs; experiments/loggers/ holds overlays (tested with W&B) and experiments/sweeps/ W&B sweep specs.
-EXPERIMENT_CONFIGS = sorted(
-    p for p in (REPO / "experiments").rglob("*.yaml") if p.parent.name not in ("loggers", "sweeps")
-)
-
-
-@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
-def test_every_experiment_config_parses(config, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    assert "class_path" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
-def test_every_experiment_config_says_where_its_recipe_comes_from(config):
-    """A "# Recipe source:" line in the header: a paper section or reference file, or "none" and whose choice it is."""
-    header = config.read_text().partition("seed_everything:")[0]
-    assert "# Recipe source: " in header, f"{config.relative_to(REPO)} does not say where its recipe comes from"
-
-
 def test_a_missing_checkpoint_file_is_named_even_without_a_config(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: --ckpt_path .*nothere\.ckpt: no such file"):
         main(["test", "--ckpt_path", str(tmp_path / "nothere.ckpt")])
