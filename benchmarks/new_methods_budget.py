@@ -53,6 +53,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fsl_lightning.composed_configs import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_LINE = re.compile(r"Test accuracy: ([\d.]+)% ± ([\d.]+)%")
 CONV4_RGB = json.dumps({"class_path": "fsl_lightning.backbones.Conv4", "init_args": {"in_channels": 3}})
@@ -185,11 +187,10 @@ def steps_of(checkpoint: Path | None) -> int | None:
 def training_precision(config: str) -> str:
     """bf16 or fp32: what ``speed.cpu_bf16``'s default gives the config's method on this CPU (training only;
     validation and test are fp32)."""
-    import yaml
 
     from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 
-    module, _, name = yaml.safe_load(Path(config).read_text())["model"]["class_path"].rpartition(".")
+    module, _, name = load_config(config)["model"]["class_path"].rpartition(".")
     method = getattr(importlib.import_module(module), name)
     return "bf16" if getattr(method, "cpu_bf16_by_default", False) and bf16_training_is_fast(this_cpu()) else "fp32"
 

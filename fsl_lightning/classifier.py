@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor
 
 from fsl_lightning.callbacks.prediction_writer import rows_in_file_order, write_predictions_csv
 from fsl_lightning.callbacks.speed import evaluation_layout
 from fsl_lightning.checkpoint_files import read_checkpoint, restore_weights, training_config_in
+from fsl_lightning.composed_configs import load_config
 from fsl_lightning.data import EpisodicDataModule, FewShotDataset
 from fsl_lightning.data.datamodule import check_image_shape
 from fsl_lightning.data.folders import (
@@ -143,8 +143,7 @@ class FewShotClassifier:
     def from_config(cls, config: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> FewShotClassifier:
         """The method and dataset of a config file's ``model`` and ``data`` sections, untrained: for methods with
         nothing to train (``NearestNeighbour``, frozen pretrained features); others are refused."""
-        with open(config) as handle:
-            sections = yaml.safe_load(handle) or {}
+        sections = load_config(config)
         method, datamodule = _built(sections, str(config))
         return cls(method, datamodule.dataset, device=device, **kwargs)
 

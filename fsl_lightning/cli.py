@@ -21,7 +21,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
@@ -38,6 +37,7 @@ from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
 from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
 from fsl_lightning.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
+from fsl_lightning.composed_configs import expand_config_arguments, load_config
 from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
@@ -123,8 +123,11 @@ class FewShotCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """For evaluation from a checkpoint, the checkpoint's method and data settings are the defaults, under
-        whatever the config files and the command line set."""
-        named = _named_checkpoint(sys.argv[1:] if args is None else args)
+        whatever the config files and the command line set. A config file composed of ``_base_`` pieces is handed
+        to the parser composed (fsl_lightning/composed_configs.py)."""
+        if args is None or isinstance(args, list):
+            args = expand_config_arguments(sys.argv[1:] if args is None else args)
+        named = _named_checkpoint(args)
         if named is not None:  # a file on the command line: its settings make a config file optional
             self._default_to_training_config(*named)
         super().parse_arguments(parser, args)
@@ -316,8 +319,7 @@ def _requested_methods(args: list[str]) -> list[str]:
 
 def _methods_in_config(path: str) -> list[str]:
     try:
-        with open(path) as handle:
-            config = yaml.safe_load(handle) or {}
+        config = load_config(path)
     except OSError:
         return []  # LightningCLI reports a missing config file itself
     model = config.get("model") if isinstance(config, dict) else None

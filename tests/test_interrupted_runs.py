@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from fsl_lightning.cli import main
+from fsl_lightning.composed_configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")
@@ -36,7 +37,7 @@ TINY = [
     "--test_after_fit=false",
 ]
 # The checkpoint callback of the experiment (the same state key, so that a resumed run restores its state).
-BEST_AND_LAST = yaml.safe_load(Path(CONFIG).read_text())["trainer"]["callbacks"][0]
+BEST_AND_LAST = load_config(CONFIG)["trainer"]["callbacks"][0]
 
 
 def _fit(save_dir: Path, *arguments: str, extra_config: dict | None = None, env: dict | None = None, wait=True):

@@ -10,12 +10,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from fsl_lightning.backbones import Conv4, ResNet12
 from fsl_lightning.checkpoint_files import restore_weights
+from fsl_lightning.composed_configs import load_config
 from fsl_lightning.data import Caltech101, EpisodicDataModule
 from fsl_lightning.episode import Episode, EpisodeSpec, SupportSet
 from fsl_lightning.errors import UserError
@@ -208,7 +208,7 @@ def test_weights_from_a_meta_baseline_checkpoint_are_kept_when_fitting_starts(tm
 def test_the_caltech_configs_use_the_reference_resnet12_widths(config):
     """yinboc/few-shot-meta-baseline's `resnet12` is 64-128-256-512 (640 wide is its `resnet12-wide`), with the
     same block as this project's ResNet12: three 3x3 conv-BN with leaky ReLU 0.1, a 1x1 conv-BN shortcut, max pool."""
-    sections = yaml.safe_load((REPO / "experiments" / "caltech101" / f"{config}.yaml").read_text())
+    sections = load_config(REPO / "experiments" / "caltech101" / f"{config}.yaml")
     backbone = sections["model"]["init_args"]["backbone"]
     assert backbone["class_path"] == "fsl_lightning.backbones.ResNet12"
     built = ResNet12(**backbone["init_args"])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
+from fsl_lightning.composed_configs import load_config
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods import RFSSimple
@@ -74,5 +74,5 @@ def test_training_and_a_method_without_support_augmentation_fit_the_support_imag
     ids=lambda path: path.stem,
 )
 def test_rfs_and_skd_configs_evaluate_with_their_training_augmentation(config):
-    sections = yaml.safe_load(config.read_text())
+    sections = load_config(config)
     assert sections["model"]["init_args"]["support_augmentation"] == sections["data"]["augmentation"]
