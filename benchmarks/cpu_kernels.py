@@ -12,7 +12,7 @@ the median steps/s over rounds and the ratio to fp32 at the same thread count.
 Workloads: ProtoNet Conv4 episodes on Omniglot-sized images (20-way and 60-way 1-shot 5-query, 28x28 grey), and a
 ResNet12 pre-training mini-batch (16 images of 84x84, 64 base classes; the transfer family's first stage).
 Random pixels: a step's cost does not depend on what the pixels show. The process's malloc keeps freed memory for
-reuse, as the CLI's does (``fsl_lightning/cpu_memory.py``); ``--glibc-malloc-defaults`` measures glibc's defaults
+reuse, as the CLI's does (``fsl_lightning/run/cpu_memory.py``); ``--glibc-malloc-defaults`` measures glibc's defaults
 (run one setting per process then: with the defaults, a step's speed depends on what ran before it in the process).
 """
 
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsl_lightning.backbones import Conv4, ResNet12
-from fsl_lightning.cpu_features import this_cpu
-from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
+from fsl_lightning.run.cpu_features import this_cpu
+from fsl_lightning.run.cpu_memory import keep_freed_memory_for_reuse
 
 SETTINGS = (
     "fp32",

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import test_maml_measured as measured  # noqa: E402  (the test holds the setting)
-from fsl_lightning.cpu_features import this_cpu  # noqa: E402
 from fsl_lightning.data import Omniglot  # noqa: E402
+from fsl_lightning.run.cpu_features import this_cpu  # noqa: E402
 
 
 def reference_adapting_batch_norm():

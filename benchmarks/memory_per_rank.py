@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fsl_lightning.cpu_features import this_cpu  # noqa: E402
+from fsl_lightning.run.cpu_features import this_cpu  # noqa: E402
 
 
 def process_tree(root: int) -> list[int]:

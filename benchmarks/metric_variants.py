@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import test_metric_measured as metric  # noqa: E402  (the test holds the setting)
 from fsl_lightning.backbones import Conv4, RelationConv4  # noqa: E402
-from fsl_lightning.cpu_features import this_cpu  # noqa: E402
 from fsl_lightning.data import Omniglot  # noqa: E402
 from fsl_lightning.methods import R2D2, RelationNet, Siamese  # noqa: E402
+from fsl_lightning.run.cpu_features import this_cpu  # noqa: E402
 
 VARIANTS = {
     ("siamese", "koch"): lambda: Siamese(Conv4(in_channels=1), metric.adam, embedding_dim=64),

@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fsl_lightning.composed_configs import load_config
+from fsl_lightning.run.composed_configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_LINE = re.compile(r"Test accuracy: ([\d.]+)% ± ([\d.]+)%")
@@ -188,7 +188,7 @@ def training_precision(config: str) -> str:
     """bf16 or fp32: what ``speed.cpu_bf16``'s default gives the config's method on this CPU (training only;
     validation and test are fp32)."""
 
-    from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
+    from fsl_lightning.run.cpu_features import bf16_training_is_fast, this_cpu
 
     module, _, name = load_config(config)["model"]["class_path"].rpartition(".")
     method = getattr(importlib.import_module(module), name)
@@ -312,7 +312,7 @@ def main() -> None:
 
 
 def _cpu_description() -> str:
-    from fsl_lightning.cpu_features import this_cpu
+    from fsl_lightning.run.cpu_features import this_cpu
 
     return this_cpu().description()
 

@@ -456,7 +456,7 @@ def print_table(listed: list[System], rounds: int, budget: dict, seconds: float)
 
 def cpu_name() -> str:
     """The CPU's model and its vector units (AVX2, AVX-512, AVX512-BF16, AMX): the speed lead depends on them."""
-    from fsl_lightning.cpu_features import this_cpu
+    from fsl_lightning.run.cpu_features import this_cpu
 
     return this_cpu().description()
 

@@ -28,7 +28,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests")]
 from bad_images import decompression_bomb, write_png  # noqa: E402  (the tests' writers of awkward files)
-from fsl_lightning.cpu_features import this_cpu  # noqa: E402
+from fsl_lightning.run.cpu_features import this_cpu  # noqa: E402
 from predict_many import train_briefly, write_folder_pairs  # noqa: E402
 
 

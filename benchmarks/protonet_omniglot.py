@@ -129,7 +129,7 @@ def _synchronize(device: torch.device) -> None:
 
 def _device_name() -> str:
     """The GPU's name, or the CPU's model and vector units (AVX2, AVX-512, AVX512-BF16, AMX): figures name their CPU."""
-    from fsl_lightning.cpu_features import this_cpu
+    from fsl_lightning.run.cpu_features import this_cpu
 
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {this_cpu().description()}"
 

@@ -27,10 +27,10 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from fsl_lightning.checkpoint_files import read_checkpoint, restore_weights, training_config_in  # noqa: E402
 from fsl_lightning.classifier import _built  # noqa: E402
-from fsl_lightning.cpu_features import this_cpu  # noqa: E402
 from fsl_lightning.episode import SupportSet  # noqa: E402
+from fsl_lightning.run.checkpoint_files import read_checkpoint, restore_weights, training_config_in  # noqa: E402
+from fsl_lightning.run.cpu_features import this_cpu  # noqa: E402
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from cpu_kernels import WORKLOADS, build_step, protonet_workload
-from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
-from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
+from fsl_lightning.run.cpu_features import bf16_training_is_fast, this_cpu
+from fsl_lightning.run.cpu_memory import keep_freed_memory_for_reuse
 
 # first match wins: an operator's kind by its name
 KINDS = [

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from fsl_lightning.cli import main as cli_main
-from fsl_lightning.cpu_features import this_cpu
+from fsl_lightning.run.cpu_features import this_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_DATA = REPO.parent / "shared" / "data"  # main.sh's default data root, beside the checkout

@@ -28,8 +28,6 @@ from torch import Tensor
 
 from fsl_lightning.callbacks.prediction_writer import rows_in_file_order, write_predictions_csv
 from fsl_lightning.callbacks.speed import evaluation_layout
-from fsl_lightning.checkpoint_files import read_checkpoint, restore_weights, training_config_in
-from fsl_lightning.composed_configs import load_config
 from fsl_lightning.data import EpisodicDataModule, FewShotDataset
 from fsl_lightning.data.datamodule import check_image_shape
 from fsl_lightning.data.folders import (
@@ -44,9 +42,11 @@ from fsl_lightning.data.folders import (
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.data.predict_batches import PREDICT_BATCH_SIZE, query_slices
 from fsl_lightning.episode import SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import FewShotMethod
 from fsl_lightning.methods.base import EmbeddingMethod
+from fsl_lightning.run.checkpoint_files import read_checkpoint, restore_weights, training_config_in
+from fsl_lightning.run.composed_configs import load_config
+from fsl_lightning.run.errors import UserError
 
 #: an image: a file (decoded as the dataset decodes its own), or a tensor [C, H, W] (uint8 pixels, or floats in [0, 1])
 Image = str | Path | Tensor

@@ -7,7 +7,7 @@ unless ``--test_after_fit=false``; ``fit --ckpt_path last`` resumes the newest r
 method and data settings the checkpoint was trained with, unless the config changes them.
 ``fit --weights_from <file.ckpt|last|best>`` starts a new run from a checkpoint's weights with a fresh optimiser.
 
-A user's mistake (:class:`~fsl_lightning.errors.UserError`) ends the command with one line saying what to fix;
+A user's mistake (:class:`~fsl_lightning.run.errors.UserError`) ends the command with one line saying what to fix;
 ``--print_traceback`` (anywhere in the arguments) or ``FSL_TRACEBACK=1`` shows the traceback as well.
 """
 
@@ -35,18 +35,18 @@ from fsl_lightning.callbacks import (
 )
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
-from fsl_lightning.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
-from fsl_lightning.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
-from fsl_lightning.composed_configs import expand_config_arguments, load_config
-from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
-from fsl_lightning.errors import UserError
-from fsl_lightning.evaluation_settings import EVALUATION_SUBCOMMANDS, changed_settings, changed_settings_warning
 from fsl_lightning.methods import METHODS, FewShotMethod
-from fsl_lightning.quiet import silence_evaluation_noise, silence_library_noise
-from fsl_lightning.wandb_setup import choose_wandb_mode
-from fsl_lightning.weights_from import load_weights
+from fsl_lightning.run.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
+from fsl_lightning.run.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
+from fsl_lightning.run.composed_configs import expand_config_arguments, load_config
+from fsl_lightning.run.cpu_memory import keep_freed_memory_for_reuse
+from fsl_lightning.run.errors import UserError
+from fsl_lightning.run.evaluation_settings import EVALUATION_SUBCOMMANDS, changed_settings, changed_settings_warning
+from fsl_lightning.run.quiet import silence_evaluation_noise, silence_library_noise
+from fsl_lightning.run.wandb_setup import choose_wandb_mode
+from fsl_lightning.run.weights_from import load_weights
 
 
 class FewShotCLI(LightningCLI):
@@ -124,7 +124,7 @@ class FewShotCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """For evaluation from a checkpoint, the checkpoint's method and data settings are the defaults, under
         whatever the config files and the command line set. A config file composed of ``_base_`` pieces is handed
-        to the parser composed (fsl_lightning/composed_configs.py)."""
+        to the parser composed (fsl_lightning/run/composed_configs.py)."""
         if args is None or isinstance(args, list):
             args = expand_config_arguments(sys.argv[1:] if args is None else args)
         named = _named_checkpoint(args)
@@ -354,7 +354,7 @@ def main(args: list[str] | None = None) -> FewShotCLI:
         else:
             args = [arg for arg in args if arg != "--print_traceback"]
     silence_library_noise()
-    keep_freed_memory_for_reuse()  # CPU steps: about 1.5x faster (fsl_lightning/cpu_memory.py)
+    keep_freed_memory_for_reuse()  # CPU steps: about 1.5x faster (fsl_lightning/run/cpu_memory.py)
     try:
         check_method_names(sys.argv[1:] if args is None else args)
         return FewShotCLI(args=args)

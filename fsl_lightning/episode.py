@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 
 @dataclass(frozen=True)

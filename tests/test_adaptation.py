@@ -18,10 +18,10 @@ from fsl_lightning.adaptation import LoopInnerLoop, VmapInnerLoop, build_engine
 from fsl_lightning.backbones.maml_conv4 import MAMLConv4
 from fsl_lightning.backbones.plain_batchnorm import PlainBatchNorm2d, native_batch_norm
 from fsl_lightning.episode import Episode
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.anil import ANIL
 from fsl_lightning.methods.maml import MAML
 from fsl_lightning.methods.metasgd import MetaSGD
+from fsl_lightning.run.errors import UserError
 
 ENGINES = ("learn2learn", "vmap", "loop")
 REFERENCE = "learn2learn"  # every other engine is compared with it

@@ -17,8 +17,8 @@ from fsl_lightning.callbacks.prediction_writer import PredictionCSVWriter
 from fsl_lightning.classifier import FewShotClassifier, Prediction
 from fsl_lightning.cli import main
 from fsl_lightning.data import EpisodicDataModule, Omniglot
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import NearestNeighbour, ProtoNet
+from fsl_lightning.run.errors import UserError
 from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")

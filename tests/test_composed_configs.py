@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from fsl_lightning.cli import main
-from fsl_lightning.composed_configs import expand_config_arguments, load_config, merged
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.composed_configs import expand_config_arguments, load_config, merged
+from fsl_lightning.run.errors import UserError
 
 
 def _write(path, text: str):

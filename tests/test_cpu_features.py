@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fsl_lightning.cpu_features import CPUFeatures, bf16_training_is_fast, capped_by_isa, this_cpu
+from fsl_lightning.run.cpu_features import CPUFeatures, bf16_training_is_fast, capped_by_isa, this_cpu
 
 AVX2_EPYC = CPUFeatures("AMD EPYC (Zen 3)", avx2=True, avx512=False, avx512_bf16=False, amx_bf16=False)
 AVX512_SKYLAKE = CPUFeatures("Intel Xeon (Skylake)", avx2=True, avx512=True, avx512_bf16=False, amx_bf16=False)

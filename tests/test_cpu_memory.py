@@ -1,4 +1,4 @@
-"""The CLI's malloc settings (fsl_lightning/cpu_memory.py): a step's large buffers come from the reusable heap."""
+"""The CLI's malloc settings (fsl_lightning/run/cpu_memory.py): a step's large buffers come from the reusable heap."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc se
 # blocks goes up) or from the heap.
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from fsl_lightning.cpu_memory import keep_freed_memory_for_reuse
+    from fsl_lightning.run.cpu_memory import keep_freed_memory_for_reuse
     fields = ["arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"]
     Mallinfo2 = type("Mallinfo2", (ctypes.Structure,), {"_fields_": [(name, ctypes.c_size_t) for name in fields]})
     libc = ctypes.CDLL("libc.so.6")

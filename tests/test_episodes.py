@@ -11,7 +11,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.data.sampler import episode_generator, sample_episode
 from fsl_lightning.episode import Episode, EpisodeSpec
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 SPEC = EpisodeSpec(way=5, shot=2, query=3)
 

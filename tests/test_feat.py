@@ -13,11 +13,11 @@ from torch import nn
 from fsl_lightning.backbones import Conv4, ResNet12
 from fsl_lightning.backbones.dropblock import DropBlock
 from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import FEAT, ProtoNet, Transfer
 from fsl_lightning.methods.base import Prototypes
 from fsl_lightning.methods.feat import SetToSetAttention, contrastive_regulariser
 from fsl_lightning.methods.functional import class_prototypes
+from fsl_lightning.run.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

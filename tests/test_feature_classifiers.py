@@ -15,12 +15,12 @@ from fsl_lightning.backbones.timm_backbone import TimmBackbone
 from fsl_lightning.cli import main
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import EpisodeSpec
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import FrozenFeatures, Transfer
 from fsl_lightning.methods.episode_classifiers import NearestCentroid
 from fsl_lightning.methods.feature_classifiers import BDCSPN, PTMAP, TIM, LaplacianShot, SimpleShot
 from fsl_lightning.methods.feature_classifiers.laplacianshot import bound_updates, knn_affinity
 from fsl_lightning.methods.feature_classifiers.pt_map import power_transform, sinkhorn
+from fsl_lightning.run.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_hubs")
 

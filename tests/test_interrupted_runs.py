@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from fsl_lightning.cli import main
-from fsl_lightning.composed_configs import load_config
+from fsl_lightning.run.composed_configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")

@@ -14,13 +14,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from fsl_lightning.backbones import Conv4, ResNet12
-from fsl_lightning.checkpoint_files import restore_weights
-from fsl_lightning.composed_configs import load_config
 from fsl_lightning.data import Caltech101, EpisodicDataModule
 from fsl_lightning.episode import Episode, EpisodeSpec, SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ClassifierBaseline, MetaBaseline
 from fsl_lightning.methods.meta_baseline import CosineCentroid
+from fsl_lightning.run.checkpoint_files import restore_weights
+from fsl_lightning.run.composed_configs import load_config
+from fsl_lightning.run.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -149,7 +149,7 @@ def test_inner_mini_batches_are_cut_from_shuffled_passes_over_the_task():
 
 
 def test_a_checkpoint_of_the_other_inner_optimiser_is_refused_in_one_line():
-    from fsl_lightning.errors import UserError
+    from fsl_lightning.run.errors import UserError
 
     sgd = Reptile(tiny_model(), inner_optimizer="sgd")
     adam = Reptile(tiny_model())

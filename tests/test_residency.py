@@ -11,8 +11,8 @@ from lightning.pytorch.trainer.states import RunningStage
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.data.residency import choose_residency
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ProtoNet
+from fsl_lightning.run.errors import UserError
 from test_episodes import SPEC, attach_trainer, episodes_of
 
 

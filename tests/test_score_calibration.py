@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsl_lightning.checkpoint_files import read_checkpoint
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
 from fsl_lightning.methods.score_calibration import (
@@ -19,6 +18,7 @@ from fsl_lightning.methods.score_calibration import (
     ScoreCalibration,
     ScoreCalibrationFit,
 )
+from fsl_lightning.run.checkpoint_files import read_checkpoint
 from omniglot_folders import support_and_query_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,8 @@ from torch import nn
 from fsl_lightning.backbones import Conv4, MAMLConv4
 from fsl_lightning.callbacks import SpeedSettings
 from fsl_lightning.cli import main
-from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
 from fsl_lightning.methods import MAML, ProtoNet
+from fsl_lightning.run.cpu_features import bf16_training_is_fast, this_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = [

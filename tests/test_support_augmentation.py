@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from fsl_lightning.composed_configs import load_config
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods import RFSSimple
 from fsl_lightning.methods.episode_classifiers import NearestCentroid
 from fsl_lightning.methods.functional import class_prototypes
+from fsl_lightning.run.composed_configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 AUGMENTATION = BatchAugmentation(random_resized_crop=False, crop_padding=2, color_jitter=0.4, horizontal_flip=True)

@@ -20,8 +20,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, Mult
 from fsl_lightning.backbones import Conv4
 from fsl_lightning.callbacks import TimeBudgetSchedule
 from fsl_lightning.callbacks.time_budget import _scale_length
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods import ProtoNet
+from fsl_lightning.run.errors import UserError
 from interruptions import SlowSteps
 
 REPO = Path(__file__).resolve().parents[1]

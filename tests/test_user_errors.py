@@ -11,7 +11,7 @@ import pytest
 
 from fsl_lightning.cli import main
 from fsl_lightning.data.images import CorruptImageError, open_image
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fsl_lightning.cli import main
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "experiments" / "omniglot" / "protonet_5w1s.yaml")

@@ -16,7 +16,7 @@ from fsl_lightning.adaptation.context import gradients_enabled, inner_precision,
 from fsl_lightning.adaptation.learn2learn_engine import Learn2LearnInnerLoop
 from fsl_lightning.adaptation.loop_engine import LoopInnerLoop
 from fsl_lightning.adaptation.vmap_engine import VmapInnerLoop
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 ENGINES: dict[str, type[InnerLoop]] = {
     "auto": DeviceInnerLoop,

@@ -1,5 +1,5 @@
 """bf16 autocast for the training steps only, on CPUs with bf16 hardware (AMX tiles or AVX-512's BF16 dot
-products: :func:`~fsl_lightning.cpu_features.bf16_training_is_fast`): the CPU default of the metric and transfer
+products: :func:`~fsl_lightning.run.cpu_features.bf16_training_is_fast`): the CPU default of the metric and transfer
 families (``speed.cpu_bf16``).
 
 Why training only: on a 2-core Xeon (AMX-BF16) and a 2-core EPYC (AVX512-BF16) a bf16 Conv4 training step with

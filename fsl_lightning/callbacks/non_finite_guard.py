@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

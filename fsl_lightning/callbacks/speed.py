@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from fsl_lightning.callbacks.cpu_training_precision import BF16TrainingSteps
-from fsl_lightning.cpu_features import bf16_training_is_fast, this_cpu
+from fsl_lightning.run.cpu_features import bf16_training_is_fast, this_cpu
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 

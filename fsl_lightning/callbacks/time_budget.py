@@ -44,8 +44,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR, StepLR
 
-from fsl_lightning.atomic_files import written_atomically
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.atomic_files import written_atomically
+from fsl_lightning.run.errors import UserError
 
 STATE_KEY = "fsl_time_budget"
 # the attribute that holds each scheduler's length (in scheduler steps)

@@ -11,7 +11,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from fsl_lightning.built_by_cli import built_by_cli
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset
 from fsl_lightning.data.folders import (
@@ -33,8 +32,9 @@ from fsl_lightning.data.sampler import (
     mixed_seed,
 )
 from fsl_lightning.episode import Episode, EpisodeSpec, LabelledBatch, split_support_query
-from fsl_lightning.errors import UserError
-from fsl_lightning.quiet import silence_episode_stream_noise
+from fsl_lightning.run.built_by_cli import built_by_cli
+from fsl_lightning.run.errors import UserError
+from fsl_lightning.run.quiet import silence_episode_stream_noise
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
 TRAIN_SHOT_STREAM = 3  # the random shot of each training batch (train_shot_range)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fsl_lightning.data.images import IMAGE_SUFFIXES, CorruptImageError
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 #: the dataset's decoding of one image file (path, name for errors) into uint8 [C, H, W]: ``FewShotDataset.decode_image``
 Decode = Callable[[Path, str], Tensor]

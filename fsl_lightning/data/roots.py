@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from fsl_lightning.episode import EpisodeSpec
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 
 def check_episode_fits(

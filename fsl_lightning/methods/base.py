@@ -16,12 +16,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from fsl_lightning.backbones.batch_norm_folding import batch_norm_folded
-from fsl_lightning.built_by_cli import built_by_cli, drop_live_objects
 from fsl_lightning.data.method_data import MethodData, method_data
 from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.metrics import AccuracySummary, EpisodeAccuracy
 from fsl_lightning.methods.score_calibration import CHECKPOINT_KEY, ScoreCalibration, ScoreCalibrationFit
+from fsl_lightning.run.built_by_cli import built_by_cli, drop_live_objects
+from fsl_lightning.run.errors import UserError
 
 
 class FewShotMethod(L.LightningModule):

@@ -15,7 +15,7 @@ from fsl_lightning.episode import Episode, SupportSet
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
 from fsl_lightning.methods.registry import registered
-from fsl_lightning.weights_from import load_backbone_weights
+from fsl_lightning.run.weights_from import load_backbone_weights
 
 
 class SetToSetAttention(nn.Module):

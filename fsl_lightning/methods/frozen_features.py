@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.data.decoded_cache import read_cache_file, save_atomically
 from fsl_lightning.episode import SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import FewShotMethod
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier, LogisticRegression
 from fsl_lightning.methods.feature_classifiers.base_features import EpisodeClassifierHooks
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.run.errors import UserError
 
 log = logging.getLogger(__name__)
 

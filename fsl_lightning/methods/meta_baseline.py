@@ -19,13 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, Prototypes
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
 from fsl_lightning.methods.functional import class_prototypes, cosine_similarity_matrix
 from fsl_lightning.methods.registry import registered
 from fsl_lightning.methods.transfer import Transfer
-from fsl_lightning.weights_from import load_backbone_weights
+from fsl_lightning.run.errors import UserError
+from fsl_lightning.run.weights_from import load_backbone_weights
 
 #: the reference's initial (and, for the Classifier-Baseline's evaluation, fixed) temperature ``temp``
 REFERENCE_TAU = 10.0

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 
 from fsl_lightning.backbones.conv4 import conv_block
 from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, check_embedding_batches
 from fsl_lightning.methods.functional import class_sums
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.run.errors import UserError
 
 
 def reference_initialisation(module: nn.Module) -> None:

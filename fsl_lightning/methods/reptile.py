@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from fsl_lightning.adaptation import AdaptedParams, inner_precision
 from fsl_lightning.adaptation.carried_adam import CarriedAdam, CarriedAdamMoments
 from fsl_lightning.episode import Episode
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.episode_classifiers import UNSEEDED_EPISODE_SEED
 from fsl_lightning.methods.maml import MAML, as_meta_batch
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.run.errors import UserError
 
 
 def reptile_surrogate(learner: nn.Module, adapted: AdaptedParams) -> Tensor:

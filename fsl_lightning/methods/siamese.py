@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from fsl_lightning.data.pairs import balanced_pairs, random_affine
 from fsl_lightning.episode import Episode, SupportSet
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.base import EmbeddingMethod, LabelledFeatures
 from fsl_lightning.methods.functional import class_log_mean_exp
 from fsl_lightning.methods.registry import registered
+from fsl_lightning.run.errors import UserError
 
 
 @registered

@@ -11,9 +11,9 @@ from collections import defaultdict
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
-from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.data.images import IMAGE_SUFFIXES
 from fsl_lightning.data.roots import DatasetNotFoundError
+from fsl_lightning.run.atomic_files import written_atomically
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsl_lightning.atomic_files import written_atomically
 from fsl_lightning.data.datasets.base import SPLITS
 from fsl_lightning.data.datasets.natural import read_split_file
+from fsl_lightning.run.atomic_files import written_atomically
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.data.images import as_model_input
 from fsl_lightning.data.method_data import MethodData
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
+from fsl_lightning.run.errors import UserError
 
 
 def prepare_with_base_features(

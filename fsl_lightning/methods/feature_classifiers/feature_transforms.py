@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
+from fsl_lightning.run.errors import UserError
 
 FEATURE_TRANSFORMS = ("UN", "L2N", "CL2N")
 

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsl_lightning.errors import UserError
 from fsl_lightning.methods.episode_classifiers import EpisodeClassifier
 from fsl_lightning.methods.functional import class_prototypes, squared_euclidean_distance
+from fsl_lightning.run.errors import UserError
 
 #: added before the power so that a zero feature has a finite derivative (the paper's epsilon)
 POWER_EPSILON = 1e-6

@@ -28,8 +28,8 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fsl_lightning.atomic_files import written_atomically
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.atomic_files import written_atomically
+from fsl_lightning.run.errors import UserError
 
 
 class UnreadableCheckpointError(UserError):

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from fsl_lightning.errors import UserError
+from fsl_lightning.run.errors import UserError
 
 BASE_KEY = "_base_"
 CONFIG_OPTIONS = ("--config", "-c")
