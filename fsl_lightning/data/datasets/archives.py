@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import shutil
 import tarfile
+import time
 import urllib.request
 import zipfile
 from collections import defaultdict
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
@@ -85,8 +87,9 @@ class ImageArchive:
         return str(self.path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def locate_archive(folder: Path, top: str, url: str | None) -> ImageArchive:
-    """Finds ``<folder>/<top>/`` or ``<folder>/<top>.zip``; downloads the zip from ``url`` when given."""
+def locate_archive(folder: Path, top: str, url: str | None, md5: str | None = None) -> ImageArchive:
+    """Finds ``<folder>/<top>/`` or ``<folder>/<top>.zip``; downloads the zip from ``url`` when given, checked
+    against ``md5``. A copy already on disk is accepted by its layout (its checksum may differ: a repacked zip)."""
     for candidate in (folder / top, folder / f"{top}.zip"):
         if candidate.exists():
             return ImageArchive(candidate, top)
@@ -100,17 +103,63 @@ def locate_archive(folder: Path, top: str, url: str | None) -> ImageArchive:
     if url is None:
         raise DatasetNotFoundError(hint + " Downloading is off (download: false).")
     try:
-        download_file(url, target)
+        download_file(url, target, md5)
     except OSError as error:
         raise DatasetNotFoundError(f"{hint} Downloading it failed: {error}") from error
     return ImageArchive(target, top)
 
 
-def download_file(url: str, target: Path, timeout_s: float = 60.0) -> None:
-    """Downloads ``url`` to ``target`` through a temporary file, so that a broken download leaves nothing."""
+#: tries of a download before it is reported as failed (a dropped connection, or a file that fails its check)
+DOWNLOAD_ATTEMPTS = 3
+
+
+class DownloadCheckError(OSError):
+    """A downloaded file is not the one expected (checksum or content)."""
+
+
+def download_file(
+    url: str,
+    target: Path,
+    md5: str | None,
+    timeout_s: float = 60.0,
+    check: Callable[[bytes], None] | None = None,
+) -> None:
+    """Downloads ``url`` to ``target`` through a temporary file that is checked before it takes ``target``'s name:
+    against the publisher's ``md5`` (hashed as the bytes arrive), or, for a small file without a published
+    checksum, by ``check`` on its bytes (it raises :class:`DownloadCheckError`). A dropped connection or a failed
+    check is tried again, :data:`DOWNLOAD_ATTEMPTS` times in all; nothing is left at ``target`` unless a download
+    passed. ``md5=None`` says on purpose that the file has no known checksum."""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            _download_checked(url, target, md5, timeout_s, check)
+            return
+        except OSError as error:  # URLError, timeouts and DownloadCheckError are OSErrors
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise
+            log.warning(
+                "Download of %s failed (%s); trying again (%d of %d)", url, error, attempt + 1, DOWNLOAD_ATTEMPTS
+            )
+            time.sleep(attempt)
+
+
+def _download_checked(
+    url: str, target: Path, md5: str | None, timeout_s: float, check: Callable[[bytes], None] | None
+) -> None:
     log.info("Downloading %s to %s", url, target)
+    digest, kept = hashlib.md5(usedforsecurity=False), bytearray()
     with written_atomically(target) as part, urllib.request.urlopen(url, timeout=timeout_s) as response:
-        shutil.copyfileobj(response, part)
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            part.write(chunk)
+            digest.update(chunk)
+            if check is not None:
+                kept += chunk
+        if md5 is not None and digest.hexdigest() != md5:
+            raise DownloadCheckError(
+                f"the file downloaded from {url} has md5 {digest.hexdigest()}, not the published {md5} "
+                "(changed at the source, or damaged on the way)"
+            )
+        if check is not None:
+            check(bytes(kept))
 
 
 def _is_image(name: str) -> bool:

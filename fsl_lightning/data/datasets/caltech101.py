@@ -34,6 +34,7 @@ TOP = "101_ObjectCategories"
 TARBALL = f"{TOP}.tar.gz"
 OFFICIAL_ZIP = "caltech-101.zip"
 DOWNLOAD_URL = "https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip"
+DOWNLOAD_MD5 = "3138e1922a9193bfa496528edbbc45d0"  # CaltechDATA's, as torchvision.datasets.Caltech101 checks it
 EXCLUDED = ("BACKGROUND_Google", "Faces_easy")
 NUM_CLASSES = 101
 SPLIT_SEED = 0
@@ -95,7 +96,7 @@ class Caltech101(NaturalImageDataset):
         if not self.download:
             raise DatasetNotFoundError(hint + " Downloading is off (download: false).")
         try:
-            download_file(DOWNLOAD_URL, self.folder / OFFICIAL_ZIP, timeout_s=120.0)
+            download_file(DOWNLOAD_URL, self.folder / OFFICIAL_ZIP, DOWNLOAD_MD5, timeout_s=120.0)
         except OSError as error:
             raise DatasetNotFoundError(f"{hint} Downloading {DOWNLOAD_URL} failed: {error}") from error
         return self.folder / OFFICIAL_ZIP

@@ -32,6 +32,7 @@ from fsl_lightning.data.roots import DatasetNotFoundError, data_root
 TOP = "cifar-100-python"
 ARCHIVE = f"{TOP}.tar.gz"
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+DOWNLOAD_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # torchvision.datasets.CIFAR100.tgz_md5
 PARTS = ("train", "test", "meta")
 POOLED = ("train", "test")  # the image files: a class's 500 train images come first, then its 100 test images
 SIDE = 32  # CIFAR's image side
@@ -128,7 +129,7 @@ class CIFAR100FewShot(NaturalImageDataset):
         if not self.download:
             raise DatasetNotFoundError(hint + " Downloading is off (download: false).")
         try:
-            download_file(DOWNLOAD_URL, self.folder / ARCHIVE, timeout_s=120.0)
+            download_file(DOWNLOAD_URL, self.folder / ARCHIVE, DOWNLOAD_MD5, timeout_s=120.0)
         except OSError as error:
             raise DatasetNotFoundError(f"{hint} Downloading {DOWNLOAD_URL} failed: {error}") from error
         return self.folder / ARCHIVE

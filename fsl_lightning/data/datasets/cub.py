@@ -29,6 +29,7 @@ from fsl_lightning.data.roots import DatasetNotFoundError, data_root
 TOP = "CUB_200_2011"
 TARBALL = f"{TOP}.tgz"
 DOWNLOAD_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
+DOWNLOAD_MD5 = "97eceeb196236b17998738112f37df78"  # the one CaltechDATA publishes for it
 NUM_CLASSES = 200
 CLASS_FOLDER = re.compile(r"(\d{3})\.\S+")  # 001.Black_footed_Albatross
 
@@ -87,7 +88,7 @@ class CUB200(NaturalImageDataset):
         if not self.download:
             raise DatasetNotFoundError(hint + " Downloading is off (download: false).")
         try:
-            download_file(DOWNLOAD_URL, self.folder / TARBALL, timeout_s=120.0)
+            download_file(DOWNLOAD_URL, self.folder / TARBALL, DOWNLOAD_MD5, timeout_s=120.0)
         except OSError as error:
             raise DatasetNotFoundError(f"{hint} Downloading {DOWNLOAD_URL} failed: {error}") from error
         return self.folder / TARBALL

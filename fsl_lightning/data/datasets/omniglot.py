@@ -21,7 +21,8 @@ Images are stored with ink = 255 on a background of 0 (the PNGs are inverted), a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsl_lightning.data.datasets.archives import ImageArchive, download_file, locate_archive
+from fsl_lightning.data.datasets.archives import DownloadCheckError, ImageArchive, download_file, locate_archive
 from fsl_lightning.data.datasets.base import ClassImages, FewShotDataset, check_split_name
 from fsl_lightning.data.decoded_cache import cached, file_backed_uint8
 from fsl_lightning.data.images import open_image, pil_to_uint8, resize_uint8
@@ -43,10 +44,19 @@ NATIVE_SIZE = 105
 #: official archive name -> number of characters it must hold
 PARTS = {"images_background": 964, "images_evaluation": 659}
 ARCHIVE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{part}.zip"
+#: md5 of the official archives, as torchvision.datasets.Omniglot.zips_md5 records them (a downloaded copy is
+#: checked; one already on disk is accepted by its layout, since repacked zips differ byte-wise)
+ARCHIVE_MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
 VINYALS_SPLIT_URL = (
     "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals/{split}.txt"
 )
 ROTATIONS = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}
+#: classes (character x rotation) listed by each split file of Vinyals et al.'s split: it has no published checksum,
+#: so a downloaded file is checked by its content
+VINYALS_SPLIT_CLASSES = {"train": 4112, "val": 688, "test": 1692, "trainval": 4800}
 #: background alphabets held out as the validation classes of the ``lake`` protocol (every fourth of the 30,
 #: in name order, from the second: 241 of the 964 background characters; 6 of them have 20 characters or more,
 #: enough for 20-way trials within one alphabet)
@@ -121,7 +131,8 @@ class Omniglot(FewShotDataset):
         return self._stamps[part]
 
     def _archive(self, part: str) -> ImageArchive:
-        return locate_archive(self.root, part, ARCHIVE_URL.format(part=part) if self.download else None)
+        url = ARCHIVE_URL.format(part=part) if self.download else None
+        return locate_archive(self.root, part, url, ARCHIVE_MD5[part])
 
     def decode_image(self, data: Path | bytes, name: str) -> Tensor:
         return decode_character_image(data, name, self.image_size)
@@ -166,7 +177,7 @@ class Omniglot(FewShotDataset):
             if not self.download:
                 raise DatasetNotFoundError(_missing_split_message(path))
             try:
-                download_file(VINYALS_SPLIT_URL.format(split=split), path)
+                download_file(VINYALS_SPLIT_URL.format(split=split), path, md5=None, check=vinyals_split_check(split))
             except OSError as error:
                 raise DatasetNotFoundError(f"{_missing_split_message(path)} (download failed: {error})") from error
         return path
@@ -247,6 +258,21 @@ def alphabet_ids(class_names: list[str]) -> Tensor:
 
 def _invert(images: Tensor) -> Tensor:
     return 255 - images
+
+
+def vinyals_split_check(split: str) -> Callable[[bytes], None]:
+    """Checks a downloaded split file: one ``Alphabet/characterNN/rotDDD`` per line, as many as the split has."""
+    entry_pattern = re.compile(r"[^/\s]+/character\d+/rot(000|090|180|270)")
+
+    def check(content: bytes) -> None:
+        lines = content.decode("utf-8", "replace").split()
+        if len(lines) != VINYALS_SPLIT_CLASSES[split] or not all(entry_pattern.fullmatch(entry) for entry in lines):
+            raise DownloadCheckError(
+                f"the downloaded {split}.txt is not Vinyals et al.'s split: expected {VINYALS_SPLIT_CLASSES[split]} "
+                f"lines Alphabet/characterNN/rotDDD, got {len(lines)} lines starting {lines[:1]}"
+            )
+
+    return check
 
 
 def _missing_split_message(path: Path) -> str:
