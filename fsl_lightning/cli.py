@@ -35,11 +35,11 @@ from fsl_lightning.callbacks import (
 )
 from fsl_lightning.callbacks.progress import StepProgressBar
 from fsl_lightning.callbacks.resumed_run import ResumedRunContinuity
+from fsl_lightning.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
 from fsl_lightning.data import EpisodicDataModule
 from fsl_lightning.episode import check_episode_numbers
 from fsl_lightning.methods import METHODS, FewShotMethod
 from fsl_lightning.run.checkpoint_files import ALIASES, resolve_checkpoint_alias, training_config
-from fsl_lightning.run.checkpoint_io import AtomicCheckpointIO, checkpoint_load_errors_reported
 from fsl_lightning.run.composed_configs import expand_config_arguments, load_config
 from fsl_lightning.run.cpu_memory import keep_freed_memory_for_reuse
 from fsl_lightning.run.errors import UserError

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Omniglot from ../shared/data (or $FSL_DATA_ROOT), offline W&B."""
+"""Shared fixtures: the real Omniglot from ../shared/data (or $FSL_DATA_ROOT), offline W&B; the `data` mark."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FSL_DATA_ROOT", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads the real datasets (through the ``data_root`` fixture) is marked ``data``, so that
+    ``pytest -m "not data and not slow"`` (``./test.sh --fast``) runs without them, on images the tests make."""
+    for item in items:
+        if "data_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
 
 
 @pytest.fixture(scope="session")

@@ -189,7 +189,7 @@ def test_adaptation_actually_changes_the_weights_and_lowers_the_support_loss():
         assert loss[1] < loss[0] - 0.05, (name, loss)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("engine", ENGINES)
 def test_second_order_meta_gradient_matches_finite_differences(engine, steps):
     model, batch = tiny_model(), meta_batch()
@@ -303,7 +303,7 @@ def test_methods_have_the_same_meta_gradient_in_every_engine(method_class, steps
         assert_gradients_close(grads[engine], grads[REFERENCE], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("steps", [1, pytest.param(2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method_class", [ANIL, MetaSGD])
 def test_second_order_method_meta_gradient_matches_finite_differences(method_class, steps):
     """ANIL: the body's gradient through the features; Meta-SGD: the gradient of the learned rates too.

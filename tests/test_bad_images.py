@@ -145,6 +145,7 @@ def test_damaged_files_links_and_special_files_are_named_with_what_to_do(tmp_pat
         assert reason in one_line_refusal(path), path
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_an_unreadable_file_is_named_with_the_permission_to_give(tmp_path):
     """As another user when run as root, since root reads any file (the process drops to `nobody` after its
     imports)."""

@@ -25,7 +25,7 @@ SHORT_RUN = [
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, data_root):
     """One short `fit` through the CLI; returns its output folder and the accuracy it tested after fitting."""
     out = tmp_path_factory.mktemp("cli")
     cli = main(["fit", "--config", CONFIG, *SHORT_RUN, f"--trainer.logger.init_args.save_dir={out}"])

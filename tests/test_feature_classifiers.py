@@ -313,6 +313,7 @@ trainer:
 """
 
 
+@pytest.mark.usefixtures("data_root")
 def test_simpleshot_runs_from_a_config_through_the_cli(tmp_path):
     config = tmp_path / "simpleshot.yaml"
     config.write_text(SIMPLESHOT_CONFIG)

@@ -163,6 +163,7 @@ def test_fit_is_refused_with_what_to_run_instead(caltech_subset32):
         method(feature_batch_size=0)
 
 
+@pytest.mark.usefixtures("data_root")
 def test_dinov2_config_runs_test_through_the_cli(tmp_path):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(TINY_DINOV2_YAML)

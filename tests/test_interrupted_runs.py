@@ -76,6 +76,7 @@ def _rows(metrics_csv: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.slow
 def test_a_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
     code, output = _fit(tmp_path / "straight", "--trainer.max_steps=20")
@@ -118,6 +119,7 @@ def _snapshot(folder: Path) -> set:
     return {(p.name, p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.slow
 def test_a_kill_while_saving_a_checkpoint_leaves_a_checkpoint_to_resume_from(tmp_path):
     temporary_dir = _other_filesystem_folder(tmp_path)
@@ -163,6 +165,7 @@ def _kill_during_second_save_and_resume(tmp_path: Path, temporary_dir: Path) -> 
 
 
 # left empty by a kill and given by path; cut short and found by `--ckpt_path last` (read by the Trainer, not the CLI)
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize(("kept_bytes", "by_name"), [(0, False), (5000, True)])
 def test_a_truncated_checkpoint_is_named_with_what_to_do(tmp_path, kept_bytes, by_name):
     whole = tmp_path / "whole.ckpt"

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 #: (where Lightning has it, the name, our module that uses it)
 MODULE_NAMES = [
     ("lightning.pytorch.core.mixins.hparams_mixin", "_given_hyperparameters", "fsl_lightning/run/built_by_cli.py"),
-    ("lightning.fabric.utilities.cloud_io", "_is_local_file_protocol", "fsl_lightning/run/checkpoint_io.py"),
+    ("lightning.fabric.utilities.cloud_io", "_is_local_file_protocol", "fsl_lightning/checkpoint_io.py"),
 ]
 CLASS_NAMES = [
     (LightningCLI, "_parse_ckpt_path", "fsl_lightning/cli.py"),

@@ -24,6 +24,7 @@ SHORT_RUN = [
 ]
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize("engine", ["auto", "vmap", "learn2learn"])
 def test_maml_config_fits_then_tests_from_its_checkpoint(engine, tmp_path):
     config = str(REPO / "experiments" / "omniglot" / "maml_5w1s.yaml")

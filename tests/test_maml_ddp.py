@@ -18,6 +18,7 @@ from test_adaptation import meta_batch, tiny_method  # noqa: E402
 WORKER = Path(__file__).with_name("ddp_meta_gradient_worker.py")
 
 
+@pytest.mark.slow  # several processes
 @pytest.mark.parametrize("engine", ["vmap", "loop", "learn2learn"])
 def test_two_process_meta_gradient_equals_single_device(engine, tmp_path):
     """The worker runs as a subprocess: spawning ranks from inside pytest would re-import the test session."""

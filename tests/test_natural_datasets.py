@@ -355,8 +355,8 @@ def test_cifar_is_downloaded_from_the_official_address_when_absent(tmp_path, mon
     built = write_cifar(tmp_path / "built")
     calls = []
 
-    def fake_download(url, target, timeout_s=60.0):
-        calls.append((url, target))
+    def fake_download(url, target, md5, timeout_s=60.0):
+        calls.append((url, target, md5))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(built.read_bytes())
 
@@ -367,6 +367,7 @@ def test_cifar_is_downloaded_from_the_official_address_when_absent(tmp_path, mon
         (
             "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
             tmp_path / "root" / "cifar100" / "cifar-100-python.tar.gz",
+            "eb9058c3a382ffc7106e4002c42a8d85",  # the published md5: the download is checked against it
         )
     ]
 
@@ -376,7 +377,7 @@ def test_cifar_missing_and_offline_say_what_to_put_where(tmp_path, monkeypatch):
         FC100(root=str(tmp_path), download=False).prepare()
     assert str(tmp_path / "cifar100" / "cifar-100-python.tar.gz") in str(error.value)
 
-    def offline(url, target, timeout_s=60.0):
+    def offline(url, target, md5, timeout_s=60.0):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(cifar_module, "download_file", offline)

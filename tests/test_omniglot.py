@@ -100,7 +100,7 @@ def test_missing_dataset_says_which_files_to_put_where(tmp_path):
 
 
 def test_failed_download_is_reported_with_the_expected_location(tmp_path, monkeypatch):
-    def offline(url, target, timeout_s=60.0):
+    def offline(url, target, md5, timeout_s=60.0):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr("fsl_lightning.data.datasets.archives.download_file", offline)

@@ -34,6 +34,7 @@ STEP_LINE = (
 )
 
 
+@pytest.mark.usefixtures("data_root")
 def test_a_fit_written_to_a_file_logs_step_lines_and_a_line_per_validation(tmp_path):
     log = tmp_path / "run.log"
     command = [
@@ -60,6 +61,7 @@ def test_a_fit_written_to_a_file_logs_step_lines_and_a_line_per_validation(tmp_p
     assert validations == ["10", "20"], text
 
 
+@pytest.mark.usefixtures("data_root")
 def test_the_terminal_bar_counts_steps_to_max_steps_and_shows_the_training_metrics(tmp_path):
     cli = main(
         [
@@ -84,6 +86,7 @@ def test_the_terminal_bar_counts_steps_to_max_steps_and_shows_the_training_metri
     assert "12/12" in str(bar)
 
 
+@pytest.mark.usefixtures("data_root")
 def test_reports_also_come_every_n_seconds(tmp_path, capsys):
     main(
         [
@@ -103,6 +106,7 @@ def test_reports_also_come_every_n_seconds(tmp_path, capsys):
     assert steps == ["1", "2", "3", "4"]
 
 
+@pytest.mark.usefixtures("data_root")
 def test_the_bar_gives_way_to_enable_progress_bar_false_and_to_a_bar_in_the_callbacks(tmp_path, capsys):
     quick = [
         "fit",

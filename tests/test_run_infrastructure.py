@@ -34,6 +34,7 @@ TINY = [
 ]
 
 
+@pytest.mark.usefixtures("data_root")
 def test_wandb_run_is_written_offline_with_config_metrics_media_and_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -73,6 +74,7 @@ def test_wandb_run_is_written_offline_with_config_metrics_media_and_checkpoint(t
     assert list((tmp_path / "out").glob("*/*/config.yaml")), "resolved config not saved beside the checkpoints"
 
 
+@pytest.mark.usefixtures("data_root")
 def test_fit_resumes_from_last_checkpoint_with_the_same_episode_stream(tmp_path):
     straight = tmp_path / "straight"
     main(
@@ -121,6 +123,7 @@ def test_fit_resumes_from_last_checkpoint_with_the_same_episode_stream(tmp_path)
         assert torch.allclose(resumed["state_dict"][name].float(), weight.float(), atol=1e-5), name
 
 
+@pytest.mark.usefixtures("data_root")
 def test_fit_resumes_from_the_best_checkpoint_that_the_newest_run_recorded(tmp_path, capsys):
     first = main(
         [
@@ -150,6 +153,7 @@ def test_fit_resumes_from_the_best_checkpoint_that_the_newest_run_recorded(tmp_p
     assert f"Resuming from {best}" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("data_root")
 def test_bf16_mixed_precision_trains_and_tests(tmp_path):
     cli = main(
         [

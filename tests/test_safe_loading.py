@@ -15,13 +15,13 @@ import torch
 from fsl_lightning.backbones import Conv4, TorchvisionBackbone
 from fsl_lightning.backbones.torchvision_backbone import checkpoint_path, resolve_weights
 from fsl_lightning.callbacks.time_budget import TimeBudgetSchedule
+from fsl_lightning.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from fsl_lightning.classifier import FewShotClassifier
 from fsl_lightning.cli import main
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.decoded_cache import cached, read_cache_file
 from fsl_lightning.methods import RFSDistill, RFSSimple
 from fsl_lightning.methods.episode_classifiers import NearestCentroid
-from fsl_lightning.run.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from fsl_lightning.run.weights_from import load_backbone_weights
 from omniglot_folders import support_and_query_folders
 from test_clip import tiny_clip

@@ -6,6 +6,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from fsl_lightning.data import Omniglot
@@ -47,6 +48,7 @@ def _build_in_child(cache_dir: str, marker: str, results) -> None:
     results.put(cached("shared-entry", ["stamp", 1], build)["images"].tolist())
 
 
+@pytest.mark.slow  # several processes
 def test_one_process_builds_a_missing_entry_while_the_others_wait_and_map_it(tmp_path):
     context = multiprocessing.get_context("spawn")
     results = context.Queue()

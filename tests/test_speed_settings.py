@@ -85,6 +85,7 @@ def test_compile_is_refused_for_maml_with_the_reason(small_datamodule, tmp_path)
     assert not getattr(method.backbone, "_compiled_by_speed_settings", False)
 
 
+@pytest.mark.usefixtures("data_root")
 def test_speed_section_from_the_cli_compiles_and_uses_channels_last(tmp_path):
     cli = main(
         [

@@ -64,6 +64,7 @@ def imported_after_each(commands: list[list[str]], cwd: Path) -> tuple[list[list
     return [json.loads(line[len(IMPORTED) :]) for line in lines], child.stdout
 
 
+@pytest.mark.usefixtures("data_root")
 def test_help_and_a_protonet_fit_import_none_of_the_optional_libraries(tmp_path):
     protonet_fit = [
         "fit",
@@ -80,6 +81,7 @@ def test_help_and_a_protonet_fit_import_none_of_the_optional_libraries(tmp_path)
     assert list(tmp_path.glob("omniglot_protonet_5w1s/version_0/checkpoints/last.ckpt"))
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize("engine", ["vmap", "learn2learn"])
 def test_maml_imports_learn2learn_only_for_its_learn2learn_engine(engine, tmp_path):
     maml_fit = [

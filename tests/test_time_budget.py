@@ -164,6 +164,7 @@ def test_a_resumed_run_keeps_the_planned_length(short_budget_run, tmp_path):
         assert torch.equal(resumed["state_dict"][name], tensor), name
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.slow
 def test_two_ddp_processes_follow_rank_zeros_plan(tmp_path):
     """Under DDP every rank makes the plan's changes at the same steps (rank 0's clock decides; recording the plan

@@ -166,6 +166,7 @@ def test_skd_learns_rotations_alongside_the_classes(caltech32):
     assert rotation_loss() < before
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize("config", ["rfs_simple_5w1s", "baseline_pp_5w5s", "r2d2_5w1s"])
 def test_caltech_configs_run_through_the_cli(config, tmp_path):
     cli = main(

@@ -27,12 +27,14 @@ def error_line(args: list[str], save_dir: Path) -> str:
     return message
 
 
+@pytest.mark.usefixtures("data_root")
 def test_too_many_training_classes_names_the_training_option_and_leaves_no_run_folder(tmp_path):
     message = error_line(["fit", "--config", CONFIG, "--data.train.way=5000"], tmp_path)
     assert "Training episodes are 5000-way" in message and "--data.train.way to at most 4112" in message
     assert not list(tmp_path.rglob("version_*")), "a failed command left a run folder"
 
 
+@pytest.mark.usefixtures("data_root")
 def test_too_many_images_per_evaluation_class_names_the_evaluation_options(tmp_path):
     message = error_line(
         ["fit", "--config", CONFIG, "--data.evaluation.shot=15", "--data.evaluation.query=10"], tmp_path
@@ -60,6 +62,7 @@ def test_unknown_method_gets_the_same_line_with_c_as_with_config(tmp_path):
     assert "unknown method 'ProtoNett'" in message and "ProtoNet (fsl_lightning.methods.ProtoNet)" in message
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_program_prints_one_line_without_a_traceback(tmp_path):
     command = [
         sys.executable,

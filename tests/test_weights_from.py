@@ -46,6 +46,7 @@ def run_fit(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.slow
 def test_following_the_nan_advice_trains_from_the_named_weights_with_the_new_learning_rate(tmp_path):
     save_dir = f"--trainer.logger.init_args.save_dir={tmp_path}"
@@ -93,6 +94,7 @@ def _checkpoint_key(checkpoint: dict) -> str:
     return next(key for key in checkpoint["callbacks"] if key.startswith("ModelCheckpoint"))
 
 
+@pytest.mark.usefixtures("data_root")
 def test_nan_before_any_checkpoint_names_no_checkpoint(tmp_path):
     """With lr=1e30 the loss is NaN from step 1; ModelCheckpoint records the step-10 file's name before the guard
     keeps it from being written, so the message must not name it."""

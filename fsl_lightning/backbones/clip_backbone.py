@@ -16,8 +16,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.frozen_model import FreezableWrapper
+from fsl_lightning.checkpoint_io import checkpoint_load_errors_reported
 from fsl_lightning.pretrained import ModelInput, download_from_hugging_face, download_from_url
-from fsl_lightning.run.checkpoint_io import checkpoint_load_errors_reported
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from fsl_lightning.backbones.frozen_model import FreezableWrapper
+from fsl_lightning.checkpoint_io import checkpoint_load_errors_reported
 from fsl_lightning.pretrained import ModelInput, download_from_hugging_face, download_from_url
-from fsl_lightning.run.checkpoint_io import checkpoint_load_errors_reported
 
 log = logging.getLogger(__name__)
 

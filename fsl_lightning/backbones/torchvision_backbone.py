@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from fsl_lightning.backbones.frozen_model import FreezableWrapper
-from fsl_lightning.run.checkpoint_io import checkpoint_load_errors_reported, load_checkpoint_file
+from fsl_lightning.checkpoint_io import checkpoint_load_errors_reported, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 

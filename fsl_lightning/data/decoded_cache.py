@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.data.roots import decoded_cache_dir
 from fsl_lightning.run.atomic_files import written_atomically
-from fsl_lightning.run.checkpoint_io import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.data.augment import BatchAugmentation
 from fsl_lightning.data.datasets.base import ClassImages
 from fsl_lightning.episode import Episode, LabelledBatch, SupportSet
@@ -32,7 +33,6 @@ from fsl_lightning.methods.episode_classifiers import (
 )
 from fsl_lightning.methods.feature_classifiers.base_features import EpisodeClassifierHooks, embed_in_batches
 from fsl_lightning.methods.registry import registered
-from fsl_lightning.run.checkpoint_io import load_checkpoint_file
 from fsl_lightning.run.errors import UserError
 
 

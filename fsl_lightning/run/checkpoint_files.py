@@ -12,7 +12,7 @@ from typing import Any
 
 from lightning import LightningModule
 
-from fsl_lightning.run.checkpoint_io import load_checkpoint_file
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.run.errors import UserError
 
 ALIASES = ("last", "best")

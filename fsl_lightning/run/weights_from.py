@@ -13,8 +13,8 @@ from lightning import LightningModule
 from torch import nn
 
 from fsl_lightning.backbones.dropblock import restart_dropblock_schedules
+from fsl_lightning.checkpoint_io import load_checkpoint_file
 from fsl_lightning.run.checkpoint_files import restore_weights
-from fsl_lightning.run.checkpoint_io import load_checkpoint_file
 from fsl_lightning.run.errors import UserError
 
 
