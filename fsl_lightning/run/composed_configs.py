@@ -91,7 +91,7 @@ def _base_files(path: Path, bases: Any) -> list[Path]:
     files = [path.parent / base for base in bases]
     for base, file in zip(bases, files):
         if not file.is_file():
-            raise UserError(f"{path}: {BASE_KEY} names {base}, which is not a file ({file}; relative to the file).")
+            raise UserError(f"{path}: {BASE_KEY} names {base}, which is not a file (looked for {file.resolve()}).")
     return files
 
 
