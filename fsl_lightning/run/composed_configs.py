@@ -3,15 +3,15 @@
 An experiment states its method and what differs from the shared settings::
 
     # experiments/omniglot/protonet_5w1s.yaml
-    _base_: [../_base/run.yaml, ../_base/omniglot.yaml]
+    _base_: [../_base/trained.yaml, ../_base/omniglot.yaml, ../_base/conv4_grey.yaml, ../_base/adam.yaml]
     model:
       class_path: fsl_lightning.methods.ProtoNet
       ...
 
 The pieces are read in order, then the file itself, each overriding the ones before it: mappings merge key by key,
-anything else (numbers, strings, lists) is replaced whole, and a ``class_path`` mapping that names another class
-replaces an earlier one that names a class (whose ``init_args`` belong to that class) whole. Paths in ``_base_`` are relative to
-the file that names them, and pieces may have pieces of their own.
+anything else (numbers, strings, lists) is replaced whole, and a mapping whose ``class_path`` names another class
+than the earlier one's replaces it whole (the earlier ``init_args`` belong to the earlier class). Paths in
+``_base_`` are relative to the file that names them, and pieces may have pieces of their own.
 
 Why a key of our own rather than LightningCLI's repeated ``--config``: the command stays
 ``fit --config experiments/<...>.yaml``, and the file alone says what it is made of. The command line hands
