@@ -1,4 +1,4 @@
-"""Cold start: decoding Omniglot (both archives, 32,460 PNGs) into the decoded cache, one core against all (issue 17.5).
+"""Cold start: decoding Omniglot (both archives, 32,460 PNGs) into the decoded cache, one core against all.
 
     python benchmarks/cold_decode.py [--rounds 3] [--image-size 28]
 

@@ -1,4 +1,4 @@
-"""CPU precision and kernel choices for the metric and transfer families' training steps (issue 17, item 2).
+"""CPU precision and kernel choices for the metric and transfer families' training steps.
 
 One process times the bare training step (forward, loss, backward, Adam step on a resident batch) of each workload
 under each setting: fp32, bf16 autocast (AMX tiles or AVX512-BF16 where the CPU has them), channels-last memory

@@ -1,4 +1,4 @@
-"""The runs behind the bars of the slow per-family accuracy tests (issue 13), for BENCHMARKS.md.
+"""The runs behind the bars of the slow per-family accuracy tests, for BENCHMARKS.md.
 
     python benchmarks/family_bars.py metric [--seeds 0 1 2] [--methods ProtoNet ...]
     python benchmarks/family_bars.py transfer [--seeds 0 1 2] [--methods Baseline ...]

@@ -1,4 +1,4 @@
-"""Issue 17, item 1 (MAML half): each adaptation engine's meta-training step against the fastest exact step.
+"""Each adaptation engine's meta-training step against the fastest exact step.
 
     python benchmarks/maml_engines.py [--rounds 3] [--steps 30] [--fit-steps 60] [--tasks 8]
 

@@ -1,4 +1,4 @@
-"""MAML on cbfinn/maml's network against the network this project used before (issue 27), in the setting of its
+"""MAML on cbfinn/maml's network against the network this project used before, in the setting of its
 accuracy test (``tests/test_maml_measured.py``: 300 meta-iterations of 4 5-way 1-shot 5-query Omniglot tasks,
 32-filter strided MAMLConv4, Adam 3e-3, inner step 0.4, 1 step in training and 3 at test, 200 fixed test episodes),
 seeds 0, 1 and 2.

@@ -1,4 +1,4 @@
-"""A metric method's reference settings against the ones it used before (issue 27), in the setting of its accuracy
+"""A metric method's reference settings against the ones it used before, in the setting of its accuracy
 test (``tests/test_metric_measured.py``: 300 steps of 5-way 1-shot 5-query Omniglot episodes, Adam 1e-3, 300
 fixed test episodes), seeds 0, 1 and 2.
 

@@ -1,4 +1,4 @@
-"""Issue 14, section 3: the new trained methods next to ProtoNet on the same reduced CPU budget.
+"""The later trained methods next to ProtoNet on the same reduced CPU budget.
 
     FSL_DATA_ROOT=/path/to/data python benchmarks/new_methods_budget.py [--settings omniglot_5w1s caltech_5w1s ...]
         [--methods protonet metaoptnet_svm dn4 feat meta_baseline] [--minutes M] [--parallel 2] [--out DIR]

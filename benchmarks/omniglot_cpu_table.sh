@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reduced-budget Omniglot table of BENCHMARKS.md (issue 13): each config trains for at most BUDGET of wall time
+# The reduced-budget Omniglot table of BENCHMARKS.md: each config trains for at most BUDGET of wall time
 # (trainer.max_time, default 20 minutes, the issue's cap per run), then `fit` tests its best checkpoint by val/acc
 # (or its last weights when no validation ran) on the config's 1000 fixed test episodes. Prints, per config, the
 # test accuracy line, the last training step and every validation, so that a row can be rerun with max_steps.

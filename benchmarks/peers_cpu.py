@@ -1,4 +1,4 @@
-"""Side by side with the peers on this machine's CPU, in one run (issue 17.4): rates of this project against easyfsl
+"""Side by side with the peers on this machine's CPU, in one run: rates of this project against easyfsl
 1.5 and learn2learn, each system in its own fresh process, in interleaved rounds (medians).
 
     python benchmarks/peers_cpu.py [--rounds 3] [--protonet-steps 150] [--maml-iterations 30] [--test-episodes 1000]

@@ -1,4 +1,4 @@
-"""Issue 8's table: each training workload end to end through ``fit`` against the ceiling of the same model.
+"""Each training workload end to end through ``fit`` against the ceiling of the same model.
 
     python benchmarks/speed_ceiling.py [--workloads protonet_conv4 maml_1step maml_5steps protonet_resnet12]
                                        [--steps 300] [--cli --speed.channels_last=true ...]

@@ -1,4 +1,4 @@
-"""Start-up time of the CLI, as a ratio to ``python -c "import torch"`` measured in the same run (issue 16.8).
+"""Start-up time of the CLI, as a ratio to ``python -c "import torch"`` measured in the same run.
 
     python benchmarks/startup.py [--rounds 7] [--code /path/to/other/checkout ...]
 

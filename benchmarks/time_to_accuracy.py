@@ -1,4 +1,4 @@
-"""Issue 17, item 3: the main job's accuracy against wall-clock time, for 5-way 1-shot and 20-way 1-shot.
+"""The main job's accuracy against wall-clock time, for 5-way 1-shot and 20-way 1-shot.
 
     python benchmarks/time_to_accuracy.py [--out time_to_accuracy] [-- <extra arguments for ./main.sh>]
     python benchmarks/time_to_accuracy.py --out time_to_accuracy --reuse     # the evaluations again, no training

@@ -1,5 +1,5 @@
 """A measured number for the optimisation family: second-order MAML on real Omniglot reaches a bar that its
-broken variants do not (issue 13).
+broken variants do not.
 
 Omniglot, Vinyals split, 28x28, 5-way 1-shot, 5 queries; MAMLConv4 (32 filters, strided as the paper's Omniglot
 model), 300 meta-iterations of 4 tasks, Adam 3e-3, inner step 0.4, 1 step in training and 3 at test; 200 fixed

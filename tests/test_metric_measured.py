@@ -1,5 +1,5 @@
 """A measured number for the metric family: ProtoNet, MatchingNet, RelationNet and Siamese on real Omniglot reach bars that
-their broken variants do not (issue 13).
+their broken variants do not.
 
 Omniglot, Vinyals split, 28x28; trained on 5-way 1-shot episodes with 5 queries per class, Adam 1e-3, 300 steps,
 seed 0; tested on 300 fixed 5-way 1-shot episodes with 5 queries per class. Bars and the runs that set them (test

@@ -1,4 +1,4 @@
-"""What the command line imports (issue 16.8): none of the slow optional libraries that a run does not use.
+"""What the command line imports: none of the slow optional libraries that a run does not use.
 
 open_clip, timm, wandb and learn2learn each take seconds to import; only a config that uses one may import it (a
 CLIP or timm backbone, the WandbLogger overlay, the MAML family's ``engine: learn2learn``). Each case runs in a

@@ -1,5 +1,5 @@
 """A measured number for the transfer family: Baseline, RFS-simple and Baseline++ on real Omniglot reach bars that
-their broken variants do not (issue 13).
+their broken variants do not.
 
 Stage 1: Conv4 on Omniglot (Vinyals split, 28x28), pre-trained on every 33rd of the split's 4112 training classes
 (125 classes from all alphabets and rotations: 300 steps over all 4112 see each class about twice, and left the

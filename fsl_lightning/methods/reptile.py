@@ -160,7 +160,7 @@ class Reptile(MAML):
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         """Logs ``train/loss`` and ``train/acc``: query cross-entropy and accuracy after ``inner_steps`` on the
         support set ALONE (what MAML logs and evaluation measures). The update's own inner loop has trained on the
-        queries, so its query accuracy would only measure memorisation (issue 13). Costs one more inner loop on
+        queries, so its query accuracy would only measure memorisation. Costs one more inner loop on
         the support images only (a few percent of the step: they are ``way * shot`` of ``way * (shot + query)``).
         """
         batch = as_meta_batch(episode)
