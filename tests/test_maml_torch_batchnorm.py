@@ -1,7 +1,7 @@
 """MAML-like methods on a backbone built with ``nn.BatchNorm2d``: exact meta-gradients, same behaviour, loadable.
 
 Under ``torch.func.vmap`` the second-order gradients of torch's fused batch norm are wrong (pytorch/functorch#534;
-issue 13 measured 5e-3 on a conv bias whose true gradient is 0). The methods replace it by ``PlainBatchNorm2d``.
+once measured 5e-3 on a conv bias whose true gradient is 0). The methods replace it by ``PlainBatchNorm2d``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One checkpoint, one number: `test` right after `fit`, `test` from the checkpoint in a new run, and a 2-process
-DDP `test` give bit-identical accuracies, for every method that trains here without downloads (issue 13, defect 6).
+DDP `test` give bit-identical accuracies, for every method that trains here without downloads.
 
 What this catches: evaluation that draws from the global random state (a probe initialised or shuffled by
 whatever ran before), per-rank randomness, and a DDP mean that depends on the order in which ranks gather.
