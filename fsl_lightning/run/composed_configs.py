@@ -45,19 +45,11 @@ def expand_config_arguments(args: list[str]) -> list[str]:
         option, equals, value = arg.partition("=")
         if option not in CONFIG_OPTIONS:
             continue
-        if equals and _is_composed(value):
-            expanded[index] = f"{option}={_as_yaml(value)}"
-        elif not equals and index + 1 < len(expanded) and _is_composed(expanded[index + 1]):
-            expanded[index + 1] = _as_yaml(expanded[index + 1])
+        if equals and (composed := _composed_yaml(value)) is not None:
+            expanded[index] = f"{option}={composed}"
+        elif not equals and index + 1 < len(expanded) and (composed := _composed_yaml(expanded[index + 1])) is not None:
+            expanded[index + 1] = composed
     return expanded
-
-
-def _is_composed(value: str) -> bool:
-    path = Path(value)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return False  # not a file (a YAML string, or missing: LightningCLI reports it)
-    settings = _read(path)
-    return isinstance(settings, dict) and BASE_KEY in settings
 
 
 class _WithoutAliases(yaml.SafeDumper):
@@ -67,15 +59,24 @@ class _WithoutAliases(yaml.SafeDumper):
         return True
 
 
-def _as_yaml(path: str) -> str:
-    return yaml.dump(load_config(path), Dumper=_WithoutAliases, sort_keys=False)
+def _composed_yaml(value: str) -> str | None:
+    """The composed settings of the config file ``value`` as YAML text, or ``None`` when it names no ``_base_``
+    pieces or is not a file (a YAML string, or a missing file: LightningCLI reports it)."""
+    path = Path(value)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    settings = _read(path)
+    if not (isinstance(settings, dict) and BASE_KEY in settings):
+        return None
+    return yaml.dump(_composed(path, chain=(), settings=settings), Dumper=_WithoutAliases, sort_keys=False)
 
 
-def _composed(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _composed(path: Path, chain: tuple[Path, ...], settings: Any = None) -> dict[str, Any]:
+    """``path``'s settings (``settings`` when already read) over its pieces; ``chain``: the files naming it."""
     if path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
         raise UserError(f"{path}: its _base_ pieces name each other in a circle ({cycle}); remove one of them.")
-    settings = _read(path)
+    settings = _read(path) if settings is None else settings
     if not isinstance(settings, dict):
         raise UserError(f"{path}: a config file holds a mapping of settings (model:, data:, trainer:, ...).")
     composed: dict[str, Any] = {}
