@@ -125,12 +125,13 @@ class FewShotCLI(LightningCLI):
         """For evaluation from a checkpoint, the checkpoint's method and data settings are the defaults, under
         whatever the config files and the command line set. A config file composed of ``_base_`` pieces is handed
         to the parser composed (fsl_lightning/run/composed_configs.py)."""
+        from_command_line = args is None
         if args is None or isinstance(args, list):
             args = expand_config_arguments(sys.argv[1:] if args is None else args)
         named = _named_checkpoint(args)
         if named is not None:  # a file on the command line: its settings make a config file optional
             self._default_to_training_config(*named)
-        super().parse_arguments(parser, args)
+        self._parse(parser, args, from_command_line)
         subcommand = self.config.get("subcommand")  # none with run=False
         if subcommand not in EVALUATION_SUBCOMMANDS or not self.config[subcommand].get("ckpt_path"):
             return
@@ -143,9 +144,15 @@ class FewShotCLI(LightningCLI):
             raise UserError(f"--ckpt_path {ckpt_path}: no such file. Pass a .ckpt file, or last or best.")
         if named is None or named[1] != checkpoint:  # an alias, or a file named in a config file: parse again
             self._default_to_training_config(subcommand, checkpoint)
-            super().parse_arguments(parser, args)
+            self._parse(parser, args, from_command_line)
             self.config[subcommand].ckpt_path = str(checkpoint)
         self._warn_about_changed_settings(subcommand, checkpoint)
+
+    def _parse(self, parser: LightningArgumentParser, args, from_command_line: bool) -> None:
+        with warnings.catch_warnings():
+            if from_command_line:  # args is the command line itself (composed): not arguments beside it
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
 
     def _default_to_training_config(self, subcommand: str, checkpoint: Path) -> None:
         self._trained_config = training_config(checkpoint)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import textwrap
+import warnings
 
 import pytest
 import yaml
@@ -100,6 +102,18 @@ def test_the_command_line_composes_a_users_own_config_and_its_options_still_win(
     settings = yaml.safe_load(printed.getvalue())
     assert settings["seed_everything"] == 7 and settings["model"]["class_path"].endswith("ProtoNet")
     assert (settings["trainer"]["max_steps"], settings["trainer"]["log_every_n_steps"]) == (12, 4)
+
+
+def test_a_composed_config_on_the_real_command_line_gives_no_warning_about_args(tmp_path, monkeypatch):
+    """Handing LightningCLI the composed command line must not look like arguments given beside a command line."""
+    _write(tmp_path / "base.yaml", "seed_everything: 7\n")
+    config = _write(tmp_path / "mine.yaml", "_base_: base.yaml\nmodel: {class_path: fsl_lightning.methods.ProtoNet}\n")
+    monkeypatch.setattr(sys, "argv", ["fsl_lightning", "fit", "--config", str(config), "--print_config"])
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            main()
+    assert not [w for w in caught if "args parameter" in str(w.message)]
 
 
 def test_a_bad_piece_stops_the_command_with_its_line(tmp_path):
